@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project's virtual environment and install g2rpo_fast into it.
+#   - GPU machine with a CUDA torch already installed: the venv sees the system packages,
+#     so that torch (and its triton) are kept, never replaced by a download.
+#   - CPU machine: torch==2.13.0, whose CPU build lies on local disk (a bare `torch` would
+#     pull a multi-GB CUDA build).
+# Usage: scripts/setup_env.sh [extra...]   e.g. scripts/setup_env.sh test
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${G2RPO_VENV:-.venv}
+EXTRAS=${1:-}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+    python3 -m venv --system-site-packages "$VENV"
+  else
+    python3 -m venv "$VENV"
+  fi
+fi
+PY="$VENV/bin/python"
+PIP=("$PY" -m pip install --disable-pip-version-check -q)
+
+if ! "$PY" -c 'import torch' 2>/dev/null; then
+  "${PIP[@]}" "torch==2.13.0"
+fi
+# triton: kept when torch brought one (CUDA builds); else the registry's (CPU runs use TRITON_INTERPRET=1).
+"$PY" -c 'import triton' 2>/dev/null || "${PIP[@]}" "triton>=3.2"
+
+if [ -n "$EXTRAS" ]; then
+  "${PIP[@]}" -e ".[$EXTRAS]"
+else
+  "${PIP[@]}" -e .
+fi
+echo "environment ready: $VENV ($("$PY" -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'))"
