@@ -1,0 +1,72 @@
+"""Validate and flatten the inputs that `G2RPOLoss` and `FusedLinearG2RPOLoss` share."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ._checks import check_finite, check_same_device, check_shape, check_tensor, check_token_ids
+from .advantages import group_advantages
+from .grpo_loss import LossOptions, token_weights
+from .layout import Layout, make_layout
+
+
+@dataclass
+class LossInputs:
+    token_ids: torch.Tensor  # [N] flat
+    layout: Layout
+    weights: torch.Tensor  # [N] fp32 token weights (completion, minus guidance when masked)
+    advantages: torch.Tensor  # [S] fp32
+    old_logps: torch.Tensor | None  # [N]
+    ref_logps: torch.Tensor | None  # [N]
+
+
+def prepare_loss_inputs(opts: LossOptions, token_ids, vocab_size, device, *, advantages=None, rewards=None,
+                        group_size=None, completion_mask=None, guidance_mask=None, cu_seqlens=None,
+                        old_logps=None, ref_logps=None, num_items_in_batch=None, compute_dtype=torch.float32):
+    check_tensor(token_ids, "token_ids", integer=True)
+    check_same_device(token_ids, completion_mask=completion_mask, guidance_mask=guidance_mask,
+                      cu_seqlens=cu_seqlens, old_logps=old_logps, ref_logps=ref_logps,
+                      advantages=advantages, rewards=rewards)
+    if token_ids.device != device:
+        raise ValueError(f"`token_ids` is on {token_ids.device} but the inputs are on {device}")
+    layout = make_layout(tuple(token_ids.shape), device, cu_seqlens)
+    check_token_ids(token_ids, vocab_size)
+    for name, t in (("completion_mask", completion_mask), ("guidance_mask", guidance_mask),
+                    ("old_logps", old_logps), ("ref_logps", ref_logps)):
+        check_shape(t, name, token_ids.shape)
+    for name, t in (("old_logps", old_logps), ("ref_logps", ref_logps)):
+        if t is not None:
+            check_tensor(t, name, floating=True)
+            check_finite(t, name)
+    if num_items_in_batch is not None and not float(num_items_in_batch) > 0:
+        raise ValueError(f"`num_items_in_batch` must be positive, got {num_items_in_batch!r}")
+
+    if advantages is not None:
+        if rewards is not None:
+            raise ValueError("pass either `advantages` or (`rewards`, `group_size`), not both")
+        check_tensor(advantages, "advantages", floating=True)
+        advantages = advantages.reshape(-1) if advantages.dim() == 2 and advantages.shape[-1] == 1 else advantages
+        check_shape(advantages, "advantages", (layout.num_seqs,))
+        check_finite(advantages, "advantages")
+        adv = advantages.detach().to(compute_dtype)
+    elif rewards is not None:
+        if group_size is None:
+            raise ValueError("`group_size` is required when `rewards` is given")
+        check_tensor(rewards, "rewards", floating=True)
+        check_shape(rewards, "rewards", (layout.num_seqs,))
+        adv = group_advantages(rewards, group_size, opts.scale_rewards).to(compute_dtype)
+    else:
+        raise ValueError("one of `advantages` or `rewards` (with `group_size`) is required")
+
+    flat = lambda t: None if t is None else t.reshape(-1)  # noqa: E731
+    like = torch.empty(token_ids.numel(), device=device, dtype=compute_dtype)
+    weights = token_weights(flat(completion_mask), flat(guidance_mask), opts.guidance_loss, like)
+    return LossInputs(
+        token_ids=token_ids.reshape(-1),
+        layout=layout,
+        weights=weights,
+        advantages=adv,
+        old_logps=None if old_logps is None else flat(old_logps).to(compute_dtype),
+        ref_logps=None if ref_logps is None else flat(ref_logps).to(compute_dtype),
+    )
