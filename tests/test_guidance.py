@@ -1,0 +1,82 @@
+"""AdaptiveGuidance follows DESIGN.md section 7 exactly; baselines share its interface."""
+import pytest
+
+from g2rpo_fast.guidance import (AdaptiveGuidance, FixedGuidance, LinearGuidance, NoGuidance,
+                                 make_guidance_schedule)
+
+
+def spec_lengths(l0, rewards, lo, hi, window, every):
+    """The rule written out independently: one step at a time, from the text of the design."""
+    length, out = l0, []
+    for k, r in enumerate(rewards, start=1):
+        prev = rewards[max(0, k - 1 - window):k - 1]
+        if k % every == 0 and prev:
+            p = sum(prev) / len(prev)
+            if r > 0 and p > 0:
+                length = min(max(int(length * p / r), lo), hi)
+        out.append(length)
+    return out
+
+
+def test_reward_falls_more_guidance_rises_less():
+    g = AdaptiveGuidance(initial_length=10, max_length=40, min_length=1, window=2)
+    assert g.update(0.5) == 10  # k=1: no previous reward
+    assert g.update(0.25) == 20  # p=0.5, r=0.25 -> 10*2
+    assert g.update(0.75) == int(20 * 0.375 / 0.75)  # p = mean(0.5, 0.25)
+
+
+@pytest.mark.parametrize("window,every", [(1, 1), (2, 1), (2, 3), (4, 2)])
+def test_matches_written_rule(window, every):
+    rewards = [0.1, 0.3, 0.0, 0.2, 0.6, 0.5, 0.05, 0.9, 0.4, 0.0, 0.0, 0.7]
+    g = AdaptiveGuidance(16, 64, min_length=2, window=window, update_every=every)
+    got = [g.update(r) for r in rewards]
+    assert got == spec_lengths(16, rewards, 2, 64, window, every)
+
+
+def test_zero_reward_keeps_length_and_clamps():
+    g = AdaptiveGuidance(8, 10, min_length=3)
+    g.update(0.0)
+    assert g.update(0.0) == 8  # r_k = 0: unchanged
+    assert g.update(0.01) == 8  # p = 0: unchanged
+    g2 = AdaptiveGuidance(8, 10, min_length=3)
+    g2.update(1.0)
+    assert g2.update(0.1) == 10  # 8 * 10 clamped to max
+    g2.update(1.0)
+    assert g2.update(100.0) == 3  # clamped to min
+
+
+def test_state_dict_round_trip_continues_identically():
+    rewards = [0.2, 0.4, 0.1, 0.3, 0.5, 0.2]
+    a = AdaptiveGuidance(12, 50, window=2, update_every=2)
+    for r in rewards[:3]:
+        a.update(r)
+    b = AdaptiveGuidance(1, 50, window=2, update_every=2)
+    b.load_state_dict(a.state_dict())
+    assert [a.update(r) for r in rewards[3:]] == [b.update(r) for r in rewards[3:]]
+
+
+def test_baselines():
+    assert [FixedGuidance(7).update(r) for r in (0.1, 0.9)] == [7, 7]
+    assert NoGuidance().update(0.5) == 0
+    lin = LinearGuidance(20, 0, total_steps=4)
+    assert [lin.update(0.5) for _ in range(5)] == [15, 10, 5, 0, 0]
+    assert make_guidance_schedule("adaptive", initial_length=4, max_length=8).length == 4
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(initial_length=5, max_length=4), "initial_length"),
+    (dict(initial_length=5, max_length=10, min_length=11), "min_length"),
+    (dict(initial_length=5, max_length=10, window=0), "window"),
+    (dict(initial_length=5, max_length=10, update_every=0), "update_every"),
+])
+def test_bad_arguments_name_the_field(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        AdaptiveGuidance(**kwargs)
+
+
+def test_bad_reward_and_kind():
+    g = AdaptiveGuidance(4, 8)
+    with pytest.raises(ValueError, match="step_reward"):
+        g.update(float("nan"))
+    with pytest.raises(ValueError, match="guidance_schedule"):
+        make_guidance_schedule("sometimes", initial_length=1, max_length=2)
