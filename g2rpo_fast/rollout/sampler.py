@@ -1,0 +1,61 @@
+"""Temperature / top-k / top-p sampling with one seeded generator per request.
+
+Each sampled request draws one uniform number per token from its own CPU
+`torch.Generator`, and the token is found by inverse-CDF over its filtered distribution, so
+a request's completion does not depend on which other requests share the batch.
+
+Filtering follows HF's order: logits / T, keep the k largest, then the smallest set of the
+remaining (renormalised) tokens whose probability reaches top_p. Returned log-probs are
+under the *untruncated* tempered distribution, log_softmax(z / T) (log_softmax(z) when
+greedy) — the quantity a trainer recomputes as `old_logps`.
+"""
+from __future__ import annotations
+
+import torch
+
+from .sequence import Sequence
+
+
+def filtered_probs(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
+                   top_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted (descending) sampling probabilities after top-k/top-p, and the sort indices.
+
+    logits [B, V] fp32; temperature (> 0), top_k (0 = off), top_p: [B].
+    """
+    vocab = logits.shape[-1]
+    sorted_z, order = torch.sort(logits / temperature[:, None], dim=-1, descending=True, stable=True)
+    probs = torch.softmax(sorted_z, dim=-1)
+    rank = torch.arange(vocab, device=logits.device)[None, :]
+    k = torch.where(top_k > 0, top_k, vocab)
+    probs = torch.where(rank < k[:, None], probs, 0.0)
+    probs = probs / probs.sum(-1, keepdim=True)
+    mass_before = torch.cumsum(probs, -1) - probs
+    keep = (mass_before < top_p[:, None]) | (top_p[:, None] >= 1.0) | (rank == 0)
+    probs = torch.where(keep, probs, 0.0)
+    return probs, order
+
+
+def sample(logits: torch.Tensor, seqs: list[Sequence], return_logprobs: bool):
+    """Pick the next token of each sequence; returns (token ids, log-probs or None)."""
+    dev = logits.device
+    temps = torch.tensor([s.params.temperature for s in seqs], dtype=torch.float32, device=dev)
+    greedy = temps == 0
+    tokens = logits.argmax(-1)
+    sampled_rows = [i for i, s in enumerate(seqs) if not s.params.greedy]
+    if sampled_rows:
+        rows = torch.tensor(sampled_rows, device=dev)
+        sub = [seqs[i] for i in sampled_rows]
+        probs, order = filtered_probs(
+            logits[rows], temps[rows],
+            torch.tensor([s.params.top_k for s in sub], device=dev),
+            torch.tensor([s.params.top_p for s in sub], dtype=torch.float32, device=dev))
+        cdf = torch.cumsum(probs.double(), -1)
+        u = torch.cat([torch.rand(1, generator=s.generator, dtype=torch.float64) for s in sub]).to(dev)
+        idx = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp(max=probs.shape[-1] - 1)
+        tokens[rows] = order.gather(1, idx).squeeze(1)
+    logprobs = None
+    if return_logprobs:
+        safe_t = torch.where(greedy, torch.ones_like(temps), temps)
+        logp = torch.log_softmax(logits / safe_t[:, None], dim=-1)
+        logprobs = logp.gather(1, tokens[:, None]).squeeze(1).tolist()
+    return tokens.tolist(), logprobs
