@@ -29,6 +29,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 
@@ -80,9 +81,17 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
-@functools.lru_cache(maxsize=1)
+_PROBE_LOCK = threading.Lock()
+
+
 def namespaces_available() -> bool:
-    """Whether the namespace sandbox works here and really blocks outside writes."""
+    """Whether the namespace sandbox works here and really blocks outside writes (probed once)."""
+    with _PROBE_LOCK:
+        return _probe_namespaces()
+
+
+@functools.lru_cache(maxsize=1)
+def _probe_namespaces() -> bool:
     if os.environ.get("G2RPO_SANDBOX", "").lower() in ("none", "off", "0", "process"):
         return False
     if not (shutil.which("unshare") and shutil.which("setpriv") and shutil.which("sh")):
@@ -149,8 +158,8 @@ def run_program(source: str, *, timeout: float = 5.0, memory_mb: int = 1024,
                 _kill_group(proc)
                 proc.wait()
             stdout, stderr = _tail(out), _tail(err)
-        passed = (not timed_out and proc.returncode == 0
-                  and nonce in stdout.splitlines()[-1:] )
+        # The runner's last line is the nonce, written only after check(...) returned.
+        passed = not timed_out and proc.returncode == 0 and nonce in stdout.splitlines()[-1:]
         return SandboxResult(passed, proc.returncode, timed_out, stdout, stderr, time.monotonic() - start)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
