@@ -1,0 +1,123 @@
+"""Extra peak host memory of log-probs + backward: plain logits vs fused_linear_logps (CPU path).
+
+Each variant runs in its own subprocess (so peaks never mix): it imports everything, warms up
+on a tiny shape, allocates the inputs, reads its RSS (the baseline), then runs forward +
+backward once. The figure is the whole-process peak RSS (`resource.getrusage(...).ru_maxrss`)
+minus that baseline, i.e. every byte the op needed beyond its inputs, gradients included.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/memory_fused_linear.py \\
+        --out benchmarks/results/fused_linear_memory_cpu.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+VARIANTS = {
+    "plain": "log_softmax(h @ W.T) + gather + backward (materialised [N, V] logits)",
+    "fused": "g2rpo_fast.ops.fused_linear_logps (chunked PyTorch path) + backward",
+}
+
+
+def rss_bytes():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def run_variant(name, n, h, v, dtype_name):
+    import torch
+
+    from g2rpo_fast.ops import fused_linear_logps
+
+    dtype = getattr(torch, dtype_name)
+
+    def step(hidden, weight, ids):
+        if name == "plain":
+            logps = torch.log_softmax((hidden @ weight.T).float(), -1).gather(-1, ids[:, None]).squeeze(-1)
+        else:
+            logps = fused_linear_logps(hidden, weight, ids)
+        logps.sum().backward()
+
+    def inputs(n_, v_):
+        g = torch.Generator().manual_seed(0)
+        hidden = torch.randn(n_, h, generator=g).to(dtype).requires_grad_()
+        weight = (torch.randn(v_, h, generator=g) / h ** 0.5).to(dtype).requires_grad_()
+        ids = torch.randint(0, v_, (n_,), generator=g)
+        return hidden, weight, ids
+
+    step(*inputs(64, 512))  # warm-up: lazy imports, thread pools
+    hidden, weight, ids = inputs(n, v)
+    base = rss_bytes()
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    t0 = time.perf_counter()
+    step(hidden, weight, ids)
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    assert hidden.grad is not None and weight.grad is not None
+    return {"variant": name, "baseline": base, "peak": peak, "peak_before": peak_before, "extra": peak - base,
+            "seconds": seconds}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=8192)
+    ap.add_argument("--h", type=int, default=256)
+    ap.add_argument("--v", type=int, default=32768)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--out", help="write a markdown report here")
+    ap.add_argument("--_child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args._child:
+        print(json.dumps(run_variant(args._child, args.n, args.h, args.v, args.dtype)))
+        return
+
+    env = dict(os.environ, G2RPO_FAST_BACKEND="torch")
+    env.pop("TRITON_INTERPRET", None)
+    rows = []
+    for name in VARIANTS:
+        cmd = [sys.executable, __file__, "--_child", name, "--n", str(args.n), "--h", str(args.h),
+               "--v", str(args.v), "--dtype", args.dtype]
+        out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+    mib = lambda b: b / 2 ** 20
+    plain = next(r for r in rows if r["variant"] == "plain")
+    lines = [
+        f"N={args.n}, H={args.h}, V={args.v}, {args.dtype}, forward + backward (grads of hidden and weight)",
+        "",
+        "| variant | what | extra peak RSS (MiB) | ratio to plain | time (s) |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(f"| {r['variant']} | {VARIANTS[r['variant']]} | {mib(r['extra']):.1f} | "
+                     f"{r['extra'] / plain['extra']:.3f} | {r['seconds']:.2f} |")
+    fused = next(r for r in rows if r["variant"] == "fused")
+    ratio = fused["extra"] / plain["extra"]
+    lines += ["", (f"Requirement: fused extra peak <= 10% of plain -> {100 * ratio:.1f}%: "
+              f"{'PASS' if ratio <= 0.10 else 'FAIL'}")]
+    report = "\n".join(lines)
+    print(report)
+    if args.out:
+        cmd = "OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", "<unset>") + " " + " ".join(
+            [".venv/bin/python", "benchmarks/memory_fused_linear.py"] + sys.argv[1:])
+        with open(args.out, "w") as f:
+            f.write("# fused_linear_logps: extra peak memory on the CPU path\n\n")
+            f.write(f"Command: `{cmd}`\n\n")
+            f.write(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                    f"Python {platform.python_version()}; every variant in its own subprocess.\n\n")
+            f.write("Extra peak = whole-process peak RSS (`ru_maxrss`) minus the RSS after the inputs are "
+                    "allocated (after a tiny warm-up run); it includes the gradients (hidden: N·H·4 B, "
+                    "weight: V·H·4 B) that both variants return.\n\n")
+            f.write(report + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,314 @@
+"""Triton kernels for log-probs from hidden states × lm_head, never materialising [N, V] logits.
+
+Forward: each program owns BLOCK_N rows and one slice of the vocabulary; it builds logit tiles
+[BLOCK_N, BLOCK_V] with `tl.dot` over H in BLOCK_H chunks and keeps an online logsumexp (and,
+optionally, the entropy terms) per row in fp32. Slices are merged on the host (O(splits · N)),
+which keeps the GPU busy when N is small. Only `lse [N]` is kept for backward.
+
+Backward recomputes the logit tiles and forms `dlogits = g·(onehot − softmax)/T` in registers:
+  * `_dhidden_kernel`: one program per row block walks the vocabulary, d_hidden += dlogits @ W;
+  * `_dweight_kernel`: one program per vocab block walks the rows, d_weight += dlogitsᵀ @ hidden
+    (and d_bias += Σ_rows dlogits).
+Every output element is owned by exactly one program, so the result is deterministic (no atomics).
+Accumulators are fp32 buffers updated in place; offsets are int64 so any N works.
+FLOPs: 2NHV forward + 2 × 4NHV backward (each backward kernel recomputes the logits), and the
+in-place fp32 accumulation re-reads d_hidden once per vocab tile: the price of determinism and
+of never writing dlogits. Unmeasured on a GPU so far (see benchmarks/results/fused_linear_cpu.md).
+
+On a CPU tensor the same kernels run in Triton's interpreter. Triton decides interpreter vs
+compiler when `@triton.jit` runs (import time), so the launchers below wrap the raw Python
+function in an `InterpretedFunction` themselves: tests need not import this module in any order.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _fwd_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, m_ptr, s_ptr, e_ptr, t_ptr,
+                N, V, H, inv_t, tiles_per_split,
+                HAS_BIAS: tl.constexpr, ENTROPY: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    rows = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+    row_ok = rows < N
+    tgt = tl.load(tgt_ptr + rows, mask=row_ok, other=-1).to(tl.int64)
+    m = tl.full([BLOCK_N], float("-inf"), tl.float32)
+    s = tl.zeros([BLOCK_N], tl.float32)
+    ent = tl.zeros([BLOCK_N], tl.float32)  # Σ e^{z-m}(z-m), rescaled with m
+    tl_sum = tl.zeros([BLOCK_N], tl.float32)  # the target's logit
+    v_first = pid_s.to(tl.int64) * tiles_per_split * BLOCK_V
+    for it in range(tiles_per_split):
+        cols = v_first + it * BLOCK_V + tl.arange(0, BLOCK_V).to(tl.int64)
+        col_ok = cols < V
+        acc = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)
+        for k in range(0, H, BLOCK_H):
+            ks = k + tl.arange(0, BLOCK_H)
+            k_ok = ks < H
+            hh = tl.load(h_ptr + rows[:, None] * H + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            wt = tl.load(w_ptr + cols[None, :] * H + ks[:, None], mask=col_ok[None, :] & k_ok[:, None], other=0.0)
+            if DOT_F32:  # the interpreter multiplies bf16 bit patterns in tl.dot (triton 3.9)
+                hh = hh.to(tl.float32)
+                wt = wt.to(tl.float32)
+            if IEEE:
+                acc = tl.dot(hh, wt, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(hh, wt, acc)
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        z = tl.where(col_ok[None, :], acc * inv_t, float("-inf"))
+        m_new = tl.maximum(m, tl.max(z, axis=1))
+        alpha = tl.exp(m - m_new)
+        p = tl.exp(z - m_new[:, None])
+        if ENTROPY:
+            zc = tl.where(col_ok[None, :], z - m_new[:, None], 0.0)
+            shift = tl.where(s > 0, m - m_new, 0.0) * s  # s = 0 while m = -inf
+            ent = alpha * (ent + shift) + tl.sum(p * zc, axis=1)
+        s = s * alpha + tl.sum(p, axis=1)
+        tl_sum += tl.sum(tl.where(cols[None, :] == tgt[:, None], z, 0.0), axis=1)
+        m = m_new
+    out = pid_s.to(tl.int64) * N + rows
+    tl.store(m_ptr + out, m, mask=row_ok)
+    tl.store(s_ptr + out, s, mask=row_ok)
+    tl.store(t_ptr + out, tl_sum, mask=row_ok)
+    if ENTROPY:
+        tl.store(e_ptr + out, ent, mask=row_ok)
+
+
+@triton.jit
+def _dhidden_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, lse_ptr, g_ptr, dh_ptr,
+                    N, V, H, inv_t,
+                    HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
+    pid_n = tl.program_id(0)
+    rows = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+    row_ok = rows < N
+    tgt = tl.load(tgt_ptr + rows, mask=row_ok, other=-1).to(tl.int64)
+    lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
+    g = tl.load(g_ptr + rows, mask=row_ok, other=0.0) * inv_t
+    for v in range(0, V, BLOCK_V):
+        cols = v + tl.arange(0, BLOCK_V).to(tl.int64)
+        col_ok = cols < V
+        acc = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)
+        for k in range(0, H, BLOCK_H):
+            ks = k + tl.arange(0, BLOCK_H)
+            k_ok = ks < H
+            hh = tl.load(h_ptr + rows[:, None] * H + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            wt = tl.load(w_ptr + cols[None, :] * H + ks[:, None], mask=col_ok[None, :] & k_ok[:, None], other=0.0)
+            if DOT_F32:  # the interpreter multiplies bf16 bit patterns in tl.dot (triton 3.9)
+                hh = hh.to(tl.float32)
+                wt = wt.to(tl.float32)
+            if IEEE:
+                acc = tl.dot(hh, wt, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(hh, wt, acc)
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        p = tl.where(col_ok[None, :], tl.exp(acc * inv_t - lse[:, None]), 0.0)
+        onehot = tl.where(cols[None, :] == tgt[:, None], 1.0, 0.0)
+        dz = ((onehot - p) * g[:, None]).to(h_ptr.dtype.element_ty)
+        if DOT_F32:
+            dz = dz.to(tl.float32)
+        for k in range(0, H, BLOCK_H):
+            ks = k + tl.arange(0, BLOCK_H)
+            k_ok = ks < H
+            w = tl.load(w_ptr + cols[:, None] * H + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+            if DOT_F32:
+                w = w.to(tl.float32)
+            if IEEE:
+                part = tl.dot(dz, w, input_precision="ieee")
+            else:
+                part = tl.dot(dz, w)
+            ptrs = dh_ptr + rows[:, None] * H + ks[None, :]
+            mask = row_ok[:, None] & k_ok[None, :]
+            tl.store(ptrs, tl.load(ptrs, mask=mask, other=0.0) + part, mask=mask)
+
+
+@triton.jit
+def _dweight_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, lse_ptr, g_ptr, dw_ptr, db_ptr,
+                    N, V, H, inv_t,
+                    HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
+    pid_v = tl.program_id(0)
+    cols = pid_v.to(tl.int64) * BLOCK_V + tl.arange(0, BLOCK_V).to(tl.int64)
+    col_ok = cols < V
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    db = tl.zeros([BLOCK_V], tl.float32)
+    for n in range(0, N, BLOCK_N):
+        rows = n + tl.arange(0, BLOCK_N).to(tl.int64)
+        row_ok = rows < N
+        tgt = tl.load(tgt_ptr + rows, mask=row_ok, other=-1).to(tl.int64)
+        lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
+        g = tl.load(g_ptr + rows, mask=row_ok, other=0.0) * inv_t
+        acc = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)
+        for k in range(0, H, BLOCK_H):
+            ks = k + tl.arange(0, BLOCK_H)
+            k_ok = ks < H
+            hh = tl.load(h_ptr + rows[:, None] * H + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            wt = tl.load(w_ptr + cols[None, :] * H + ks[:, None], mask=col_ok[None, :] & k_ok[:, None], other=0.0)
+            if DOT_F32:  # the interpreter multiplies bf16 bit patterns in tl.dot (triton 3.9)
+                hh = hh.to(tl.float32)
+                wt = wt.to(tl.float32)
+            if IEEE:
+                acc = tl.dot(hh, wt, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(hh, wt, acc)
+        if HAS_BIAS:
+            acc += bias[None, :]
+        p = tl.where(col_ok[None, :], tl.exp(acc * inv_t - lse[:, None]), 0.0)
+        onehot = tl.where(cols[None, :] == tgt[:, None], 1.0, 0.0)
+        dz = (onehot - p) * g[:, None]  # rows past N have g = 0
+        if HAS_BIAS:
+            db += tl.sum(dz, axis=0)
+        dzt = tl.trans(dz.to(h_ptr.dtype.element_ty))
+        if DOT_F32:
+            dzt = dzt.to(tl.float32)
+        for k in range(0, H, BLOCK_H):
+            ks = k + tl.arange(0, BLOCK_H)
+            k_ok = ks < H
+            hh = tl.load(h_ptr + rows[:, None] * H + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            if DOT_F32:
+                hh = hh.to(tl.float32)
+            if IEEE:
+                part = tl.dot(dzt, hh, input_precision="ieee")
+            else:
+                part = tl.dot(dzt, hh)
+            ptrs = dw_ptr + cols[:, None] * H + ks[None, :]
+            mask = col_ok[:, None] & k_ok[None, :]
+            tl.store(ptrs, tl.load(ptrs, mask=mask, other=0.0) + part, mask=mask)
+    if HAS_BIAS:
+        tl.store(db_ptr + cols, db, mask=col_ok)
+
+
+# ----------------------------------------------------------------------------------- launchers
+
+# Vocabulary slices per row block in the interpreter (CUDA picks enough to fill the SMs); the
+# tests raise it to cover the host-side merge of the slices.
+VOCAB_SPLITS_CPU = 1
+
+
+@functools.cache
+def _interpreted(fn):
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return InterpretedFunction(fn)
+
+
+@contextlib.contextmanager
+def _interpreter_mode(active):
+    """Run a launch in Triton's interpreter (CPU tensors), whatever TRITON_INTERPRET was at import."""
+    if not active:
+        yield
+        return
+    from triton import knobs
+
+    with knobs.runtime.scope():
+        knobs.runtime.interpret = True
+        yield
+
+
+def _kernel(jit_fn, device):
+    if device.type == "cuda":
+        return jit_fn
+    return _interpreted(getattr(jit_fn, "fn", jit_fn))
+
+
+def _blocks(x: torch.Tensor, n: int, v: int):
+    if x.device.type != "cuda":
+        # The interpreter pays per tile in Python: small tiles for small vocabularies (so tests
+        # cross tile edges), wide ones for real vocabularies (V = 151936 in ~150 tiles).
+        block_v = max(32, min(1024, triton.next_power_of_2(max(v // 128, 1))))
+        return 16, block_v, 16, 1
+    block_h = 64 if x.dtype != torch.float32 else 32
+    return 64, 128, block_h, 8
+
+
+def _sm_count(device):
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def forward(hidden, weight, bias, token_ids, temperature, return_entropy):
+    """hidden [N, H], weight [V, H] contiguous, same dtype -> (logps, lse, entropy|None), fp32 [N]."""
+    n, h = hidden.shape
+    v = weight.shape[0]
+    dev = hidden.device
+    if n == 0:
+        empty = torch.zeros(0, device=dev, dtype=torch.float32)
+        return empty, empty, (empty if return_entropy else None)
+    block_n, block_v, block_h, warps = _blocks(hidden, n, v)
+    row_blocks = triton.cdiv(n, block_n)
+    v_tiles = triton.cdiv(v, block_v)
+    # Split the vocabulary when there are too few row blocks to fill the GPU.
+    want = max(1, (2 * _sm_count(dev)) // max(row_blocks, 1)) if dev.type == "cuda" else VOCAB_SPLITS_CPU
+    tiles_per_split = triton.cdiv(v_tiles, min(want, v_tiles, 65535))
+    splits = triton.cdiv(v_tiles, tiles_per_split)  # every split starts inside the vocabulary
+    f32 = {"device": dev, "dtype": torch.float32}
+    m = torch.empty(splits, n, **f32)
+    s = torch.empty(splits, n, **f32)
+    t = torch.empty(splits, n, **f32)
+    e = torch.empty(splits, n, **f32) if return_entropy else m
+    b = bias if bias is not None else hidden
+    kern = _kernel(_fwd_kernel, dev)
+    with _interpreter_mode(dev.type != "cuda"):
+        kern[(row_blocks, splits)](
+            hidden, weight, b, token_ids, m, s, e, t, n, v, h, 1.0 / temperature, tiles_per_split,
+            HAS_BIAS=bias is not None, ENTROPY=return_entropy, IEEE=hidden.dtype == torch.float32,
+            DOT_F32=dev.type != "cuda",
+            BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_H=block_h, num_warps=warps)
+    if splits == 1:
+        lse = m[0] + torch.log(s[0])
+        logps = t[0] - lse
+        entropy = torch.log(s[0]) - e[0] / s[0] if return_entropy else None
+        return logps, lse, entropy
+    mx = m.max(dim=0).values
+    scale = torch.exp(m - mx)
+    total = (s * scale).sum(0)
+    lse = mx + torch.log(total)
+    logps = t.sum(0) - lse
+    entropy = None
+    if return_entropy:
+        ent = (scale * (e + (m - mx) * s)).sum(0)
+        entropy = torch.log(total) - ent / total
+    return logps, lse, entropy
+
+
+def backward(hidden, weight, bias, token_ids, lse, grad_logps, temperature, need_hidden, need_weight, need_bias):
+    """Gradients (d_hidden, d_weight, d_bias) in the input dtypes; None where not needed.
+
+    Accumulation is in fp32 buffers (d_hidden [N, H], d_weight [V, H]), cast once at the end.
+    """
+    n, h = hidden.shape
+    v = weight.shape[0]
+    dev = hidden.device
+    block_n, block_v, block_h, warps = _blocks(hidden, n, v)
+    g = grad_logps.to(torch.float32).contiguous()
+    common = {"HAS_BIAS": bias is not None, "IEEE": hidden.dtype == torch.float32, "DOT_F32": dev.type != "cuda",
+                  "BLOCK_N": block_n, "BLOCK_V": block_v, "BLOCK_H": block_h, "num_warps": warps}
+    b = bias if bias is not None else hidden  # a placeholder pointer when there is no bias
+    d_hidden = d_weight = d_bias = None
+    if need_hidden:
+        dh = torch.zeros(n, h, device=dev, dtype=torch.float32)
+        if n > 0:
+            with _interpreter_mode(dev.type != "cuda"):
+                _kernel(_dhidden_kernel, dev)[(triton.cdiv(n, block_n),)](
+                    hidden, weight, b, token_ids, lse, g, dh, n, v, h, 1.0 / temperature, **common)
+        d_hidden = dh.to(hidden.dtype)
+    if need_weight or need_bias:
+        dw = torch.zeros(v, h, device=dev, dtype=torch.float32)
+        db = torch.zeros(v, device=dev, dtype=torch.float32) if bias is not None else dw
+        if n > 0:
+            with _interpreter_mode(dev.type != "cuda"):
+                _kernel(_dweight_kernel, dev)[(triton.cdiv(v, block_v),)](
+                    hidden, weight, b, token_ids, lse, g, dw, db, n, v, h, 1.0 / temperature, **common)
+        d_weight = dw.to(weight.dtype) if need_weight else None
+        d_bias = db.to(bias.dtype) if need_bias else None
+    return d_hidden, d_weight, d_bias
