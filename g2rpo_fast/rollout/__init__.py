@@ -1,0 +1,41 @@
+"""Packed-sequence roll-out engine (prefix-shared paged KV cache, continuous batching).
+
+    from g2rpo_fast.rollout import RolloutEngine
+    engine = RolloutEngine(policy_model)              # options below
+    outs = engine.generate(prompts, max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0,
+                           seed=0, stop_token_ids=[eos_id], return_logprobs=True)
+    outs[i].token_ids, outs[i].logprobs, outs[i].finish_reason
+
+`prompts` is a list of token-id lists (prompt, or prompt + guidance prefix). Each
+`RolloutOutput.token_ids` holds the generated ids only, including the stop token when one was
+hit; generation also ends at `max_new_tokens` or at the model's context
+(`max_position_embeddings`). `max_new_tokens=0` gives empty completions.
+
+Log-probs (`return_logprobs=True`) are those of the *untruncated* tempered distribution,
+log_softmax(logits / temperature) — what the trainer's `old_logps` recompute gives — even when
+top-k / top-p restricted the sampling; with temperature 0 (greedy) they are log_softmax(logits).
+
+Seeds: `seed=int` gives request i the generator seed `seed + i`; a list gives one seed per
+request; each request samples from its own generator, so a completion does not depend on the
+other requests of the batch. `seed=None` draws the seeds from torch's global RNG.
+
+Models: Llama / Qwen2 / Qwen3 causal LMs (no sliding-window layers) run a packed forward built
+from the model's own submodules, so it reads the live parameters: no weight sync is needed
+after an optimizer step (`update_weights()` is a no-op) and no second copy of the weights
+exists. Any other causal LM runs a slower generic path (HF forward with a cache, one request
+at a time).
+
+Engine options: `block_size` (16; 256 with flash_attn), `max_num_seqs` (256),
+`max_num_batched_tokens` (16384 prompt tokens per prefill step), `num_kv_blocks` or
+`kv_cache_bytes` (KV budget; default: enough for the call, capped at 4 GiB on CPU or 40 % of
+free GPU memory), `attn_backend` ("auto" | "flash_attn" | "torch_varlen" | "sdpa" | "cpu"),
+`enable_prefix_caching` (True). Full prompt blocks with identical content (the G samples of a
+group, the shared prompt of guided samples) are prefilled once and shared by reference count;
+`engine.stats` (a `RolloutStats`) counts prompt, prefilled and cached tokens of the last call.
+When KV blocks run out during decode, the newest sequence is preempted and recomputed later.
+`engine.free_kv_cache()` releases the cache between roll-outs.
+"""
+from .engine import RolloutEngine, RolloutOutput
+from .scheduler import RolloutStats
+
+__all__ = ["RolloutEngine", "RolloutOutput", "RolloutStats"]

@@ -12,8 +12,9 @@ Backends (``attn_backend``):
   `F.scaled_dot_product_attention` with a boolean causal mask.
 - ``cpu``: the same gather, then plain matmul + fp32 softmax (the math of HF's eager path).
 
-The gather paths have no Python loop at all: index tensors built once per step (in
-`AttentionMetadata`) serve every layer.
+The gather paths build their index tensors once per step (`AttentionMetadata`) for all
+layers. Decode runs as one padded batch; prefill loops over sequences (not tokens), since
+padding mixed-length prompts to the longest would waste most of the attention work.
 """
 from __future__ import annotations
 
@@ -70,55 +71,107 @@ class AttentionMetadata:
     block_tables: torch.Tensor  # [B, max_blocks] int32
     # padded-gather helpers, built only for the gather backends
     q_index: torch.Tensor | None = None  # [B, max_q] packed row of each padded query
-    key_slots: torch.Tensor | None = None  # [B, max_k] flat cache slot of each key
-    mask: torch.Tensor | None = None  # [B, max_q, max_k] True where attention is allowed
+    gather_blocks: torch.Tensor | None = None  # [B, max_blocks] long block table
+    mask: torch.Tensor | None = None  # [B, max_q, max_blocks * block_size] True where allowed
     valid: torch.Tensor | None = None  # [B, max_q] True for real (non-padding) queries
+    # prefill: per-sequence (query rows, block ids, causal mask [q_len, keys]); padding the
+    # queries of a mixed-length prefill batch would waste most of the attention FLOPs
+    per_seq: list | None = None
 
     def build_gather_index(self) -> None:
+        if self.is_prefill:
+            self._build_per_seq()
+            return
         dev = self.q_lens.device
         q_lens, ctx = self.q_lens.long(), self.ctx_lens.long()
         cu = self.cu_seqlens_q.long()
         ar_q = torch.arange(self.max_q, device=dev)
-        ar_k = torch.arange(self.max_k, device=dev)
+        ar_k = torch.arange(self.block_tables.shape[1] * self.block_size, device=dev)
         self.valid = ar_q[None, :] < q_lens[:, None]
         self.q_index = torch.minimum(cu[:-1, None] + ar_q[None, :], (cu[1:] - 1)[:, None])
-        block_idx = (ar_k // self.block_size).clamp(max=self.block_tables.shape[1] - 1)
-        self.key_slots = (self.block_tables.long()[:, block_idx] * self.block_size
-                          + (ar_k % self.block_size)[None, :])
+        self.gather_blocks = self.block_tables.long()
         # query i of a sequence sits at position ctx - q_len + i; padded queries reuse the
         # last real position so no row of the mask is empty
         q_pos = torch.minimum((ctx - q_lens)[:, None] + ar_q[None, :], (ctx - 1)[:, None])
         self.mask = ar_k[None, None, :] <= q_pos[:, :, None]
 
 
+    def _build_per_seq(self) -> None:
+        self.per_seq = []
+        bounds = self.cu_seqlens_q.tolist()
+        for b, (q_len, ctx) in enumerate(zip(self.q_lens.tolist(), self.ctx_lens.tolist())):
+            num_blocks = (ctx + self.block_size - 1) // self.block_size
+            blocks = self.block_tables[b, :num_blocks].long()
+            keys = num_blocks * self.block_size
+            # query i (position ctx - q_len + i) sees keys 0 .. ctx - q_len + i
+            mask = torch.ones(q_len, keys, dtype=torch.bool, device=blocks.device).tril(ctx - q_len)
+            self.per_seq.append((bounds[b], bounds[b + 1], blocks, mask))
+
+
+def cache_shape(backend: str, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int):
+    """Per-layer KV cache shape: flash-attn's paged layout, or head-major for the gather paths
+    (a gather then yields [Hkv, B, keys, D], ready for batched matmul without a transpose copy)."""
+    if backend == "flash_attn":
+        return (num_blocks, block_size, num_kv_heads, head_dim)
+    return (num_kv_heads, num_blocks, block_size, head_dim)
+
+
 def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-             slot_mapping: torch.Tensor) -> None:
+             slot_mapping: torch.Tensor, backend: str) -> None:
     """Write the new tokens' K/V ([T, Hkv, D]) into their cache slots."""
-    k_cache.view(-1, *k.shape[1:]).index_copy_(0, slot_mapping, k)
-    v_cache.view(-1, *v.shape[1:]).index_copy_(0, slot_mapping, v)
+    if backend == "flash_attn":
+        k_cache.view(-1, *k.shape[1:]).index_copy_(0, slot_mapping, k)
+        v_cache.view(-1, *v.shape[1:]).index_copy_(0, slot_mapping, v)
+    else:
+        num_kv_heads, head_dim = k.shape[1], k.shape[2]
+        k_cache.view(num_kv_heads, -1, head_dim).index_copy_(1, slot_mapping, k.transpose(0, 1))
+        v_cache.view(num_kv_heads, -1, head_dim).index_copy_(1, slot_mapping, v.transpose(0, 1))
+
+
+def _grouped_attention(qg, kp, vp, mask, scale: float, use_sdpa: bool):
+    """qg [..., Hkv, G*q, D] over kp/vp [..., Hkv, keys, D] with a bool mask [..., G*q, keys]."""
+    if use_sdpa:
+        return F.scaled_dot_product_attention(qg, kp, vp, attn_mask=mask, scale=scale)
+    scores = torch.matmul(qg, kp.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(qg.dtype)
+    return torch.matmul(probs, vp)
 
 
 def _gather_attention(q, k_cache, v_cache, meta: AttentionMetadata, scale: float, use_sdpa: bool):
     num_q_heads, head_dim = q.shape[1], q.shape[2]
-    num_kv_heads = k_cache.shape[-2]
-    qp = q[meta.q_index].transpose(1, 2)  # [B, Hq, max_q, D]
-    kp = k_cache.view(-1, num_kv_heads, head_dim)[meta.key_slots].transpose(1, 2)  # [B, Hkv, max_k, D]
-    vp = v_cache.view(-1, num_kv_heads, head_dim)[meta.key_slots].transpose(1, 2)
-    b, _, max_q, _ = qp.shape
-    if use_sdpa:
-        out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=meta.mask[:, None], scale=scale,
-                                             enable_gqa=num_q_heads != num_kv_heads)
-    else:
-        groups = num_q_heads // num_kv_heads
-        # query head h reads kv head h // groups (HF's repeat_kv), without materialising repeats
-        qg = qp.reshape(b, num_kv_heads, groups * max_q, head_dim)
-        scores = torch.matmul(qg, kp.transpose(-1, -2)) * scale
-        scores = scores.view(b, num_kv_heads, groups, max_q, -1)
-        scores = scores.masked_fill(~meta.mask[:, None, None], float("-inf"))
-        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        out = torch.matmul(probs.view(b, num_kv_heads, groups * max_q, -1), vp)
-        out = out.view(b, num_q_heads, max_q, head_dim)
-    return out.transpose(1, 2)[meta.valid]  # back to packed [T, Hq, D]
+    num_kv_heads = k_cache.shape[0]
+    groups = num_q_heads // num_kv_heads
+    num_blocks = k_cache.shape[1]
+    # one row per (kv head, block): gathering whole rows along dim 0 is a plain memcpy per
+    # row, many times faster on CPU than indexing an inner dimension
+    k_rows, v_rows = k_cache.view(num_kv_heads * num_blocks, -1), v_cache.view(num_kv_heads * num_blocks, -1)
+    head_offset = torch.arange(num_kv_heads, device=q.device)[:, None] * num_blocks
+
+    def gather(rows: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+        return rows.index_select(0, (head_offset + blocks[None]).view(-1))
+    # query head h reads kv head h // groups (HF's repeat_kv): fold each group into the rows
+    if meta.per_seq is not None:
+        outs = []
+        for start, end, blocks, mask in meta.per_seq:
+            q_len = end - start
+            qg = q[start:end].view(q_len, num_kv_heads, groups, head_dim)
+            qg = qg.permute(1, 2, 0, 3).reshape(num_kv_heads, groups * q_len, head_dim)
+            kp = gather(k_rows, blocks).view(num_kv_heads, -1, head_dim)
+            vp = gather(v_rows, blocks).view(num_kv_heads, -1, head_dim)
+            out = _grouped_attention(qg, kp, vp, mask.repeat(groups, 1), scale, use_sdpa)
+            outs.append(out.view(num_kv_heads, groups, q_len, head_dim).permute(2, 0, 1, 3))
+        return torch.cat(outs).reshape(-1, num_q_heads, head_dim)
+    b, max_q = meta.q_index.shape
+    flat_blocks = meta.gather_blocks.view(-1)
+    kp = gather(k_rows, flat_blocks).view(num_kv_heads, b, -1, head_dim)  # [Hkv, B, keys, D]
+    vp = gather(v_rows, flat_blocks).view(num_kv_heads, b, -1, head_dim)
+    qg = q[meta.q_index].view(b, max_q, num_kv_heads, groups, head_dim)
+    qg = qg.permute(2, 0, 3, 1, 4).reshape(num_kv_heads, b, groups * max_q, head_dim)
+    mask = meta.mask[:, None].expand(b, groups, max_q, -1).reshape(b, groups * max_q, -1)
+    out = _grouped_attention(qg, kp, vp, mask, scale, use_sdpa)  # [Hkv, B, groups * max_q, D]
+    out = out.view(num_kv_heads, b, groups, max_q, head_dim).permute(1, 3, 0, 2, 4)
+    return out.reshape(b, max_q, num_q_heads, head_dim)[meta.valid]  # back to packed [T, Hq, D]
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
@@ -126,7 +179,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Ten
     """Causal attention of the packed queries q [T, Hq, D] over each sequence's cached context.
 
     k, v are this step's new keys/values (already written to the cache by `store_kv`);
-    k_cache/v_cache are [num_blocks, block_size, Hkv, D].
+    k_cache/v_cache are one layer's cache, laid out as `cache_shape` says.
     """
     if backend == "flash_attn":
         from flash_attn import flash_attn_varlen_func, flash_attn_with_kvcache  # optional dependency

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .attention import AttentionMetadata, attend, needs_gather_index, store_kv
+from .attention import AttentionMetadata, attend, cache_shape, needs_gather_index, store_kv
 from .sequence import Sequence
 
 PACKED_FAMILIES = ("llama", "qwen2", "qwen3")
@@ -59,13 +59,16 @@ class ModelRunner:
 
     @property
     def num_kv_blocks(self) -> int:
-        return 0 if self.k_cache is None else self.k_cache.shape[1]
+        if self.k_cache is None:
+            return 0
+        return self.k_cache.shape[1 if self.backend == "flash_attn" else 2]
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
         if self.num_kv_blocks == num_blocks and self.k_cache.dtype == self.dtype:
             return
         self.free_kv_cache()
-        shape = (self.num_layers, num_blocks, self.block_size, self.num_kv_heads, self.head_dim)
+        shape = (self.num_layers, *cache_shape(self.backend, num_blocks, self.block_size,
+                                                self.num_kv_heads, self.head_dim))
         self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
 
@@ -126,7 +129,7 @@ class ModelRunner:
                 q, k = attn.q_norm(q), attn.k_norm(k)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
-            store_kv(k, v, self.k_cache[i], self.v_cache[i], meta.slot_mapping)
+            store_kv(k, v, self.k_cache[i], self.v_cache[i], meta.slot_mapping, self.backend)
             o = attend(q, k, v, self.k_cache[i], self.v_cache[i], meta, self.scale, self.backend)
             x = x + attn.o_proj(o.reshape(num_tokens, -1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))

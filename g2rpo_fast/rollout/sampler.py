@@ -17,22 +17,31 @@ from .sequence import Sequence
 
 
 def filtered_probs(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
-                   top_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sorted (descending) sampling probabilities after top-k/top-p, and the sort indices.
+                   top_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Sampling probabilities after temperature, top-k and top-p, and their token ids.
 
-    logits [B, V] fp32; temperature (> 0), top_k (0 = off), top_p: [B].
+    logits [B, V] fp32; temperature (> 0), top_k (0 = off), top_p: [B]. Returns (probs, ids)
+    with probs in descending order and ids [B, n] the token of each column, or ids=None when
+    no row filters (probs then in vocabulary order: no sort needed).
     """
     vocab = logits.shape[-1]
-    sorted_z, order = torch.sort(logits / temperature[:, None], dim=-1, descending=True, stable=True)
-    probs = torch.softmax(sorted_z, dim=-1)
-    rank = torch.arange(vocab, device=logits.device)[None, :]
+    z = logits / temperature[:, None]
+    if bool((top_k == 0).all()) and bool((top_p >= 1.0).all()):
+        return torch.softmax(z, dim=-1), None
+    if bool((top_k > 0).all()):  # only the k_max largest can survive: topk beats a full sort
+        z_sorted, ids = torch.topk(z, min(int(top_k.max()), vocab), dim=-1, sorted=True)
+        log_norm = torch.logsumexp(z, dim=-1, keepdim=True)
+        probs = torch.exp(z_sorted - log_norm)
+    else:
+        z_sorted, ids = torch.sort(z, dim=-1, descending=True, stable=True)
+        probs = torch.softmax(z_sorted, dim=-1)
+    rank = torch.arange(probs.shape[-1], device=logits.device)[None, :]
     k = torch.where(top_k > 0, top_k, vocab)
     probs = torch.where(rank < k[:, None], probs, 0.0)
     probs = probs / probs.sum(-1, keepdim=True)
     mass_before = torch.cumsum(probs, -1) - probs
     keep = (mass_before < top_p[:, None]) | (top_p[:, None] >= 1.0) | (rank == 0)
-    probs = torch.where(keep, probs, 0.0)
-    return probs, order
+    return torch.where(keep, probs, 0.0), ids
 
 
 def sample(logits: torch.Tensor, seqs: list[Sequence], return_logprobs: bool):
@@ -45,14 +54,15 @@ def sample(logits: torch.Tensor, seqs: list[Sequence], return_logprobs: bool):
     if sampled_rows:
         rows = torch.tensor(sampled_rows, device=dev)
         sub = [seqs[i] for i in sampled_rows]
-        probs, order = filtered_probs(
+        probs, ids = filtered_probs(
             logits[rows], temps[rows],
             torch.tensor([s.params.top_k for s in sub], device=dev),
             torch.tensor([s.params.top_p for s in sub], dtype=torch.float32, device=dev))
         cdf = torch.cumsum(probs.double(), -1)
         u = torch.cat([torch.rand(1, generator=s.generator, dtype=torch.float64) for s in sub]).to(dev)
+        # inverse CDF: first column whose cumulative mass exceeds u (zero-mass columns never win)
         idx = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp(max=probs.shape[-1] - 1)
-        tokens[rows] = order.gather(1, idx).squeeze(1)
+        tokens[rows] = idx.squeeze(1) if ids is None else ids.gather(1, idx).squeeze(1)
     logprobs = None
     if return_logprobs:
         safe_t = torch.where(greedy, torch.ones_like(temps), temps)

@@ -1,0 +1,210 @@
+"""`RolloutEngine`: batched generation from the live policy for GRPO roll-outs."""
+from __future__ import annotations
+
+import inspect
+import numbers
+from dataclasses import dataclass
+
+import torch
+
+from .attention import resolve_backend
+from .block_manager import BlockManager
+from .model_runner import ModelRunner, supports_packed_forward
+from .sampler import sample
+from .scheduler import RolloutStats, Scheduler
+from .sequence import SamplingParams, Sequence
+
+_DEFAULT_CPU_KV_BYTES = 4 << 30
+_CUDA_KV_FRACTION = 0.4  # of the free GPU memory, when no budget is given
+
+
+@dataclass
+class RolloutOutput:
+    """One request's completion.
+
+    token_ids: generated ids, including the stop token when one was hit.
+    logprobs: log-prob of each generated token under log_softmax(logits / T) (untruncated by
+        top-k/top-p; log_softmax(logits) when greedy), or None unless asked for.
+    finish_reason: "stop" (a stop id), or "length" (max_new_tokens or the model's context).
+    """
+
+    token_ids: list[int]
+    logprobs: list[float] | None
+    finish_reason: str
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+class RolloutEngine:
+    """See the package docstring (`g2rpo_fast.rollout`) for the full contract."""
+
+    def __init__(self, model, *, block_size: int | None = None, max_num_seqs: int = 256,
+                 max_num_batched_tokens: int = 16384, num_kv_blocks: int | None = None,
+                 kv_cache_bytes: int | None = None, attn_backend: str = "auto",
+                 enable_prefix_caching: bool = True):
+        self.model = model
+        device = next(model.parameters()).device
+        self.attn_backend = resolve_backend(attn_backend, device)
+        if block_size is None:
+            block_size = 256 if self.attn_backend == "flash_attn" else 16
+        if not _is_int(block_size) or block_size <= 0:
+            raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+        if self.attn_backend == "flash_attn" and block_size % 256:
+            raise ValueError(f"block_size must be a multiple of 256 for flash_attn paged KV, got {block_size}")
+        for name, value in (("max_num_seqs", max_num_seqs), ("max_num_batched_tokens", max_num_batched_tokens)):
+            if not _is_int(value) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if num_kv_blocks is not None and (not _is_int(num_kv_blocks) or num_kv_blocks <= 0):
+            raise ValueError(f"num_kv_blocks must be a positive int, got {num_kv_blocks!r}")
+        if kv_cache_bytes is not None and (not _is_int(kv_cache_bytes) or kv_cache_bytes <= 0):
+            raise ValueError(f"kv_cache_bytes must be a positive int, got {kv_cache_bytes!r}")
+        self.block_size = block_size
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.num_kv_blocks = num_kv_blocks
+        self.kv_cache_bytes = kv_cache_bytes
+        self.enable_prefix_caching = enable_prefix_caching
+        self.packed = supports_packed_forward(model)
+        self.runner = ModelRunner(model, block_size, self.attn_backend) if self.packed else None
+        self.max_model_len = model.config.max_position_embeddings
+        self.vocab_size = model.get_input_embeddings().num_embeddings
+        self.stats = RolloutStats()
+
+    # ---- weights / memory ---------------------------------------------------------------
+    def update_weights(self) -> None:
+        """No-op: the engine reads the model's live parameters and caches nothing derived."""
+
+    def free_kv_cache(self) -> None:
+        """Release the KV cache (e.g. before the training step); the next call re-allocates."""
+        if self.runner is not None:
+            self.runner.free_kv_cache()
+
+    def _kv_blocks_for(self, seqs: list[Sequence]) -> int:
+        if self.num_kv_blocks is not None:
+            return self.num_kv_blocks
+        needed = sum((min(len(s) + s.params.max_new_tokens, s.max_len) + self.block_size - 1) // self.block_size
+                     for s in seqs)
+        budget = self.kv_cache_bytes
+        if budget is None:
+            if self.runner.device.type == "cuda":
+                budget = int(torch.cuda.mem_get_info(self.runner.device)[0] * _CUDA_KV_FRACTION)
+                budget += self.runner.num_kv_blocks * self.runner.bytes_per_block()  # reusable
+            else:
+                budget = _DEFAULT_CPU_KV_BYTES
+        return max(1, min(needed, budget // self.runner.bytes_per_block()))
+
+    # ---- validation ---------------------------------------------------------------------
+    def _check(self, prompts, max_new_tokens, temperature, top_p, top_k, seed, stop_token_ids):
+        if not isinstance(prompts, (list, tuple)):
+            raise ValueError(f"prompts must be a list of token-id lists, got {type(prompts).__name__}")
+        for i, p in enumerate(prompts):
+            if isinstance(p, torch.Tensor):
+                p = p.tolist()
+            if not isinstance(p, (list, tuple)) or not all(_is_int(t) for t in p):
+                raise ValueError(f"prompts[{i}] must be a list of int token ids")
+            if len(p) == 0:
+                raise ValueError(f"prompts[{i}] is empty")
+            bad = [t for t in p if not 0 <= t < self.vocab_size]
+            if bad:
+                raise ValueError(f"prompts[{i}] has token id {bad[0]} outside the vocabulary [0, {self.vocab_size})")
+            if len(p) > self.max_model_len:
+                raise ValueError(f"prompts[{i}] has {len(p)} tokens, longer than the model's context "
+                                 f"(max_position_embeddings={self.max_model_len})")
+        if not _is_int(max_new_tokens) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+        if not isinstance(temperature, numbers.Real) or not temperature >= 0 or temperature == float("inf"):
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+        if not isinstance(top_p, numbers.Real) or not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+        if not _is_int(top_k) or top_k < 0:
+            raise ValueError(f"top_k must be an int >= 0 (0 = off), got {top_k!r}")
+        if seed is not None and not _is_int(seed):
+            if not isinstance(seed, (list, tuple)) or len(seed) != len(prompts) or not all(map(_is_int, seed)):
+                raise ValueError("seed must be None, an int, or a list of ints with one seed per prompt")
+        if stop_token_ids is not None:
+            if not isinstance(stop_token_ids, (list, tuple, set, frozenset)) or not all(map(_is_int, stop_token_ids)):
+                raise ValueError(f"stop_token_ids must be a list of ints, got {stop_token_ids!r}")
+
+    # ---- generation ---------------------------------------------------------------------
+    def generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
+                 top_p: float = 1.0, top_k: int = 0, seed=None, stop_token_ids=None,
+                 return_logprobs: bool = False) -> list[RolloutOutput]:
+        """Complete every prompt; returns one `RolloutOutput` per prompt, in order."""
+        self._check(prompts, max_new_tokens, temperature, top_p, top_k, seed, stop_token_ids)
+        prompts = [p.tolist() if isinstance(p, torch.Tensor) else list(p) for p in prompts]
+        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=float(temperature),
+                                top_p=float(top_p), top_k=int(top_k),
+                                stop_token_ids=frozenset(stop_token_ids or ()))
+        if seed is None:
+            seeds = [int(torch.randint(0, 2**62, ()).item()) for _ in prompts]  # follows torch.manual_seed
+        elif _is_int(seed):
+            seeds = [seed + i for i in range(len(prompts))]
+        else:
+            seeds = list(seed)
+        seqs = []
+        for i, (p, s) in enumerate(zip(prompts, seeds)):
+            gen = None
+            if not params.greedy:
+                gen = torch.Generator().manual_seed(s % 2**63)
+            seqs.append(Sequence(i, list(p), len(p), params, gen, self.max_model_len))
+        self.stats = RolloutStats(prompt_tokens=sum(map(len, prompts)))
+        todo = [s for s in seqs if max_new_tokens > 0 and len(s) < s.max_len]
+        if todo:
+            with torch.inference_mode():
+                if self.packed:
+                    self._generate_packed(todo, return_logprobs)
+                else:
+                    self._generate_generic(todo, return_logprobs)
+        outputs = []
+        for s in seqs:
+            ids = s.completion_ids
+            reason = "stop" if ids and ids[-1] in params.stop_token_ids else "length"
+            outputs.append(RolloutOutput(ids, list(s.logprobs) if return_logprobs else None, reason))
+        return outputs
+
+    def _generate_packed(self, seqs: list[Sequence], return_logprobs: bool) -> None:
+        num_blocks = self._kv_blocks_for(seqs)
+        if self.num_kv_blocks is None:
+            num_blocks = max(num_blocks, self.runner.num_kv_blocks)  # grow only: reuse the cache
+        self.runner.allocate_kv_cache(num_blocks)
+        block_manager = BlockManager(self.runner.num_kv_blocks, self.block_size, self.enable_prefix_caching)
+        scheduler = Scheduler(block_manager, self.max_num_seqs, self.max_num_batched_tokens, self.stats)
+        for s in seqs:
+            scheduler.add(s)
+        while not scheduler.is_finished():
+            batch, is_prefill = scheduler.schedule()
+            if not batch:
+                continue
+            logits = self.runner.run(batch, is_prefill)
+            tokens, logprobs = sample(logits, batch, return_logprobs)
+            scheduler.postprocess(batch, tokens, logprobs)
+
+    def _generate_generic(self, seqs: list[Sequence], return_logprobs: bool) -> None:
+        """Any other causal LM: one request at a time through the HF forward with its cache."""
+        from transformers import DynamicCache
+
+        model = self.model
+        cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        try:
+            for s in seqs:
+                try:
+                    cache = DynamicCache(config=model.config)
+                except TypeError:
+                    cache = DynamicCache()
+                ids = torch.tensor([s.token_ids], device=device)
+                self.stats.prefill_tokens += ids.shape[1]
+                while True:
+                    out = model(input_ids=ids, use_cache=True, **{cache_kw: cache})
+                    tokens, logprobs = sample(out.logits[:, -1].float(), [s], return_logprobs)
+                    s.append(tokens[0], None if logprobs is None else logprobs[0])
+                    self.stats.generated_tokens += 1
+                    if s.is_done():
+                        break
+                    ids = torch.tensor([[tokens[0]]], device=device)
+        finally:
+            model.train(was_training)
