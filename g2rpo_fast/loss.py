@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from .ops._checks import check_same_device, check_tensor
+from .ops._dispatch import use_triton
 from .ops.grpo_loss import LossOptions, g2rpo_loss_from_logps
 from .ops.loss_inputs import prepare_loss_inputs
 from .ops.logps import per_token_logps
@@ -45,13 +46,11 @@ class G2RPOLoss(torch.nn.Module):
             group_size=group_size, completion_mask=completion_mask, guidance_mask=guidance_mask,
             cu_seqlens=cu_seqlens, old_logps=old_logps, ref_logps=ref_logps,
             num_items_in_batch=num_items_in_batch, compute_dtype=dtype)
-        flat_logits = logits.reshape(-1, logits.shape[-1])
-        from .ops._dispatch import use_triton
-
         if use_triton(logits) and self.opts.importance_sampling_level == "token":
             from .ops.grpo_loss_triton import fused_g2rpo_loss
 
-            return fused_g2rpo_loss(flat_logits, inp, self.opts, num_items_in_batch)
-        logps = per_token_logps(flat_logits, inp.token_ids, self.opts.temperature)
+            # Unflattened: the kernel reads strided views such as TRL's logits[:, :-1] in place.
+            return fused_g2rpo_loss(logits, inp, self.opts, num_items_in_batch)
+        logps = per_token_logps(logits.reshape(-1, logits.shape[-1]), inp.token_ids, self.opts.temperature)
         return g2rpo_loss_from_logps(logps, inp.advantages, inp.weights, inp.layout, self.opts,
                                      inp.old_logps, inp.ref_logps, num_items_in_batch)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ._checks import check_choice, check_finite, check_tensor
+from ._dispatch import use_triton
 from .reference import group_advantages_ref
 
 
@@ -29,4 +30,8 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: str 
     check_finite(rewards, "rewards")
     if not (isinstance(eps, (int, float)) and eps >= 0):
         raise ValueError(f"`eps` must be a non-negative number, got {eps!r}")
+    if use_triton(rewards):
+        from g2rpo_fast.kernels.advantages import launch_group_advantages
+
+        return launch_group_advantages(rewards.detach(), group_size, scale_rewards, float(eps))
     return group_advantages_ref(rewards.detach(), group_size, scale_rewards, eps)
