@@ -28,6 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .aot import on_gpu, run, sm_count
+
 
 @triton.jit
 def _fwd_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, m_ptr, s_ptr, e_ptr, t_ptr,
@@ -215,25 +217,19 @@ def _interpreter_mode(active):
 
 
 def _kernel(jit_fn, device):
-    if device.type == "cuda":
+    if on_gpu(device):
         return jit_fn
     return _interpreted(getattr(jit_fn, "fn", jit_fn))
 
 
 def _blocks(x: torch.Tensor, n: int, v: int):
-    if x.device.type != "cuda":
+    if not on_gpu(x.device):
         # The interpreter pays per tile in Python: small tiles for small vocabularies (so tests
         # cross tile edges), wide ones for real vocabularies (V = 151936 in ~150 tiles).
         block_v = max(32, min(1024, triton.next_power_of_2(max(v // 128, 1))))
         return 16, block_v, 16, 1
     block_h = 64 if x.dtype != torch.float32 else 32
     return 64, 128, block_h, 8
-
-
-def _sm_count(device):
-    if device.type != "cuda":
-        return 1
-    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def forward(hidden, weight, bias, token_ids, temperature, return_entropy):
@@ -248,7 +244,7 @@ def forward(hidden, weight, bias, token_ids, temperature, return_entropy):
     row_blocks = triton.cdiv(n, block_n)
     v_tiles = triton.cdiv(v, block_v)
     # Split the vocabulary when there are too few row blocks to fill the GPU.
-    want = max(1, (2 * _sm_count(dev)) // max(row_blocks, 1)) if dev.type == "cuda" else VOCAB_SPLITS_CPU
+    want = max(1, (2 * sm_count(dev)) // max(row_blocks, 1)) if on_gpu(dev) else VOCAB_SPLITS_CPU
     tiles_per_split = triton.cdiv(v_tiles, min(want, v_tiles, 65535))
     splits = triton.cdiv(v_tiles, tiles_per_split)  # every split starts inside the vocabulary
     f32 = {"device": dev, "dtype": torch.float32}
@@ -258,11 +254,11 @@ def forward(hidden, weight, bias, token_ids, temperature, return_entropy):
     e = torch.empty(splits, n, **f32) if return_entropy else m
     b = bias if bias is not None else hidden
     kern = _kernel(_fwd_kernel, dev)
-    with _interpreter_mode(dev.type != "cuda"):
-        kern[(row_blocks, splits)](
+    with _interpreter_mode(not on_gpu(dev)):
+        run(kern, (row_blocks, splits),
             hidden, weight, b, token_ids, m, s, e, t, n, v, h, 1.0 / temperature, tiles_per_split,
             HAS_BIAS=bias is not None, ENTROPY=return_entropy, IEEE=hidden.dtype == torch.float32,
-            DOT_F32=dev.type != "cuda",
+            DOT_F32=not on_gpu(dev),
             BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_H=block_h, num_warps=warps)
     if splits == 1:
         lse = m[0] + torch.log(s[0])
@@ -291,23 +287,23 @@ def backward(hidden, weight, bias, token_ids, lse, grad_logps, temperature, need
     dev = hidden.device
     block_n, block_v, block_h, warps = _blocks(hidden, n, v)
     g = grad_logps.to(torch.float32).contiguous()
-    common = {"HAS_BIAS": bias is not None, "IEEE": hidden.dtype == torch.float32, "DOT_F32": dev.type != "cuda",
+    common = {"HAS_BIAS": bias is not None, "IEEE": hidden.dtype == torch.float32, "DOT_F32": not on_gpu(dev),
                   "BLOCK_N": block_n, "BLOCK_V": block_v, "BLOCK_H": block_h, "num_warps": warps}
     b = bias if bias is not None else hidden  # a placeholder pointer when there is no bias
     d_hidden = d_weight = d_bias = None
     if need_hidden:
         dh = torch.zeros(n, h, device=dev, dtype=torch.float32)
         if n > 0:
-            with _interpreter_mode(dev.type != "cuda"):
-                _kernel(_dhidden_kernel, dev)[(triton.cdiv(n, block_n),)](
+            with _interpreter_mode(not on_gpu(dev)):
+                run(_kernel(_dhidden_kernel, dev), (triton.cdiv(n, block_n),),
                     hidden, weight, b, token_ids, lse, g, dh, n, v, h, 1.0 / temperature, **common)
         d_hidden = dh.to(hidden.dtype)
     if need_weight or need_bias:
         dw = torch.zeros(v, h, device=dev, dtype=torch.float32)
         db = torch.zeros(v, device=dev, dtype=torch.float32) if bias is not None else dw
         if n > 0:
-            with _interpreter_mode(dev.type != "cuda"):
-                _kernel(_dweight_kernel, dev)[(triton.cdiv(v, block_v),)](
+            with _interpreter_mode(not on_gpu(dev)):
+                run(_kernel(_dweight_kernel, dev), (triton.cdiv(v, block_v),),
                     hidden, weight, b, token_ids, lse, g, dw, db, n, v, h, 1.0 / temperature, **common)
         d_weight = dw.to(weight.dtype) if need_weight else None
         d_bias = db.to(bias.dtype) if need_bias else None

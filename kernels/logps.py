@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .aot import on_gpu, run, sm_count
+
 # Tile width along the vocabulary. Big tiles keep the GPU busy; in the interpreter a big tile
 # is also faster (numpy vectorises it). Tests shrink it to exercise the multi-tile path.
 BLOCK_V_CUDA = 4096
@@ -116,7 +118,7 @@ def kernel_for(kernel, device: torch.device):
     """
     from triton.runtime.interpreter import InterpretedFunction
 
-    interpret = device.type != "cuda"
+    interpret = not on_gpu(device)
     if isinstance(kernel, InterpretedFunction) == interpret:
         return kernel
     key = (kernel.fn, interpret)
@@ -128,7 +130,7 @@ def kernel_for(kernel, device: torch.device):
 @contextlib.contextmanager
 def launch_mode(device: torch.device):
     """Interpreter knob on for CPU launches, whatever the environment says."""
-    if device.type == "cuda":
+    if on_gpu(device):
         yield
         return
     with triton.knobs.runtime.scope():
@@ -138,26 +140,25 @@ def launch_mode(device: torch.device):
 
 def launch(kernel, grid, device, *args, **kwargs):
     with launch_mode(device):
-        kernel_for(kernel, device)[grid](*args, **kwargs)
+        run(kernel_for(kernel, device), grid, *args, **kwargs)
 
 
 def block_v_for(vocab: int, device: torch.device) -> int:
-    cap = BLOCK_V_CUDA if device.type == "cuda" else BLOCK_V_INTERPRET
+    cap = BLOCK_V_CUDA if on_gpu(device) else BLOCK_V_INTERPRET
     return max(16, min(triton.next_power_of_2(vocab), cap))
 
 
 def num_programs(n_rows: int, device: torch.device) -> int:
     """Cap the 1-D grid; each program loops over rows with a stride."""
-    if device.type == "cuda":
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-        cap = sms * 32
+    if on_gpu(device):
+        cap = sm_count(device) * 32
     else:
         cap = 1 << 16
     return max(1, min(n_rows, cap))
 
 
 def warps_for(block_v: int, device: torch.device) -> int:
-    return 8 if (device.type == "cuda" and block_v >= 2048) else 4
+    return 8 if (on_gpu(device) and block_v >= 2048) else 4
 
 
 def row_strides(logits):
