@@ -17,12 +17,14 @@ of never writing dlogits. Unmeasured on a GPU so far (see benchmarks/results/fus
 
 On a CPU tensor the same kernels run in Triton's interpreter. Triton decides interpreter vs
 compiler when `@triton.jit` runs (import time), so the launchers below wrap the raw Python
-function in an `InterpretedFunction` themselves: tests need not import this module in any order.
+functions (kernels and their helpers) in `InterpretedFunction`s themselves: tests need not import
+this module in any order.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
+import types
 
 import torch
 import triton
@@ -32,14 +34,80 @@ from .aot import on_gpu, run, sm_count
 
 
 @triton.jit
+def _span(first, limit, BLOCK: tl.constexpr):
+    """int64 indices first, ..., first + BLOCK - 1 (no int32 overflow at any N·V) and which are < limit."""
+    idx = first + tl.arange(0, BLOCK).to(tl.int64)
+    return idx, idx < limit
+
+
+@triton.jit
+def _dot(a, b, acc, IEEE: tl.constexpr, DOT_F32: tl.constexpr):
+    """acc + a @ b: IEEE fp32 products for fp32 inputs (tf32 otherwise loses ~3 digits)."""
+    if DOT_F32:  # the interpreter multiplies bf16 bit patterns in tl.dot (triton 3.9)
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    if IEEE:
+        acc = tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        acc = tl.dot(a, b, acc)
+    return acc
+
+
+@triton.jit
+def _logit_tile(h_ptr, w_ptr, b_ptr, rows, row_ok, cols, col_ok, H,
+                HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
+    """hidden[rows] @ weight[cols]ᵀ (+ bias[cols]): an fp32 [BLOCK_N, BLOCK_V] tile, before 1/T."""
+    acc = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)
+    for k in range(0, H, BLOCK_H):
+        ks = k + tl.arange(0, BLOCK_H)
+        k_ok = ks < H
+        hh = tl.load(h_ptr + rows[:, None] * H + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        wt = tl.load(w_ptr + cols[None, :] * H + ks[:, None], mask=col_ok[None, :] & k_ok[:, None], other=0.0)
+        acc = _dot(hh, wt, acc, IEEE, DOT_F32)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    return acc
+
+
+@triton.jit
+def _row_stats(tgt_ptr, lse_ptr, g_ptr, rows, row_ok, inv_t):
+    """Per-row target, logsumexp and g/T for the backward (g = 0 past N, so those rows add nothing)."""
+    tgt = tl.load(tgt_ptr + rows, mask=row_ok, other=-1).to(tl.int64)
+    lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
+    g = tl.load(g_ptr + rows, mask=row_ok, other=0.0) * inv_t
+    return tgt, lse, g
+
+
+@triton.jit
+def _dlogits(logits, cols, col_ok, tgt, lse, g, inv_t):
+    """dlogits = g·(onehot − softmax) of one tile, fp32, from its logits before 1/T."""
+    p = tl.where(col_ok[None, :], tl.exp(logits * inv_t - lse[:, None]), 0.0)
+    onehot = tl.where(cols[None, :] == tgt[:, None], 1.0, 0.0)
+    return (onehot - p) * g[:, None]
+
+
+@triton.jit
+def _add_product(out_ptr, out_rows, out_ok, a, src_ptr, src_rows, src_ok, H,
+                 IEEE: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_H: tl.constexpr):
+    """out[out_rows, :] += a @ src[src_rows, :] over H in BLOCK_H chunks; the caller owns out_rows."""
+    for k in range(0, H, BLOCK_H):
+        ks = k + tl.arange(0, BLOCK_H)
+        k_ok = ks < H
+        src = tl.load(src_ptr + src_rows[:, None] * H + ks[None, :], mask=src_ok[:, None] & k_ok[None, :], other=0.0)
+        ptrs = out_ptr + out_rows[:, None] * H + ks[None, :]
+        mask = out_ok[:, None] & k_ok[None, :]
+        tl.store(ptrs, _dot(a, src, tl.load(ptrs, mask=mask, other=0.0), IEEE, DOT_F32), mask=mask)
+
+
+@triton.jit
 def _fwd_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, m_ptr, s_ptr, e_ptr, t_ptr,
                 N, V, H, inv_t, tiles_per_split,
                 HAS_BIAS: tl.constexpr, ENTROPY: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
-    rows = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
-    row_ok = rows < N
+    rows, row_ok = _span(pid_n.to(tl.int64) * BLOCK_N, N, BLOCK_N)
     tgt = tl.load(tgt_ptr + rows, mask=row_ok, other=-1).to(tl.int64)
     m = tl.full([BLOCK_N], float("-inf"), tl.float32)
     s = tl.zeros([BLOCK_N], tl.float32)
@@ -47,23 +115,9 @@ def _fwd_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, m_ptr, s_ptr, e_ptr, t_ptr,
     tl_sum = tl.zeros([BLOCK_N], tl.float32)  # the target's logit
     v_first = pid_s.to(tl.int64) * tiles_per_split * BLOCK_V
     for it in range(tiles_per_split):
-        cols = v_first + it * BLOCK_V + tl.arange(0, BLOCK_V).to(tl.int64)
-        col_ok = cols < V
-        acc = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)
-        for k in range(0, H, BLOCK_H):
-            ks = k + tl.arange(0, BLOCK_H)
-            k_ok = ks < H
-            hh = tl.load(h_ptr + rows[:, None] * H + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            wt = tl.load(w_ptr + cols[None, :] * H + ks[:, None], mask=col_ok[None, :] & k_ok[:, None], other=0.0)
-            if DOT_F32:  # the interpreter multiplies bf16 bit patterns in tl.dot (triton 3.9)
-                hh = hh.to(tl.float32)
-                wt = wt.to(tl.float32)
-            if IEEE:
-                acc = tl.dot(hh, wt, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(hh, wt, acc)
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        cols, col_ok = _span(v_first + it * BLOCK_V, V, BLOCK_V)
+        acc = _logit_tile(h_ptr, w_ptr, b_ptr, rows, row_ok, cols, col_ok, H,
+                          HAS_BIAS, IEEE, DOT_F32, BLOCK_N, BLOCK_V, BLOCK_H)
         z = tl.where(col_ok[None, :], acc * inv_t, float("-inf"))
         m_new = tl.maximum(m, tl.max(z, axis=1))
         alpha = tl.exp(m - m_new)
@@ -89,47 +143,14 @@ def _dhidden_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, lse_ptr, g_ptr, dh_ptr,
                     HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
     pid_n = tl.program_id(0)
-    rows = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
-    row_ok = rows < N
-    tgt = tl.load(tgt_ptr + rows, mask=row_ok, other=-1).to(tl.int64)
-    lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
-    g = tl.load(g_ptr + rows, mask=row_ok, other=0.0) * inv_t
+    rows, row_ok = _span(pid_n.to(tl.int64) * BLOCK_N, N, BLOCK_N)
+    tgt, lse, g = _row_stats(tgt_ptr, lse_ptr, g_ptr, rows, row_ok, inv_t)
     for v in range(0, V, BLOCK_V):
-        cols = v + tl.arange(0, BLOCK_V).to(tl.int64)
-        col_ok = cols < V
-        acc = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)
-        for k in range(0, H, BLOCK_H):
-            ks = k + tl.arange(0, BLOCK_H)
-            k_ok = ks < H
-            hh = tl.load(h_ptr + rows[:, None] * H + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            wt = tl.load(w_ptr + cols[None, :] * H + ks[:, None], mask=col_ok[None, :] & k_ok[:, None], other=0.0)
-            if DOT_F32:  # the interpreter multiplies bf16 bit patterns in tl.dot (triton 3.9)
-                hh = hh.to(tl.float32)
-                wt = wt.to(tl.float32)
-            if IEEE:
-                acc = tl.dot(hh, wt, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(hh, wt, acc)
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-        p = tl.where(col_ok[None, :], tl.exp(acc * inv_t - lse[:, None]), 0.0)
-        onehot = tl.where(cols[None, :] == tgt[:, None], 1.0, 0.0)
-        dz = ((onehot - p) * g[:, None]).to(h_ptr.dtype.element_ty)
-        if DOT_F32:
-            dz = dz.to(tl.float32)
-        for k in range(0, H, BLOCK_H):
-            ks = k + tl.arange(0, BLOCK_H)
-            k_ok = ks < H
-            w = tl.load(w_ptr + cols[:, None] * H + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
-            if DOT_F32:
-                w = w.to(tl.float32)
-            if IEEE:
-                part = tl.dot(dz, w, input_precision="ieee")
-            else:
-                part = tl.dot(dz, w)
-            ptrs = dh_ptr + rows[:, None] * H + ks[None, :]
-            mask = row_ok[:, None] & k_ok[None, :]
-            tl.store(ptrs, tl.load(ptrs, mask=mask, other=0.0) + part, mask=mask)
+        cols, col_ok = _span(v, V, BLOCK_V)
+        acc = _logit_tile(h_ptr, w_ptr, b_ptr, rows, row_ok, cols, col_ok, H,
+                          HAS_BIAS, IEEE, DOT_F32, BLOCK_N, BLOCK_V, BLOCK_H)
+        dz = _dlogits(acc, cols, col_ok, tgt, lse, g, inv_t).to(h_ptr.dtype.element_ty)
+        _add_product(dh_ptr, rows, row_ok, dz, w_ptr, cols, col_ok, H, IEEE, DOT_F32, BLOCK_H)
 
 
 @triton.jit
@@ -138,53 +159,18 @@ def _dweight_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, lse_ptr, g_ptr, dw_ptr, db_ptr
                     HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
     pid_v = tl.program_id(0)
-    cols = pid_v.to(tl.int64) * BLOCK_V + tl.arange(0, BLOCK_V).to(tl.int64)
-    col_ok = cols < V
-    if HAS_BIAS:
-        bias = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    cols, col_ok = _span(pid_v.to(tl.int64) * BLOCK_V, V, BLOCK_V)
     db = tl.zeros([BLOCK_V], tl.float32)
     for n in range(0, N, BLOCK_N):
-        rows = n + tl.arange(0, BLOCK_N).to(tl.int64)
-        row_ok = rows < N
-        tgt = tl.load(tgt_ptr + rows, mask=row_ok, other=-1).to(tl.int64)
-        lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
-        g = tl.load(g_ptr + rows, mask=row_ok, other=0.0) * inv_t
-        acc = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)
-        for k in range(0, H, BLOCK_H):
-            ks = k + tl.arange(0, BLOCK_H)
-            k_ok = ks < H
-            hh = tl.load(h_ptr + rows[:, None] * H + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            wt = tl.load(w_ptr + cols[None, :] * H + ks[:, None], mask=col_ok[None, :] & k_ok[:, None], other=0.0)
-            if DOT_F32:  # the interpreter multiplies bf16 bit patterns in tl.dot (triton 3.9)
-                hh = hh.to(tl.float32)
-                wt = wt.to(tl.float32)
-            if IEEE:
-                acc = tl.dot(hh, wt, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(hh, wt, acc)
-        if HAS_BIAS:
-            acc += bias[None, :]
-        p = tl.where(col_ok[None, :], tl.exp(acc * inv_t - lse[:, None]), 0.0)
-        onehot = tl.where(cols[None, :] == tgt[:, None], 1.0, 0.0)
-        dz = (onehot - p) * g[:, None]  # rows past N have g = 0
+        rows, row_ok = _span(n, N, BLOCK_N)
+        tgt, lse, g = _row_stats(tgt_ptr, lse_ptr, g_ptr, rows, row_ok, inv_t)
+        acc = _logit_tile(h_ptr, w_ptr, b_ptr, rows, row_ok, cols, col_ok, H,
+                          HAS_BIAS, IEEE, DOT_F32, BLOCK_N, BLOCK_V, BLOCK_H)
+        dz = _dlogits(acc, cols, col_ok, tgt, lse, g, inv_t)
         if HAS_BIAS:
             db += tl.sum(dz, axis=0)
         dzt = tl.trans(dz.to(h_ptr.dtype.element_ty))
-        if DOT_F32:
-            dzt = dzt.to(tl.float32)
-        for k in range(0, H, BLOCK_H):
-            ks = k + tl.arange(0, BLOCK_H)
-            k_ok = ks < H
-            hh = tl.load(h_ptr + rows[:, None] * H + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            if DOT_F32:
-                hh = hh.to(tl.float32)
-            if IEEE:
-                part = tl.dot(dzt, hh, input_precision="ieee")
-            else:
-                part = tl.dot(dzt, hh)
-            ptrs = dw_ptr + cols[:, None] * H + ks[None, :]
-            mask = col_ok[:, None] & k_ok[None, :]
-            tl.store(ptrs, tl.load(ptrs, mask=mask, other=0.0) + part, mask=mask)
+        _add_product(dw_ptr, cols, col_ok, dzt, h_ptr, rows, row_ok, H, IEEE, DOT_F32, BLOCK_H)
     if HAS_BIAS:
         tl.store(db_ptr + cols, db, mask=col_ok)
 
@@ -198,9 +184,18 @@ VOCAB_SPLITS_CPU = 1
 
 @functools.cache
 def _interpreted(fn):
+    """`fn` for the interpreter, calling interpreted copies of the @triton.jit helpers above: a
+    compiled helper (this module imported without TRITON_INTERPRET) cannot run there."""
     from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
 
-    return InterpretedFunction(fn)
+    scope = dict(fn.__globals__)  # shared by every copy, so helpers calling helpers resolve too
+
+    def in_scope(f):
+        return InterpretedFunction(types.FunctionType(f.__code__, scope, f.__name__, f.__defaults__, f.__closure__))
+
+    scope.update({name: in_scope(v.fn) for name, v in fn.__globals__.items() if isinstance(v, JITFunction)})
+    return in_scope(fn)
 
 
 @contextlib.contextmanager
@@ -228,8 +223,12 @@ def _blocks(x: torch.Tensor, n: int, v: int):
         # cross tile edges), wide ones for real vocabularies (V = 151936 in ~150 tiles).
         block_v = max(32, min(1024, triton.next_power_of_2(max(v // 128, 1))))
         return 16, block_v, 16, 1
-    block_h = 64 if x.dtype != torch.float32 else 32
-    return 64, 128, block_h, 8
+    if x.dtype == torch.float32:
+        # IEEE fp32 dots run on CUDA cores (FMA), with operands in registers: at 64x128 the
+        # [BLOCK_V, BLOCK_N] dlogitsᵀ operand of `_dweight_kernel` spilled ~7 KB (ptxas: 32 regs).
+        # 64x64 needs ~160 registers per thread in both backward kernels and spills nothing.
+        return 64, 64, 32, 8
+    return 64, 128, 64, 8
 
 
 def forward(hidden, weight, bias, token_ids, temperature, return_entropy):

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -126,6 +128,7 @@ CASES = {
     "fused_linear_fwd-bf16-no_bias-no_entropy-split": _fused_linear(BF16, False, bias=False, entropy=False, rows=2560,
                                                                     vocab=4096),
     "fused_linear_bwd-bf16-no_bias": _fused_linear(BF16, True, bias=False),
+    "fused_linear_bwd-fp32-no_bias-16_aligned_rows": _fused_linear(F32, True, bias=False, rows=2560),
 }
 
 EXPECTED_KERNELS = {
@@ -154,6 +157,26 @@ def _ptxas_problem(arch):
     return None
 
 
+def _registers_and_spills(cubin: bytes):
+    """(registers per thread, spilled 4-byte words) of a one-kernel cubin: Triton's `n_regs`, `n_spills`.
+
+    Triton 3.9 sets `CompiledKernel.n_regs`/`n_spills` only when the CUDA driver loads the cubin
+    (`n_spills` = local memory bytes / 4), which needs a GPU; its bundled cuobjdump reads the same
+    numbers from the cubin (`-res-usage`: REG, and STACK = local memory bytes per thread).
+    """
+    from triton import knobs
+
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([knobs.nvidia.cuobjdump.path, "-res-usage", f.name], check=True, capture_output=True,
+                             text=True, timeout=60).stdout
+    usage = re.search(r"REG:(\d+) STACK:(\d+)", out)
+    if usage is None:
+        raise RuntimeError(f"cuobjdump -res-usage printed no REG/STACK:\n{out}")
+    return int(usage[1]), int(usage[2]) // 4
+
+
 def _compile_all():
     """Compile every case; print one JSON line per case (or one `skip` line)."""
     import traceback
@@ -173,7 +196,9 @@ def _compile_all():
             with aot.compile_only() as session:
                 case()
             for kname, ck in session.compiled:
+                n_regs, n_spills = _registers_and_spills(ck.asm["cubin"])
                 result["kernels"].append({
+                    "n_regs": n_regs, "n_spills": n_spills,
                     "name": kname, "shared": ck.metadata.shared, "max_shared": session.max_shared,
                     "num_warps": ck.metadata.num_warps, "cubin_bytes": len(ck.asm.get("cubin", b"")),
                     "ptx_sm90": f".target sm_{session.arch}" in ck.asm.get("ptx", ""),
@@ -213,6 +238,8 @@ def test_kernel_compiles_for_sm90(compiled, case):
     for k in result["kernels"]:
         assert k["ptx_sm90"] and k["cubin_bytes"] > 0, k
         assert k["shared"] <= k["max_shared"], f"{k['name']} needs {k['shared']} B of shared memory: {k}"
+        if case.startswith("fused_linear"):  # a spill costs local-memory traffic in the inner loop
+            assert k["n_spills"] == 0, f"{k['name']} spills {4 * k['n_spills']} B/thread at {k['n_regs']} registers: {k}"
 
 
 if __name__ == "__main__":
