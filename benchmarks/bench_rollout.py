@@ -14,6 +14,7 @@ import argparse
 import json
 import platform
 import shlex
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,6 +29,11 @@ PRESETS = {
     "small": dict(vocab_size=8192, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=4096,
                   tie_word_embeddings=True),
+    # the trainer's CPU demo model (g2rpo_fast.models.tiny): use e.g. --prompts 16 --prompt-len 32
+    # --guidance-len 16 --new-tokens 64 (its context is 128)
+    "tiny": dict(vocab_size=32, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=128,
+                 tie_word_embeddings=True),
     "qwen3-0.6b": dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
                        num_attention_heads=16, num_key_value_heads=8, head_dim=128,
                        max_position_embeddings=40960, tie_word_embeddings=True, rope_theta=1000000.0),
@@ -52,23 +58,26 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def run_engine(model, prompts, args, device):
+def make_engine_run(model, prompts, args, device):
     engine = RolloutEngine(model, attn_backend=args.attn_backend)
     engine.generate(prompts[:4], 4, temperature=1.0, seed=0)  # warm-up (allocation, kernels)
-    sync(device)
-    t0, c0 = time.perf_counter(), time.process_time()
-    outs = engine.generate(prompts, args.new_tokens, temperature=1.0, top_p=1.0, seed=args.seed)
-    sync(device)
-    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
-    assert all(len(o.token_ids) == args.new_tokens for o in outs)
-    s = engine.stats
-    return dict(seconds=seconds, cpu_seconds=cpu_seconds, tokens=sum(len(o.token_ids) for o in outs),
-                backend=engine.attn_backend,
-                prompt_tokens=s.prompt_tokens, prefill_tokens=s.prefill_tokens,
-                cached_prefill_tokens=s.cached_prefill_tokens, preemptions=s.preemptions)
+
+    def run():
+        sync(device)
+        t0, c0 = time.perf_counter(), time.process_time()
+        outs = engine.generate(prompts, args.new_tokens, temperature=1.0, top_p=1.0, seed=args.seed)
+        sync(device)
+        seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
+        assert all(len(o.token_ids) == args.new_tokens for o in outs)
+        s = engine.stats
+        return dict(seconds=seconds, cpu_seconds=cpu_seconds, tokens=sum(len(o.token_ids) for o in outs),
+                    backend=engine.attn_backend,
+                    prompt_tokens=s.prompt_tokens, prefill_tokens=s.prefill_tokens,
+                    cached_prefill_tokens=s.cached_prefill_tokens, preemptions=s.preemptions)
+    return run
 
 
-def run_hf(model, prompts, args, device):
+def make_hf_run(model, prompts, args, device):
     width = max(map(len, prompts))
     ids = torch.zeros(len(prompts), width, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -78,13 +87,25 @@ def run_hf(model, prompts, args, device):
     ids, mask = ids.to(device), mask.to(device)
     kw = dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, eos_token_id=None, pad_token_id=0)
     model.generate(ids[:4], attention_mask=mask[:4], max_new_tokens=4, **kw)  # warm-up
-    sync(device)
-    t0, c0 = time.perf_counter(), time.process_time()
-    out = model.generate(ids, attention_mask=mask, max_new_tokens=args.new_tokens,
-                         min_new_tokens=args.new_tokens, **kw)
-    sync(device)
-    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
-    return dict(seconds=seconds, cpu_seconds=cpu_seconds, tokens=(out.shape[1] - width) * len(prompts))
+
+    def run():
+        sync(device)
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=args.new_tokens,
+                             min_new_tokens=args.new_tokens, **kw)
+        sync(device)
+        seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
+        return dict(seconds=seconds, cpu_seconds=cpu_seconds, tokens=(out.shape[1] - width) * len(prompts))
+    return run
+
+
+def median_of(runs: list[dict]) -> dict:
+    """Median wall and CPU time over the repeats (each taken separately); raw values kept."""
+    out = dict(runs[0])
+    for key in ("seconds", "cpu_seconds"):
+        out[key] = statistics.median(r[key] for r in runs)
+        out[key + "_all"] = [round(r[key], 3) for r in runs]
+    return out
 
 
 def main(argv=None):
@@ -101,6 +122,7 @@ def main(argv=None):
     ap.add_argument("--attn-backend", default="auto")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs of each side (medians reported)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="result stem (default benchmarks/results/rollout_<device>)")
     args = ap.parse_args(argv)
@@ -114,8 +136,16 @@ def main(argv=None):
     model = Qwen3ForCausalLM(config).to(device=device, dtype=dtype).eval()
     prompts = build_batch(args, config.vocab_size)
 
-    ours = run_engine(model, prompts, args, device)
-    hf = None if args.skip_hf else run_hf(model, prompts, args, device)
+    # engine and HF alternate, so both see the same load on a shared machine
+    run_ours = make_engine_run(model, prompts, args, device)
+    run_hf = None if args.skip_hf else make_hf_run(model, prompts, args, device)
+    ours_runs, hf_runs = [], []
+    for _ in range(args.repeats):
+        ours_runs.append(run_ours())
+        if run_hf:
+            hf_runs.append(run_hf())
+    ours = median_of(ours_runs)
+    hf = median_of(hf_runs) if hf_runs else None
     for r in filter(None, (ours, hf)):
         r["tokens_per_s"] = r["tokens"] / r["seconds"]
         r["tokens_per_cpu_s"] = r["tokens"] / r["cpu_seconds"]
@@ -129,7 +159,7 @@ def main(argv=None):
         device=f"{device.type}: {device_name}", torch_threads=torch.get_num_threads(),
         torch=torch.__version__, transformers=transformers.__version__, python=platform.python_version(),
         preset=args.preset, dtype=args.dtype, batch=f"{args.prompts} prompts x {args.samples} samples "
-        f"({args.guided} guided)", new_tokens=args.new_tokens, engine=ours, hf_generate=hf,
+        f"({args.guided} guided)", new_tokens=args.new_tokens, repeats=args.repeats, engine=ours, hf_generate=hf,
         speedup_wall=(hf["seconds"] / ours["seconds"]) if hf else None,
         speedup_cpu_time=(hf["cpu_seconds"] / ours["cpu_seconds"]) if hf else None,
         prefill_saved=ours["cached_prefill_tokens"] / ours["prompt_tokens"])
@@ -142,7 +172,8 @@ def main(argv=None):
         f"- device: {result['device']} ({result['torch_threads']} torch threads)",
         f"- torch {result['torch']}, transformers {result['transformers']}, python {result['python']}",
         f"- model: random-weight Qwen3 `{args.preset}` preset, {args.dtype}; batch: {result['batch']}; "
-        f"{args.new_tokens} new tokens each, sampling T=1, no stop id", "",
+        f"{args.new_tokens} new tokens each, sampling T=1, no stop id",
+        f"- median of {args.repeats} timed runs per side, engine and HF alternating", "",
         "| | wall s | process CPU s | generated tokens | tokens/s (wall) | tokens/CPU-s |",
         "|---|---|---|---|---|---|",
     ]
@@ -152,6 +183,8 @@ def main(argv=None):
     for name, r in rows:
         lines.append(f"| {name} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | {r['tokens']} | "
                      f"{r['tokens_per_s']:.0f} | {r['tokens_per_cpu_s']:.0f} |")
+    lines += ["", f"Per-run wall / CPU s, engine: {ours['seconds_all']} / {ours['cpu_seconds_all']}"
+              + (f"; HF: {hf['seconds_all']} / {hf['cpu_seconds_all']}" if hf else "") + "."]
     if hf:
         lines += ["", f"Speed-up: **{result['speedup_cpu_time']:.2f}x** in process CPU time, "
                   f"{result['speedup_wall']:.2f}x in wall time (wall time is at the mercy of other "

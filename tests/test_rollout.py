@@ -226,3 +226,40 @@ def test_bad_engine_options(models):
         RolloutEngine(model, attn_backend="flash_attn")
     with pytest.raises(ValueError, match="block_size"):
         RolloutEngine(model, block_size=0)
+
+
+@pytest.mark.parametrize("split_prefix", [True, False])
+def test_cpu_dense_decode_matches_paged_gather(models, monkeypatch, split_prefix):
+    """CPU decode's dense K/V buffer (shared-prefix split on / off, rows left behind by stopped
+    sequences, rebuilds) gives what the per-step gather from the paged cache gives."""
+    from g2rpo_fast.rollout import decode_buffer
+
+    model = get_model(models, "qwen3")
+    g = torch.Generator().manual_seed(5)
+    base = torch.randint(0, VOCAB, (50,), generator=g).tolist()
+    prompts = _prompts() + [base] * 4 + [base + torch.randint(0, VOCAB, (n,), generator=g).tolist() for n in (5, 20)]
+    kw = dict(max_new_tokens=24, temperature=1.0, top_p=0.95, seed=7, stop_token_ids=[3, 9, 17, 40, 77],
+              return_logprobs=True)
+    monkeypatch.setattr(decode_buffer, "_MIN_SAVED_KEYS_PER_ROW", 0 if split_prefix else 10**9)
+    prefix_used = []
+    rebuild = decode_buffer.DecodeBuffer._rebuild
+
+    def spy(self, *args):
+        ok = rebuild(self, *args)
+        prefix_used.append(self.k_prefix is not None)
+        return ok
+
+    monkeypatch.setattr(decode_buffer.DecodeBuffer, "_rebuild", spy)
+    engine = RolloutEngine(model)
+    dense = engine.generate(prompts, **kw)
+    assert prefix_used and any(prefix_used) == split_prefix
+    assert len(prefix_used) > 1  # stopped sequences forced at least one compaction
+    greedy = engine.generate(prompts[-6:], 12)
+    assert [o.token_ids for o in greedy] == [hf_greedy(model, p, 12) for p in prompts[-6:]]
+
+    monkeypatch.setattr(decode_buffer, "_MAX_BUFFER_BYTES", 0)  # too big: per-step paged gather
+    ref = RolloutEngine(model).generate(prompts, **kw)
+    assert len({len(o.token_ids) for o in ref}) > 3  # sequences stopped at different steps
+    for d, r in zip(dense, ref):
+        assert d.token_ids == r.token_ids
+        torch.testing.assert_close(torch.tensor(d.logprobs), torch.tensor(r.logprobs), atol=1e-5, rtol=0)

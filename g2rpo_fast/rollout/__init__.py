@@ -33,6 +33,9 @@ free GPU memory), `attn_backend` ("auto" | "flash_attn" | "torch_varlen" | "sdpa
 group, the shared prompt of guided samples) are prefilled once and shared by reference count;
 `engine.stats` (a `RolloutStats`) counts prompt, prefilled and cached tokens of the last call.
 When KV blocks run out during decode, the newest sequence is preempted and recomputed later.
+On CPU, decode reads a dense copy of the running batch's K/V that grows by one token per step
+(rebuilt from the paged blocks only when the batch changes; at most 2 GiB, else the per-step
+gather is used), keeping each group's shared prompt prefix once.
 `engine.free_kv_cache()` releases the cache between roll-outs.
 """
 from .engine import RolloutEngine, RolloutOutput

@@ -13,8 +13,13 @@ Backends (``attn_backend``):
 - ``cpu``: the same gather, then plain matmul + fp32 softmax (the math of HF's eager path).
 
 The gather paths build their index tensors once per step (`AttentionMetadata`) for all
-layers. Decode runs as one padded batch; prefill loops over sequences (not tokens), since
-padding mixed-length prompts to the longest would waste most of the attention work.
+layers. Decode runs as one padded batch; prefill too when padding at most doubles the
+attention work, else it loops over sequences (not tokens), since padding mixed-length
+prompts to the longest would waste most of the attention work.
+
+On a CPU model (``cpu``, and ``sdpa`` too) decode does not gather at all: it reads the dense,
+incrementally appended K/V of `decode_buffer.DecodeBuffer` with `dense_decode_attention`
+(the eager matmul math, with each group's shared prompt prefix read once for the group).
 """
 from __future__ import annotations
 
@@ -79,7 +84,7 @@ class AttentionMetadata:
     per_seq: list | None = None
 
     def build_gather_index(self) -> None:
-        if self.is_prefill:
+        if self.is_prefill and not self._padding_is_cheap():
             self._build_per_seq()
             return
         dev = self.q_lens.device
@@ -95,6 +100,13 @@ class AttentionMetadata:
         q_pos = torch.minimum((ctx - q_lens)[:, None] + ar_q[None, :], (ctx - 1)[:, None])
         self.mask = ar_k[None, None, :] <= q_pos[:, :, None]
 
+
+    def _padding_is_cheap(self) -> bool:
+        """Whether one padded batch does at most twice the attention work of the exact one
+        (many short, similar prompts: one batched call beats a Python loop over sequences)."""
+        q_lens, ctx = self.q_lens.tolist(), self.ctx_lens.tolist()
+        padded = len(q_lens) * self.max_q * self.block_tables.shape[1] * self.block_size
+        return padded <= 2 * sum(q * c for q, c in zip(q_lens, ctx))
 
     def _build_per_seq(self) -> None:
         self.per_seq = []
@@ -200,6 +212,49 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Ten
         return varlen_attn(q, k, v, meta.cu_seqlens_q, meta.cu_seqlens_k, meta.max_q, meta.max_k,
                            scale=scale, window_size=(-1, 0), enable_gqa=q.shape[1] != k.shape[1])
     return _gather_attention(q, k_cache, v_cache, meta, scale, use_sdpa=backend != "cpu")
+
+
+def dense_decode_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
+                           k_prefix: torch.Tensor | None, v_prefix: torch.Tensor | None, step,
+                           scale: float) -> torch.Tensor:
+    """Decode attention of q [B, Hq, D] (one query per sequence) over one `DecodeBuffer` layer.
+
+    k_buf/v_buf [Hkv, R, capacity, D] per-row keys; k_prefix/v_prefix [Hkv, groups, P, D] the
+    shared prefix of each group (or None); `step` a `DecodeStep`. The scores of the prefix
+    and suffix keys go through one softmax (HF's eager math: matmul, fp32 softmax, matmul);
+    only the probability-weighted sum over values is split in two.
+    """
+    num_rows = k_buf.shape[1]
+    num_q_heads, head_dim = q.shape[1], q.shape[2]
+    num_kv_heads = k_buf.shape[0]
+    groups = num_q_heads // num_kv_heads
+    prefix_keys = step.prefix_keys
+    keys = step.key_mask.shape[-1] - prefix_keys
+    if step.rows is not None:  # rows of finished sequences get a dummy query, dropped below
+        q = q.new_zeros(num_rows, num_q_heads, head_dim).index_copy_(0, step.rows, q)
+    # query head h reads kv head h // groups (HF's repeat_kv): the group becomes the query dim
+    qg = q.view(num_rows, num_kv_heads, groups, head_dim).transpose(0, 1)  # [Hkv, R, G, D]
+    ks, vs = k_buf[:, :, :keys], v_buf[:, :, :keys]
+    scores = torch.matmul(qg, ks.transpose(-1, -2))  # [Hkv, R, G, keys]
+    if prefix_keys:
+        # all queries of a group against its prefix at once: [Hkv, groups, max_group * G, P]
+        num_groups, slots = k_prefix.shape[1], step.slot_rows.shape[0]
+        qp = qg.index_select(1, step.slot_rows).reshape(num_kv_heads, num_groups, -1, head_dim)
+        prefix_scores = torch.matmul(qp, k_prefix.transpose(-1, -2))
+        prefix_scores = prefix_scores.view(num_kv_heads, slots, groups, prefix_keys).index_select(1, step.row_slots)
+        scores = torch.cat([prefix_scores, scores], dim=-1)
+    scores = scores * scale
+    scores.masked_fill_(~step.key_mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(qg.dtype)
+    if prefix_keys:
+        out = torch.matmul(probs[..., prefix_keys:], vs)
+        pp = probs[..., :prefix_keys].index_select(1, step.slot_rows)
+        prefix_out = torch.matmul(pp.reshape(num_kv_heads, num_groups, -1, prefix_keys), v_prefix)
+        out += prefix_out.view(num_kv_heads, slots, groups, head_dim).index_select(1, step.row_slots)
+    else:
+        out = torch.matmul(probs, vs)
+    out = out.transpose(0, 1).reshape(num_rows, num_q_heads, head_dim)
+    return out if step.rows is None else out.index_select(0, step.rows)
 
 
 def needs_gather_index(backend: str, meta: AttentionMetadata) -> bool:

@@ -110,7 +110,7 @@ class BlockManager:
 
     def needs_block(self, seq: Sequence) -> bool:
         """Whether the next decode step writes past the sequence's last block."""
-        return len(seq) > len(seq.block_table) * self.block_size
+        return len(seq.token_ids) > len(seq.block_table) * self.block_size
 
     def can_append(self, seq: Sequence) -> bool:
         return not self.needs_block(seq) or len(self.free) >= 1

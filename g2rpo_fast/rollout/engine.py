@@ -173,13 +173,17 @@ class RolloutEngine:
         scheduler = Scheduler(block_manager, self.max_num_seqs, self.max_num_batched_tokens, self.stats)
         for s in seqs:
             scheduler.add(s)
-        while not scheduler.is_finished():
-            batch, is_prefill = scheduler.schedule()
-            if not batch:
-                continue
-            logits = self.runner.run(batch, is_prefill)
-            tokens, logprobs = sample(logits, batch, return_logprobs)
-            scheduler.postprocess(batch, tokens, logprobs)
+        self.runner.reset_decode_buffer()
+        try:
+            while not scheduler.is_finished():
+                batch, is_prefill = scheduler.schedule()
+                if not batch:
+                    continue
+                logits = self.runner.run(batch, is_prefill)
+                tokens, logprobs = sample(logits, batch, return_logprobs)
+                scheduler.postprocess(batch, tokens, logprobs)
+        finally:
+            self.runner.reset_decode_buffer()  # its memory is per call
 
     def _generate_generic(self, seqs: list[Sequence], return_logprobs: bool) -> None:
         """Any other causal LM: one request at a time through the HF forward with its cache."""

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 import torch
 
-from .attention import AttentionMetadata, attend, cache_shape, needs_gather_index, store_kv
+from .attention import (
+    AttentionMetadata,
+    attend,
+    cache_shape,
+    dense_decode_attention,
+    needs_gather_index,
+    store_kv,
+)
+from .decode_buffer import DecodeBuffer
 from .sequence import Sequence
 
 PACKED_FAMILIES = ("llama", "qwen2", "qwen3")
@@ -44,6 +52,9 @@ class ModelRunner:
         self.scale = self.core.layers[0].self_attn.scaling
         self.k_cache: torch.Tensor | None = None
         self.v_cache: torch.Tensor | None = None
+        # CPU decode reads a dense, incrementally appended copy of the batch's K/V (see
+        # decode_buffer.py); on GPU the paged kernels / per-step gather stay
+        self.decode_buffer: DecodeBuffer | None = None
 
     @property
     def device(self) -> torch.device:
@@ -74,6 +85,20 @@ class ModelRunner:
 
     def free_kv_cache(self) -> None:
         self.k_cache = self.v_cache = None
+        self.reset_decode_buffer()
+
+    def reset_decode_buffer(self) -> None:
+        """Forget the dense decode K/V (sequence ids restart with every `generate` call)."""
+        if self.decode_buffer is not None:
+            self.decode_buffer.reset()
+
+    def _use_decode_buffer(self) -> bool:
+        if self.backend not in ("cpu", "sdpa") or self.device.type != "cpu":
+            return False
+        if self.decode_buffer is None:
+            self.decode_buffer = DecodeBuffer(self.num_layers, self.num_kv_heads, self.head_dim,
+                                              self.block_size, self.dtype, self.device)
+        return True
 
     # ---- inputs -------------------------------------------------------------------------
     def _prepare(self, seqs: list[Sequence], is_prefill: bool):
@@ -109,11 +134,40 @@ class ModelRunner:
         return (torch.tensor(input_ids, dtype=torch.long, device=dev), positions.to(dev), meta,
                 logits_index)
 
+    def _prepare_dense_decode(self, seqs: list[Sequence]):
+        """Decode inputs for the dense buffer path, or None when the buffer is unavailable."""
+        step = self.decode_buffer.step(seqs, self.k_cache, self.v_cache)
+        if step is None:
+            return None
+        bs = self.block_size
+        input_ids, positions, slots = [], [], []
+        for s in seqs:
+            pos = len(s.token_ids) - 1
+            input_ids.append(s.token_ids[-1])
+            positions.append(pos)
+            slots.append(s.block_table[pos // bs] * bs + pos % bs)
+        dev = self.device
+        return (torch.tensor(input_ids, dtype=torch.long, device=dev), torch.tensor(positions, device=dev),
+                torch.tensor(slots, device=dev), step)
+
     # ---- forward ------------------------------------------------------------------------
     @torch.inference_mode()
     def run(self, seqs: list[Sequence], is_prefill: bool) -> torch.Tensor:
         """Run one step; returns fp32 logits [len(seqs), vocab] at each sequence's last token."""
+        dense = None
+        if self._use_decode_buffer():
+            if is_prefill:  # their rows (if any, e.g. after a preemption) lack this prefill's K/V
+                for s in seqs:
+                    self.decode_buffer.row_of.pop(s.seq_id, None)
+            else:
+                prepared = self._prepare_dense_decode(seqs)
+                if prepared is not None:
+                    input_ids, positions, slot_mapping, dense = prepared
+                    return self._forward(input_ids, positions, slot_mapping, None, None, dense)
         input_ids, positions, meta, logits_index = self._prepare(seqs, is_prefill)
+        return self._forward(input_ids, positions, meta.slot_mapping, meta, logits_index, None)
+
+    def _forward(self, input_ids, positions, slot_mapping, meta, logits_index, dense) -> torch.Tensor:
         core = self.core
         x = core.embed_tokens(input_ids)  # [T, hidden]
         num_tokens = x.shape[0]
@@ -129,9 +183,19 @@ class ModelRunner:
                 q, k = attn.q_norm(q), attn.k_norm(k)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
-            store_kv(k, v, self.k_cache[i], self.v_cache[i], meta.slot_mapping, self.backend)
-            o = attend(q, k, v, self.k_cache[i], self.v_cache[i], meta, self.scale, self.backend)
+            store_kv(k, v, self.k_cache[i], self.v_cache[i], slot_mapping, self.backend)
+            if dense is None:
+                o = attend(q, k, v, self.k_cache[i], self.v_cache[i], meta, self.scale, self.backend)
+            else:
+                buf = self.decode_buffer
+                k_buf, v_buf = buf.k[i], buf.v[i]
+                k_buf.view(self.num_kv_heads, -1, self.head_dim).index_copy_(1, dense.dense_slots, k.transpose(0, 1))
+                v_buf.view(self.num_kv_heads, -1, self.head_dim).index_copy_(1, dense.dense_slots, v.transpose(0, 1))
+                prefix = (None, None) if buf.k_prefix is None else (buf.k_prefix[i], buf.v_prefix[i])
+                o = dense_decode_attention(q, k_buf, v_buf, *prefix, dense, self.scale)
             x = x + attn.o_proj(o.reshape(num_tokens, -1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
-        x = core.norm(x[logits_index])
+        if logits_index is not None:
+            x = x[logits_index]
+        x = core.norm(x)
         return self.model.lm_head(x).float()

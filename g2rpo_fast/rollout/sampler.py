@@ -49,20 +49,26 @@ def sample(logits: torch.Tensor, seqs: list[Sequence], return_logprobs: bool):
     dev = logits.device
     temps = torch.tensor([s.params.temperature for s in seqs], dtype=torch.float32, device=dev)
     greedy = temps == 0
-    tokens = logits.argmax(-1)
     sampled_rows = [i for i, s in enumerate(seqs) if not s.params.greedy]
+    all_sampled = len(sampled_rows) == len(seqs)
+    # the argmax is only needed for greedy rows (a GRPO roll-out has none)
+    tokens = None if all_sampled else logits.argmax(-1)
     if sampled_rows:
-        rows = torch.tensor(sampled_rows, device=dev)
-        sub = [seqs[i] for i in sampled_rows]
+        rows = None if all_sampled else torch.tensor(sampled_rows, device=dev)
+        sub = seqs if all_sampled else [seqs[i] for i in sampled_rows]
         probs, ids = filtered_probs(
-            logits[rows], temps[rows],
+            logits if rows is None else logits[rows], temps if rows is None else temps[rows],
             torch.tensor([s.params.top_k for s in sub], device=dev),
             torch.tensor([s.params.top_p for s in sub], dtype=torch.float32, device=dev))
         cdf = torch.cumsum(probs.double(), -1)
         u = torch.cat([torch.rand(1, generator=s.generator, dtype=torch.float64) for s in sub]).to(dev)
         # inverse CDF: first column whose cumulative mass exceeds u (zero-mass columns never win)
         idx = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp(max=probs.shape[-1] - 1)
-        tokens[rows] = idx.squeeze(1) if ids is None else ids.gather(1, idx).squeeze(1)
+        picked = idx.squeeze(1) if ids is None else ids.gather(1, idx).squeeze(1)
+        if rows is None:
+            tokens = picked
+        else:
+            tokens[rows] = picked
     logprobs = None
     if return_logprobs:
         safe_t = torch.where(greedy, torch.ones_like(temps), temps)

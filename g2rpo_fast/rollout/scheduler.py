@@ -71,8 +71,12 @@ class Scheduler:
             self.stats.prefill_steps += 1
             return scheduled, True
 
+        bs = bm.block_size
         while self.running:
             seq = self.running.popleft()
+            if len(seq.token_ids) <= len(seq.block_table) * bs:  # fast path: room in its last block
+                scheduled.append(seq)
+                continue
             while not bm.can_append(seq):
                 if self.running:
                     self._preempt(self.running.pop())
@@ -94,10 +98,14 @@ class Scheduler:
         self.waiting.appendleft(seq)
 
     def postprocess(self, seqs: list[Sequence], token_ids: list[int], logprobs: list[float] | None) -> None:
+        finished = []
         for i, (seq, tok) in enumerate(zip(seqs, token_ids)):
             seq.append(tok, None if logprobs is None else logprobs[i])
-            self.stats.generated_tokens += 1
             if seq.is_done():
                 seq.status = SequenceStatus.FINISHED
                 self.block_manager.deallocate(seq)
-                self.running.remove(seq)
+                finished.append(seq)
+        self.stats.generated_tokens += len(seqs)
+        if finished:  # one pass over the running queue, not one per finished sequence
+            done = set(map(id, finished))
+            self.running = deque(s for s in self.running if id(s) not in done)

@@ -67,7 +67,8 @@ class Sequence:
             self.logprobs.append(logprob)
 
     def is_done(self) -> bool:
-        n = self.num_completion_tokens
-        if n >= self.params.max_new_tokens or len(self.token_ids) >= self.max_len:
+        length = len(self.token_ids)
+        n = length - self.num_prompt_tokens
+        if n >= self.params.max_new_tokens or length >= self.max_len:
             return True
         return n > 0 and self.token_ids[-1] in self.params.stop_token_ids
