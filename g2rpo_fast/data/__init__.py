@@ -1,0 +1,14 @@
+"""Prompt datasets: the built-in addition task and loaders for hub / local files."""
+from g2rpo_fast.data.arithmetic import extract_answer, is_correct, make_dataset, make_splits
+from g2rpo_fast.data.loading import (
+    load_prompts,
+    normalize_columns,
+    normalize_gsm8k,
+    normalize_math500,
+    validate_columns,
+)
+
+__all__ = [
+    "extract_answer", "is_correct", "make_dataset", "make_splits",
+    "load_prompts", "normalize_columns", "normalize_gsm8k", "normalize_math500", "validate_columns",
+]

@@ -8,7 +8,13 @@ guidance (the first l tokens of the worked solution) matters. The result is cach
 ``save_pretrained`` under ``$G2RPO_FAST_CACHE`` (default ``~/.cache/g2rpo_fast``) in a
 directory named by a hash of the recipe, written atomically, so later calls just load it.
 
-    python -m g2rpo_fast.models.warmstart --report    # warm start (or load) and measure
+    python -m g2rpo_fast.models.warmstart --report --guided 9,18   # warm start (or load), measure
+
+Measured with the default recipe (32 held-out problems per level; sampled = temperature 1):
+greedy accuracy 1.00 / 1.00 / 0.97 / 0.19 for 1/2/3/4 digits; sampled accuracy
+0.80 / 0.70 / 0.55 / 0.06 (pass@8 on 4 digits 0.38); with l=18 guidance tokens sampled
+accuracy on 3 digits rises 0.55 -> 0.69 and on 4 digits 0.06 -> 0.09. Warm start: ~50 s on 2
+idle CPU cores (several minutes when the cores are shared).
 """
 from __future__ import annotations
 
@@ -40,15 +46,19 @@ def is_embedded(name) -> bool:
 class WarmStartRecipe:
     """Everything that determines the warm-started weights (hashed into the cache name)."""
 
-    steps: int = 320
+    # Tuned (see the module docstring): stopping at 200 of a 300-step cosine leaves the model
+    # mid-way through learning 3-4 digit sums. 320 full steps gives ~100 % on every level.
+    steps: int = 200
     batch_size: int = 64
     lr: float = 3e-3
     warmup_steps: int = 20
+    # Cosine horizon (None: `steps`). Stopping before it gives a prefix of the longer run.
+    decay_steps: int | None = 300
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     seed: int = 0
     # Difficulty (digits) -> sampling weight: mostly easy, a little hard.
-    mix: dict = field(default_factory=lambda: {1: 0.3, 2: 0.35, 3: 0.25, 4: 0.1})
+    mix: dict = field(default_factory=lambda: {1: 0.3, 2: 0.3, 3: 0.3, 4: 0.1})
     model_overrides: dict = field(default_factory=dict)
 
     def fingerprint(self) -> str:
@@ -92,7 +102,7 @@ def _encode_batch(tokenizer, rows):
     return ids, mask, labels
 
 
-def warm_start(recipe: WarmStartRecipe = DEFAULT_RECIPE, log_every: int = 0):
+def warm_start(recipe: WarmStartRecipe = DEFAULT_RECIPE, log_every: int = 0, callback=None):
     """Train the tiny model on the train split; returns ``(model, tokenizer)`` in eval mode."""
     import torch
 
@@ -109,10 +119,12 @@ def warm_start(recipe: WarmStartRecipe = DEFAULT_RECIPE, log_every: int = 0):
         model.parameters(), lr=recipe.lr, betas=(0.9, 0.98), weight_decay=recipe.weight_decay
     )
 
-    def lr_at(step):  # linear warm-up, cosine decay to 10 %
+    horizon = recipe.decay_steps or recipe.steps
+
+    def lr_at(step):  # linear warm-up, cosine decay to 10 % at `horizon`
         if step < recipe.warmup_steps:
             return (step + 1) / recipe.warmup_steps
-        t = (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps)
+        t = min(1.0, (step - recipe.warmup_steps) / max(1, horizon - recipe.warmup_steps))
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
@@ -130,6 +142,10 @@ def warm_start(recipe: WarmStartRecipe = DEFAULT_RECIPE, log_every: int = 0):
             opt.zero_grad(set_to_none=True)
             if log_every and (step % log_every == 0 or step == recipe.steps - 1):
                 print(f"warm-start step {step:4d} loss {loss.item():.4f}", flush=True)
+            if callback is not None:
+                model.eval()
+                callback(step + 1, model, tokenizer)
+                model.train()
     return model.eval(), tokenizer
 
 
@@ -191,9 +207,23 @@ def load_embedded_default(
 # --------------------------------------------------------------------------- report
 
 
+def _left_pad(seqs, pad_id):
+    import torch
+
+    width = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, x in enumerate(seqs):
+        ids[i, width - len(x):] = torch.tensor(x)
+        mask[i, width - len(x):] = 1
+    return ids, mask
+
+
 def evaluate(model, tokenizer, dataset, num_samples: int = 8, temperature: float = 1.0,
-             max_new_tokens: int = 48, seed: int = 0) -> dict:
-    """Greedy accuracy and pass@k / mean sampled accuracy per difficulty (plain ``#### `` check)."""
+             guidance_tokens: int = 0, max_new_tokens: int = 48, seed: int = 0) -> dict:
+    """Per difficulty: greedy accuracy, pass@k, mean sampled accuracy and the share of groups
+    with mixed outcomes (where GRPO gets a signal). ``guidance_tokens``: append the first l
+    solution tokens to every prompt (the answer is checked on guidance + continuation)."""
     import torch
 
     from g2rpo_fast.data.arithmetic import is_correct
@@ -204,59 +234,50 @@ def evaluate(model, tokenizer, dataset, num_samples: int = 8, temperature: float
     out = {}
     gen_kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                       eos_token_id=tokenizer.eos_token_id)
+
+    def run(rows, k, sample):
+        seqs, guides = [], []
+        for r in rows:
+            g = tokenizer.encode(r["solution"], add_special_tokens=False)[:guidance_tokens]
+            seqs += [tokenizer.encode(r["prompt"], add_special_tokens=False) + g] * k
+            guides += [tokenizer.decode(g)] * k
+        ids, mask = _left_pad(seqs, tokenizer.pad_token_id)
+        kw = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if sample else dict(do_sample=False)
+        gen = model.generate(input_ids=ids, attention_mask=mask, **kw, **gen_kwargs)[:, ids.shape[1]:]
+        return [is_correct(gd + tokenizer.decode(g, skip_special_tokens=True), rows[i // k]["answer"])
+                for i, (g, gd) in enumerate(zip(gen, guides))]
+
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for level, rows in sorted(by_level.items()):
-            # Within a level every prompt has the same length: no padding needed.
-            ids = torch.tensor([tokenizer.encode(r["prompt"], add_special_tokens=False) for r in rows])
-            mask = torch.ones_like(ids)
-            n_prompt = ids.shape[1]
-            greedy = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, **gen_kwargs)
-            g_ok = [is_correct(tokenizer.decode(g[n_prompt:], skip_special_tokens=True), r["answer"])
-                    for g, r in zip(greedy, rows)]
-            sampled = model.generate(input_ids=ids.repeat_interleave(num_samples, 0),
-                                     attention_mask=mask.repeat_interleave(num_samples, 0),
-                                     do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-                                     **gen_kwargs)
-            s_ok = [is_correct(tokenizer.decode(g[n_prompt:], skip_special_tokens=True),
-                               rows[i // num_samples]["answer"]) for i, g in enumerate(sampled)]
-            per_prompt = [s_ok[i * num_samples:(i + 1) * num_samples] for i in range(len(rows))]
+            g_ok = run(rows, 1, False)
+            s_ok = run(rows, num_samples, True)
+            groups = [s_ok[i * num_samples:(i + 1) * num_samples] for i in range(len(rows))]
             out[level] = {
                 "n": len(rows),
                 "greedy_acc": sum(g_ok) / len(rows),
-                f"pass@{num_samples}": sum(any(p) for p in per_prompt) / len(rows),
+                f"pass@{num_samples}": sum(any(p) for p in groups) / len(rows),
                 "sample_acc": sum(s_ok) / len(s_ok),
-                # Groups where GRPO has signal: some but not all samples correct.
-                "mixed_groups": sum(0 < sum(p) < num_samples for p in per_prompt) / len(rows),
+                "mixed_groups": sum(0 < sum(p) < num_samples for p in groups) / len(rows),
             }
     return out
 
 
-def guided_accuracy(model, tokenizer, dataset, guidance_tokens: int, max_new_tokens: int = 48) -> float:
-    """Greedy accuracy when the first ``guidance_tokens`` solution tokens are appended to the prompt."""
-    import torch
+def heldout_eval_set(n_per_level: int = 32, levels=(1, 2, 3, 4), seed: int = 0):
+    """A balanced held-out set: ``n_per_level`` eval-split problems per difficulty."""
+    import datasets
 
-    from g2rpo_fast.data.arithmetic import is_correct
+    from g2rpo_fast.data.arithmetic import make_dataset
 
-    ok = []
-    with torch.no_grad():
-        for row in dataset:
-            sol = tokenizer.encode(row["solution"], add_special_tokens=False)[:guidance_tokens]
-            ids = torch.tensor([tokenizer.encode(row["prompt"], add_special_tokens=False) + sol])
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                 max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                 eos_token_id=tokenizer.eos_token_id)
-            n_prompt = ids.shape[1] - len(sol)
-            ok.append(is_correct(tokenizer.decode(out[0, n_prompt:], skip_special_tokens=True), row["answer"]))
-    return sum(ok) / max(1, len(ok))
+    return datasets.concatenate_datasets(
+        [make_dataset(n_per_level, seed=seed, difficulties=[d], split="eval") for d in levels]
+    )
 
 
 def main(argv=None) -> int:
     import argparse
 
     import torch
-
-    from g2rpo_fast.data.arithmetic import make_dataset
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--report", action="store_true", help="measure accuracy per difficulty")
@@ -266,7 +287,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=DEFAULT_RECIPE.lr)
     ap.add_argument("--mix", default=None, help='JSON {"1":0.3,...}')
     ap.add_argument("--n-eval", type=int, default=32, help="eval problems per difficulty")
-    ap.add_argument("--guided", default="", help="comma list of guidance lengths to test on level 4")
+    ap.add_argument("--guided", default="", help="comma list of guidance lengths l to evaluate too")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args(argv)
     if args.threads:
@@ -280,15 +301,12 @@ def main(argv=None) -> int:
           f"({embedded_cache_path(args.cache_dir, recipe)})")
     if args.report:
         t0 = time.perf_counter()
-        evals = make_dataset(4 * args.n_eval, seed=0, difficulties={1: 1, 2: 1, 3: 1, 4: 1}, split="eval")
-        for level, m in evaluate(model, tokenizer, evals).items():
-            print(f"difficulty {level}: " + "  ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
-                                                  for k, v in m.items()))
-        if args.guided:
-            hard = evals.filter(lambda r: r["difficulty"] == 4)
-            for ell in [int(x) for x in args.guided.split(",")]:
-                print(f"difficulty 4 greedy with l={ell} guidance tokens: "
-                      f"{guided_accuracy(model, tokenizer, hard, ell):.2f}")
+        evals = heldout_eval_set(args.n_eval)
+        for ell in [0] + [int(x) for x in args.guided.split(",") if x]:
+            print(f"-- guidance tokens l={ell}, samples at temperature 1")
+            for level, m in evaluate(model, tokenizer, evals, guidance_tokens=ell).items():
+                print(f"difficulty {level}: " + "  ".join(
+                    f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()))
         print(f"report took {time.perf_counter() - t0:.1f} s")
     return 0
 

@@ -1,0 +1,152 @@
+"""Load prompt datasets: the built-in task, a hub dataset, or a local json/jsonl/parquet/csv file.
+
+Every loader returns a ``datasets.Dataset`` with at least ``prompt``, ``solution`` (the
+worked reference solution: the guidance source) and ``answer`` columns when the source has a
+known layout (GSM8K: question/answer with ``#### x``; MATH-500: problem/solution/answer).
+"""
+from __future__ import annotations
+
+import os
+import re
+
+EMBEDDED_DATASET_NAMES = frozenset({"embedded", "g2rpo-fast/tiny-arith", "arithmetic"})
+LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+REQUIRED_COLUMNS = ("prompt", "solution", "answer")
+
+_GSM8K_CALC = re.compile(r"<<[^<>]*>>")
+
+
+def validate_columns(dataset, required) -> None:
+    """Raise ``ValueError`` naming every column of ``required`` that ``dataset`` lacks."""
+    present = list(dataset.column_names)
+    missing = [c for c in required if c not in present]
+    if missing:
+        raise ValueError(
+            f"dataset is missing column(s) {missing} (has {present}); map your columns to "
+            f"{list(required)} or pass a normaliser"
+        )
+
+
+def split_gsm8k_answer(text: str) -> tuple[str, str]:
+    """GSM8K ``answer`` text -> (worked solution, final answer without commas)."""
+    if "####" not in text:
+        raise ValueError(f"GSM8K answer has no '####' marker: {text[:80]!r}")
+    final = text.rsplit("####", 1)[1].strip().replace(",", "")
+    return text.strip(), final
+
+
+def normalize_gsm8k(example: dict, strip_calculator: bool = True) -> dict:
+    """question/answer -> prompt/solution/answer; ``<<48/2=24>>`` calculator notes removed.
+
+    The solution keeps its ``#### x`` last line, the same answer format as the built-in task.
+    """
+    solution, final = split_gsm8k_answer(example["answer"])
+    if strip_calculator:
+        solution = _GSM8K_CALC.sub("", solution)
+    return {"prompt": example["question"], "solution": solution, "answer": final}
+
+
+def normalize_math500(example: dict) -> dict:
+    """problem/solution/answer -> prompt/solution/answer; ``level`` (if any) -> ``difficulty``."""
+    out = {"prompt": example["problem"], "solution": example["solution"], "answer": str(example["answer"])}
+    if "level" in example and example["level"] is not None:
+        digits = re.findall(r"\d+", str(example["level"]))
+        out["difficulty"] = int(digits[0]) if digits else -1
+    return out
+
+
+def detect_format(column_names) -> str:
+    """``"g2rpo"`` (already prompt/solution/answer), ``"gsm8k"``, ``"math500"`` or ``"unknown"``."""
+    cols = set(column_names)
+    if set(REQUIRED_COLUMNS) <= cols:
+        return "g2rpo"
+    if {"question", "answer"} <= cols:
+        return "gsm8k"
+    if {"problem", "solution", "answer"} <= cols:
+        return "math500"
+    return "unknown"
+
+
+def normalize_columns(dataset, fmt: str = "auto"):
+    """Map a known layout onto prompt/solution/answer (other columns are kept)."""
+    fmt = detect_format(dataset.column_names) if fmt == "auto" else fmt
+    if fmt in ("g2rpo", "unknown"):
+        return dataset
+    if fmt == "gsm8k":
+        # "answer" is rewritten in place; "question" is consumed.
+        return dataset.map(normalize_gsm8k, remove_columns=["question"])
+    if fmt == "math500":
+        return dataset.map(normalize_math500, remove_columns=["problem"])
+    raise ValueError(f"fmt must be 'auto', 'g2rpo', 'gsm8k' or 'math500', got {fmt!r}")
+
+
+def _is_embedded(name) -> bool:
+    return name is None or (isinstance(name, str) and name.strip() in EMBEDDED_DATASET_NAMES)
+
+
+def load_prompts(
+    dataset_name_or_path="embedded",
+    split: str = "train",
+    config: str | None = None,
+    num_examples: int | None = None,
+    seed: int = 0,
+    fmt: str = "auto",
+    required=REQUIRED_COLUMNS,
+    difficulties=None,
+):
+    """Load and normalise a prompt dataset.
+
+    - ``"embedded"`` (default): the built-in addition task; ``split`` "train" or "eval"/"test"
+      (disjoint problems); ``num_examples`` defaults to 2000 (train) / 200 (eval).
+    - a path to a ``.json``/``.jsonl``/``.parquet``/``.csv`` file (or a directory of them):
+      loaded with ``datasets.load_dataset(<format>, data_files=...)``; ``split`` is ignored
+      for a single file.
+    - anything else: a hub dataset, ``datasets.load_dataset(name, config, split=split)``.
+
+    ``num_examples`` keeps the first n rows. ``required`` columns are validated after
+    normalisation (pass ``()`` to skip).
+    """
+    import datasets
+
+    if _is_embedded(dataset_name_or_path):
+        from g2rpo_fast.data.arithmetic import make_dataset
+
+        arith_split = "eval" if split in ("eval", "test", "validation") else "train"
+        if split not in ("train", "eval", "test", "validation"):
+            raise ValueError(f"split must be train/eval/test/validation for the embedded task, got {split!r}")
+        n = num_examples if num_examples is not None else (2000 if arith_split == "train" else 200)
+        kwargs = {} if difficulties is None else {"difficulties": difficulties}
+        return make_dataset(n, seed=seed, split=arith_split, **kwargs)
+
+    name = os.fspath(dataset_name_or_path)
+    if os.path.exists(name):
+        ds = _load_local(name, split)
+    else:
+        ds = datasets.load_dataset(name, config, split=split)
+    ds = normalize_columns(ds, fmt)
+    if num_examples is not None:
+        ds = ds.select(range(min(num_examples, len(ds))))
+    if required:
+        validate_columns(ds, required)
+    return ds
+
+
+def _load_local(path: str, split: str):
+    import datasets
+
+    if os.path.isdir(path):
+        files = sorted(os.path.join(path, f) for f in os.listdir(path)
+                       if os.path.splitext(f)[1].lower() in LOCAL_FORMATS)
+        if not files:
+            raise ValueError(f"dataset_name_or_path: no json/jsonl/parquet/csv files in {path!r}")
+        # Prefer files named after the split (train.jsonl, test.parquet, ...).
+        named = [f for f in files if os.path.basename(f).startswith(split)]
+        files = named or files
+    else:
+        files = [path]
+    kinds = {LOCAL_FORMATS.get(os.path.splitext(f)[1].lower()) for f in files}
+    if None in kinds or len(kinds) != 1:
+        raise ValueError(
+            f"dataset_name_or_path: expected .json/.jsonl/.parquet/.csv file(s), got {files!r}"
+        )
+    return datasets.load_dataset(kinds.pop(), data_files=files, split="train")
