@@ -1,0 +1,284 @@
+"""`G2RPOConfig`: every knob of a G²RPO-A run, in one dataclass.
+
+Field names follow TRL's `GRPOConfig` where TRL has the knob (num_generations, beta, epsilon,
+loss_type, ...). `per_device_train_batch_size` counts *completions* (as in TRL), so it must
+be a multiple of `num_generations`: each micro-batch holds `per_device_train_batch_size //
+num_generations` prompts with `num_generations` completions each.
+
+Load from YAML with overrides: ``G2RPOConfig.from_yaml("run.yaml", max_steps=10)``. Bad values
+are refused at construction with a `ValueError` that names the field, before any work.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+CHOICES = {
+    "loss_type": ("grpo", "bnpo", "dapo", "dr_grpo"),
+    "scale_rewards": ("group", "batch", "none"),
+    "importance_sampling_level": ("token", "sequence"),
+    "guidance_schedule": ("adaptive", "fixed", "linear", "none"),
+    "guidance_loss": ("mask", "include"),
+    "lr_scheduler_type": ("constant", "constant_with_warmup", "linear", "cosine"),
+    "device": ("auto", "cpu", "cuda"),
+}
+
+
+def _f(default, help: str, **kw):
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: json.loads(json.dumps(d)), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class G2RPOConfig:
+    """Configuration of `G2RPOTrainer` (see each field's ``metadata["help"]``)."""
+
+    # ---- model and data
+    model_name_or_path: str = _f("embedded", "HF hub name or local path of the policy; 'embedded' = built-in tiny "
+                                             "Qwen3 warm-started on the addition task (no download).")
+    dataset_name: str = _f("embedded", "HF dataset name, local json/jsonl/parquet file, or 'embedded' (built-in "
+                                       "multi-digit addition task).")
+    dataset_config: str | None = _f(None, "HF dataset configuration name.")
+    dataset_split: str = _f("train", "Split used for training.")
+    eval_split: str | None = _f("eval", "Split used for held-out evaluation (None: no evaluation).")
+    prompt_field: str = _f("prompt", "Dataset column holding the prompt (text or chat messages).")
+    guidance_field: str = _f("solution", "Dataset column holding the reference solution (the guidance source).")
+    embedded_train_size: int = _f(2000, "Embedded task: number of training problems.")
+    embedded_eval_size: int = _f(64, "Embedded task: number of held-out problems.")
+    embedded_difficulties: list = _f([3, 4], "Embedded task: digit counts of the training problems.")
+    num_eval_prompts: int | None = _f(None, "Evaluate on at most this many eval prompts (None: all).")
+    curriculum: bool = _f(False, "Keep dataset order (no shuffling), e.g. for an easy-to-hard curriculum.")
+
+    # ---- generation (TRL names)
+    num_generations: int = _f(8, "Completions per prompt (the group size G).")
+    max_prompt_length: int | None = _f(256, "Prompts are left-truncated to this many tokens (None: no limit).")
+    max_completion_length: int = _f(48, "Maximum number of generated tokens per completion (guidance excluded).")
+    temperature: float = _f(1.2, "Sampling temperature of roll-outs (also divides the logits in the loss).")
+    top_p: float = _f(1.0, "Nucleus sampling threshold.")
+    top_k: int = _f(0, "Top-k sampling (0: off).")
+
+    # ---- loss (TRL names)
+    beta: float = _f(0.0, "KL coefficient to the reference policy (0: no reference model).")
+    epsilon: float = _f(0.2, "Lower clipping range ε_low of the ratio.")
+    epsilon_high: float | None = _f(None, "Upper clipping range ε_high (None: same as epsilon).")
+    delta: float | None = _f(None, "Upper cap on the ratio of the unclipped term (two-sided clipping).")
+    loss_type: str = _f("grpo", "Aggregation: grpo | bnpo | dapo | dr_grpo.")
+    scale_rewards: str = _f("group", "Advantage scaling: group | batch | none.")
+    importance_sampling_level: str = _f("token", "token (GRPO) or sequence (GSPO).")
+    num_iterations: int = _f(1, "Optimizer steps per generated batch (μ); >1 computes old log-probs.")
+    mask_truncated_completions: bool = _f(False, "Give truncated completions (no EOS) zero weight in the loss.")
+
+    # ---- optimisation (TRL names)
+    learning_rate: float = _f(5e-5, "AdamW peak learning rate.")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    adam_beta1: float = _f(0.9, "AdamW β1.")
+    adam_beta2: float = _f(0.99, "AdamW β2.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm (0: off).")
+    lr_scheduler_type: str = _f("constant_with_warmup", "transformers.get_scheduler name.")
+    warmup_steps: int = _f(3, "Warm-up optimizer steps.")
+    gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.")
+    per_device_train_batch_size: int = _f(32, "Completions per micro-batch per device (multiple of num_generations).")
+    max_steps: int = _f(100, "Number of optimizer steps.")
+    seed: int = _f(0, "Seed of data order, sampling and initialisation.")
+    gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass.")
+    bf16: bool = _f(False, "bf16 autocast for the policy forward (CUDA only; ignored on CPU).")
+    device: str = _f("auto", "auto | cpu | cuda.")
+    packed_row_tokens: int = _f(-1, "Cut the packed training row into forwards of at most this many tokens "
+                                    "(at sequence boundaries); 0: one row; -1: auto (one row on CUDA, 512 on CPU, "
+                                    "where attention over a packed row is quadratic).")
+
+    # ---- rewards
+    reward_funcs: list = _f(["accuracy"], "Reward function names (built-in or 'module:function').")
+    reward_weights: list | None = _f(None, "Weight of each reward function (None: all 1).")
+
+    # ---- guidance (G²RPO-A)
+    guidance_ratio: float = _f(0.25, "Fraction of each group that is guided: n_guided = round(ratio * G).")
+    guidance_schedule: str = _f("adaptive", "adaptive (G²RPO-A) | fixed | linear | none (vanilla GRPO).")
+    guidance_initial_length: int = _f(18, "Initial guidance length ℓ in tokens.")
+    guidance_max_length: int = _f(45, "Upper bound of ℓ (adaptive).")
+    guidance_min_length: int = _f(1, "Lower bound of ℓ (adaptive).")
+    guidance_final_length: int = _f(0, "Final ℓ of the linear schedule (reached at max_steps).")
+    guidance_window: int = _f(2, "Adaptive: number of previous step rewards averaged into p.")
+    guidance_update_every: int = _f(1, "Adaptive: apply the rule every this many optimizer steps.")
+    guidance_loss: str = _f("mask", "mask: guidance tokens are context only | include: trained on (authors' code).")
+    guidance_reward: str = _f("accuracy", "Reward function whose step mean drives the adaptive controller.")
+
+    # ---- output
+    output_dir: str = _f("g2rpo_output", "Where metrics.jsonl, checkpoints and plots go.")
+    logging_steps: int = _f(1, "Print a metrics line every this many steps (metrics.jsonl gets every step).")
+    save_steps: int = _f(25, "Save a checkpoint every this many steps (0: only at the end).")
+    save_total_limit: int | None = _f(2, "Keep at most this many checkpoints (None: all).")
+    eval_steps: int = _f(0, "Evaluate held-out accuracy every this many steps (0: only at the end).")
+    eval_at_end: bool = _f(True, "Evaluate held-out accuracy after the last step.")
+    eval_num_samples: int = _f(4, "Final evaluation also reports the mean accuracy of this many sampled "
+                                  "completions per prompt at the training temperature (0: greedy only).")
+    plots: bool = _f(True, "Write PNG plots of the metrics at the end.")
+    progress_bar: bool = _f(True, "Show a tqdm progress bar.")
+
+    def __post_init__(self):
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if str(f.type).startswith("float") and v is not None:
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise ValueError(f"`{f.name}` must be a number, got {v!r}")
+            if str(f.type).startswith("bool") and not isinstance(v, bool):
+                raise ValueError(f"`{f.name}` must be true or false, got {v!r}")
+        for name, choices in CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"`{name}` must be one of {list(choices)}, got {getattr(self, name)!r}")
+        if not isinstance(self.guidance_ratio, (int, float)) or not 0.0 <= float(self.guidance_ratio) <= 1.0:
+            raise ValueError(f"`guidance_ratio` must lie in [0, 1], got {self.guidance_ratio!r}")
+        _int(self, "num_generations", 2)
+        _int(self, "per_device_train_batch_size", 1)
+        _int(self, "gradient_accumulation_steps", 1)
+        _int(self, "max_completion_length", 1)
+        _int(self, "max_steps", 1)
+        _int(self, "num_iterations", 1)
+        _int(self, "logging_steps", 1)
+        _int(self, "save_steps", 0)
+        _int(self, "eval_steps", 0)
+        _int(self, "eval_num_samples", 0)
+        _int(self, "packed_row_tokens", -1)
+        _int(self, "warmup_steps", 0)
+        _int(self, "top_k", 0)
+        _int(self, "seed", 0)
+        for name in ("guidance_initial_length", "guidance_max_length", "guidance_min_length", "guidance_final_length"):
+            _int(self, name, 0)
+        _int(self, "guidance_window", 1)
+        _int(self, "guidance_update_every", 1)
+        if self.max_prompt_length is not None:
+            _int(self, "max_prompt_length", 1)
+        if self.per_device_train_batch_size % self.num_generations != 0:
+            raise ValueError(f"`per_device_train_batch_size` ({self.per_device_train_batch_size}) must be divisible "
+                             f"by `num_generations` ({self.num_generations}): it counts completions")
+        if self.guidance_min_length > self.guidance_max_length:
+            raise ValueError(f"`guidance_min_length` ({self.guidance_min_length}) must be <= `guidance_max_length` "
+                             f"({self.guidance_max_length})")
+        if self.guidance_schedule == "adaptive" and not (
+                self.guidance_min_length <= self.guidance_initial_length <= self.guidance_max_length):
+            raise ValueError(f"`guidance_initial_length` ({self.guidance_initial_length}) must lie in "
+                             f"[guidance_min_length, guidance_max_length] = "
+                             f"[{self.guidance_min_length}, {self.guidance_max_length}]")
+        if not self.temperature > 0:
+            raise ValueError(f"`temperature` must be > 0, got {self.temperature!r}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"`top_p` must lie in (0, 1], got {self.top_p!r}")
+        if not self.learning_rate >= 0:
+            raise ValueError(f"`learning_rate` must be >= 0, got {self.learning_rate!r}")
+        if self.beta < 0:
+            raise ValueError(f"`beta` must be >= 0, got {self.beta!r}")
+        if self.epsilon < 0 or (self.epsilon_high is not None and self.epsilon_high < 0):
+            raise ValueError("`epsilon` and `epsilon_high` must be >= 0")
+        if self.delta is not None and not self.delta > 1:
+            raise ValueError(f"`delta` must be > 1 (it caps the ratio), got {self.delta!r}")
+        if isinstance(self.reward_funcs, str):
+            self.reward_funcs = [self.reward_funcs]
+        if not self.reward_funcs:
+            raise ValueError("`reward_funcs` must name at least one reward function")
+        from g2rpo_fast.rewards import get_reward_func
+
+        for name in list(self.reward_funcs) + [self.guidance_reward]:
+            if isinstance(name, str) or callable(name):
+                try:
+                    get_reward_func(name)
+                except ValueError as exc:
+                    field_name = "guidance_reward" if name == self.guidance_reward and name not in self.reward_funcs \
+                        else "reward_funcs"
+                    raise ValueError(f"`{field_name}`: {exc}") from None
+            else:
+                raise ValueError(f"`reward_funcs`: expected names or callables, got {name!r}")
+        if self.reward_weights is not None:
+            if len(self.reward_weights) != len(self.reward_funcs):
+                raise ValueError(f"`reward_weights` has {len(self.reward_weights)} entries for "
+                                 f"{len(self.reward_funcs)} reward_funcs")
+            self.reward_weights = [float(w) for w in self.reward_weights]
+        if not isinstance(self.embedded_difficulties, (list, tuple)) or not self.embedded_difficulties:
+            raise ValueError("`embedded_difficulties` must be a non-empty list of digit counts")
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def prompts_per_micro_batch(self) -> int:
+        return self.per_device_train_batch_size // self.num_generations
+
+    @property
+    def n_guided(self) -> int:
+        if self.guidance_schedule == "none":
+            return 0
+        return int(round(self.guidance_ratio * self.num_generations))
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name == "reward_funcs":
+                v = [x if isinstance(x, str) else getattr(x, "__name__", repr(x)) for x in v]
+            out[f.name] = v
+        return out
+
+    def save_json(self, path) -> None:
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(self.to_dict(), fh, indent=2)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict) -> G2RPOConfig:
+        unknown = sorted(set(values) - set(cls.field_names()))
+        if unknown:
+            raise ValueError(f"unknown configuration field(s): {', '.join(unknown)}")
+        return cls(**values)
+
+    @classmethod
+    def from_yaml(cls, path=None, **overrides) -> G2RPOConfig:
+        """Fields from a YAML mapping (None: the packaged default.yaml), then `overrides`."""
+        import yaml
+
+        path = path or default_config_path()
+        with open(path, encoding="utf-8") as fh:
+            values = yaml.safe_load(fh) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"config file {path}: expected a mapping of field: value")
+        values.update(overrides)
+        return cls.from_dict(values)
+
+
+def _int(cfg, name: str, minimum: int) -> None:
+    v = getattr(cfg, name)
+    if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
+        raise ValueError(f"`{name}` must be an int >= {minimum}, got {v!r}")
+
+
+def default_config_path() -> str:
+    return os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "default.yaml")
+
+
+def parse_value(text: str, annotation: Any):
+    """Convert a command-line string to a field's type (YAML syntax for lists/None/bools)."""
+    import yaml
+
+    ann = str(annotation)
+    if "None" in ann and text.strip() in ("None", "none", "null", "~"):
+        return None
+    value = yaml.safe_load(text)
+    if value is None:
+        return None
+    if ann.startswith("str"):
+        return text
+    if ann.startswith("float"):
+        try:
+            return float(text)  # YAML reads "1e-4" as a string
+        except ValueError:
+            return value
+    if ann.startswith("list") and not isinstance(value, list):
+        return [value]
+    return value

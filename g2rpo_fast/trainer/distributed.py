@@ -1,0 +1,58 @@
+"""torch.distributed set-up under `torchrun` (WORLD_SIZE > 1): nccl on CUDA, gloo on CPU.
+
+Prompts are sharded by rank (each rank takes its slice of every global batch), the policy is
+wrapped in DDP, step metrics are averaged over ranks, and only rank 0 writes files.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class DistState:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+
+def setup_distributed() -> DistState:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistState()
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend)
+    return DistState(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
+                     backend=dist.get_backend())
+
+
+def teardown_distributed(state: DistState) -> None:
+    if state.world_size > 1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def all_reduce_mean(metrics: dict, state: DistState, device) -> dict:
+    """Average the numeric metrics over ranks (NaN-free keys only; others kept from this rank)."""
+    if state.world_size <= 1:
+        return metrics
+    import torch.distributed as dist
+
+    keys = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)))
+    t = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    t /= state.world_size
+    out = dict(metrics)
+    out.update({k: float(v) for k, v in zip(keys, t.tolist())})
+    return out

@@ -1,0 +1,168 @@
+"""Padding-free policy forward: all sequences of a micro-batch packed into one row.
+
+Each sample's `prompt + completion[:-1]` is concatenated into `input_ids [1, ΣL]` with
+`position_ids` restarting at 0 per sequence and no attention mask: transformers (>= 4.53 /
+5.x) then builds a block-diagonal causal mask from the position ids (sdpa / eager / flash),
+so no token attends across sequences (tests/test_trainer_packed.py checks it against
+per-sequence forwards). The hidden states at the positions that predict completion tokens
+(guidance tokens included, as context for the loss's guidance mask) are gathered into
+`[N, H]`, the packed layout of the loss with `cu_seqlens` over completions.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class PackedBatch:
+    input_ids: torch.Tensor  # [1, ΣL]
+    position_ids: torch.Tensor  # [1, ΣL]
+    gather_index: torch.Tensor  # [N] positions in the row whose hidden state predicts a completion token
+    token_ids: torch.Tensor  # [N] completion tokens (guidance + generated)
+    guidance_mask: torch.Tensor  # [N] 1 on guidance tokens
+    completion_mask: torch.Tensor  # [N] 0 on tokens of masked (truncated) completions
+    cu_seqlens: torch.Tensor  # [S+1] int32 offsets of each completion in the N tokens
+    row_splits: tuple = ()  # sequence-boundary offsets in ΣL where the row is cut into forwards
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.token_ids.numel())
+
+
+def pack_samples(samples, device, mask_truncated: bool = False, max_row_tokens: int = 0) -> PackedBatch:
+    """`max_row_tokens > 0` cuts the packed row (at sequence boundaries) into forwards of at most
+    that many tokens: without a varlen kernel (CPU, sdpa/eager) attention over a packed row is
+    quadratic in ΣL, so bounded rows are much cheaper there. 0: one row (flash/varlen on GPU)."""
+    ids, pos, gather, targets, gmask, cmask, cu = [], [], [], [], [], [], [0]
+    offset, splits, row_start = 0, [], 0
+    for s in samples:
+        prompt, completion = list(s.prompt_ids), list(s.completion_ids)
+        if not prompt:
+            raise ValueError("a sample has an empty prompt")
+        seq = prompt + completion[:-1]  # the last token predicts nothing
+        if max_row_tokens and offset > row_start and offset + len(seq) - row_start > max_row_tokens:
+            splits.append(offset)
+            row_start = offset
+        ids.extend(seq)
+        pos.extend(range(len(seq)))
+        p = len(prompt)
+        gather.extend(offset + p - 1 + j for j in range(len(completion)))
+        targets.extend(completion)
+        gmask.extend(s.guidance_mask)
+        keep = 0 if (mask_truncated and s.truncated) else 1
+        cmask.extend([keep] * len(completion))
+        cu.append(cu[-1] + len(completion))
+        offset += len(seq)
+    as_long = lambda x: torch.tensor(x, dtype=torch.long, device=device)
+    return PackedBatch(
+        input_ids=as_long(ids).unsqueeze(0),
+        position_ids=as_long(pos).unsqueeze(0),
+        gather_index=as_long(gather),
+        token_ids=as_long(targets),
+        guidance_mask=as_long(gmask),
+        completion_mask=torch.tensor(cmask, dtype=torch.float32, device=device),
+        cu_seqlens=torch.tensor(cu, dtype=torch.int32, device=device),
+        row_splits=tuple(splits),
+    )
+
+
+def decoder_of(model):
+    """The transformer body (without lm_head) of a causal LM."""
+    core = getattr(model, getattr(model, "base_model_prefix", "model"), None)
+    if core is None:
+        core = model.get_decoder()
+    return core
+
+
+def lm_head_params(model):
+    head = model.get_output_embeddings()
+    return head.weight, getattr(head, "bias", None)
+
+
+class PolicyHidden(torch.nn.Module):
+    """`forward(input_ids, position_ids) -> last hidden states [1, ΣL, H]` of a causal LM.
+
+    A module of its own so DDP can wrap it (its forward is what DDP hooks into).
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, position_ids):
+        out = decoder_of(self.model)(input_ids=input_ids, position_ids=position_ids, attention_mask=None,
+                                     use_cache=False)
+        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
+def packed_hidden(policy, batch: PackedBatch, autocast_dtype=None) -> torch.Tensor:
+    """Hidden states `[N, H]` that predict the completion tokens of `batch`."""
+    device_type = batch.input_ids.device.type
+    bounds = [0, *batch.row_splits, batch.input_ids.shape[1]]
+    rows = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        if autocast_dtype is not None:
+            with torch.autocast(device_type, dtype=autocast_dtype):
+                rows.append(policy(batch.input_ids[:, a:b], batch.position_ids[:, a:b])[0])
+        else:
+            rows.append(policy(batch.input_ids[:, a:b], batch.position_ids[:, a:b])[0])
+    hidden = rows[0] if len(rows) == 1 else torch.cat(rows, dim=0)
+    return hidden.index_select(0, batch.gather_index)
+
+
+def fused_linear_available() -> bool:
+    return (importlib.util.find_spec("g2rpo_fast.fused_linear_loss") is not None
+            and importlib.util.find_spec("g2rpo_fast.ops.fused_linear") is not None)
+
+
+def token_logps(hidden, weight, bias, token_ids, temperature=1.0, chunk: int = 4096) -> torch.Tensor:
+    """Per-token log-probs `[N]` of `token_ids` (no grad use: old / reference policies)."""
+    if fused_linear_available():
+        from g2rpo_fast.ops import fused_linear_logps
+
+        return fused_linear_logps(hidden, weight, token_ids, bias=bias, temperature=temperature).float()
+    from g2rpo_fast.ops import per_token_logps
+
+    out = []
+    for start in range(0, hidden.shape[0], chunk):  # bound the [chunk, V] logits
+        h = hidden[start:start + chunk]
+        logits = h.float() @ weight.float().t()
+        if bias is not None:
+            logits = logits + bias.float()
+        out.append(per_token_logps(logits, token_ids[start:start + chunk], temperature).float())
+    return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
+
+
+def make_loss_fn(config):
+    """FusedLinearG2RPOLoss when it is installed, else G2RPOLoss on logits from the hidden states."""
+    opts = dict(beta=config.beta, epsilon_low=config.epsilon,
+                epsilon_high=config.epsilon if config.epsilon_high is None else config.epsilon_high,
+                delta=config.delta, loss_type=config.loss_type,
+                importance_sampling_level=config.importance_sampling_level,
+                max_completion_length=config.max_completion_length + config.guidance_max_length
+                if config.guidance_schedule != "none" else config.max_completion_length,
+                temperature=config.temperature, guidance_loss=config.guidance_loss,
+                scale_rewards=config.scale_rewards)
+    if fused_linear_available():
+        from g2rpo_fast.fused_linear_loss import FusedLinearG2RPOLoss
+
+        fn = FusedLinearG2RPOLoss(**opts)
+
+        def fused(hidden, weight, bias, **kw):
+            return fn(hidden, weight, kw.pop("token_ids"), bias=bias, **kw)
+
+        fused.fused = True
+        return fused
+    from g2rpo_fast.loss import G2RPOLoss
+
+    fn = G2RPOLoss(**opts)
+
+    def unfused(hidden, weight, bias, **kw):
+        logits = hidden @ weight.t() if bias is None else torch.nn.functional.linear(hidden, weight, bias)
+        return fn(logits.float(), kw.pop("token_ids"), **kw)
+
+    unfused.fused = False
+    return unfused

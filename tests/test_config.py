@@ -1,0 +1,93 @@
+"""G2RPOConfig: YAML + overrides, and every bad value refused with a ValueError naming the field."""
+import subprocess
+import sys
+
+import pytest
+
+from g2rpo_fast.trainer.config import G2RPOConfig, default_config_path
+
+
+@pytest.mark.parametrize("field,value", [
+    ("guidance_ratio", 1.5), ("guidance_ratio", -0.1), ("num_generations", 1),
+    ("per_device_train_batch_size", 10), ("loss_type", "ppo"), ("scale_rewards", "rank"),
+    ("guidance_schedule", "cosine"), ("guidance_loss", "drop"), ("importance_sampling_level", "seq"),
+    ("reward_funcs", ["no_such_reward"]), ("learning_rate", "fast"), ("max_steps", 0),
+    ("bf16", "yes"), ("guidance_reward", "nope"),
+])
+def test_bad_field_named(field, value):
+    kwargs = {field: value}
+    if field == "per_device_train_batch_size":
+        kwargs["num_generations"] = 4
+    with pytest.raises(ValueError, match=field):
+        G2RPOConfig(**kwargs)
+
+
+def test_min_above_max_length():
+    with pytest.raises(ValueError, match="guidance_min_length"):
+        G2RPOConfig(guidance_min_length=10, guidance_max_length=5)
+
+
+def test_default_yaml_and_overrides(tmp_path):
+    cfg = G2RPOConfig.from_yaml()
+    assert cfg.model_name_or_path == "embedded"
+    assert cfg.per_device_train_batch_size % cfg.num_generations == 0
+    path = tmp_path / "c.yaml"
+    path.write_text("num_generations: 4\nper_device_train_batch_size: 8\nguidance_schedule: fixed\n")
+    cfg = G2RPOConfig.from_yaml(str(path), max_steps=3)
+    assert (cfg.num_generations, cfg.guidance_schedule, cfg.max_steps) == (4, "fixed", 3)
+    assert cfg.n_guided == 1
+    path.write_text("not_a_field: 1\n")
+    with pytest.raises(ValueError, match="not_a_field"):
+        G2RPOConfig.from_yaml(str(path))
+
+
+def test_none_schedule_has_no_guided_samples():
+    assert G2RPOConfig(guidance_schedule="none", guidance_ratio=0.5).n_guided == 0
+
+
+def test_trainer_refuses_dataset_without_columns():
+    from g2rpo_fast.trainer.testing import tiny_dataset, tiny_model_and_tokenizer
+    from g2rpo_fast.trainer.trainer import G2RPOTrainer
+
+    model, tok = tiny_model_and_tokenizer()
+    ds = tiny_dataset(4)
+    cfg = G2RPOConfig(num_generations=2, per_device_train_batch_size=2, max_steps=1, eval_split=None,
+                      guidance_ratio=0.5)
+    with pytest.raises(ValueError, match="guidance_field"):
+        G2RPOTrainer(cfg, model, tok, train_dataset=ds.remove_columns(["solution"]))
+    with pytest.raises(ValueError, match="reward_funcs"):  # accuracy needs `answer`
+        G2RPOTrainer(cfg, model, tok, train_dataset=ds.remove_columns(["answer"]))
+    with pytest.raises(ValueError, match="prompt_field"):
+        G2RPOTrainer(cfg, model, tok, train_dataset=ds.remove_columns(["prompt"]))
+    with pytest.raises(ValueError, match="reward_funcs"):
+        G2RPOTrainer(cfg, model, tok, train_dataset=ds, reward_funcs=["bogus"])
+
+
+def test_cli_exits_nonzero_before_any_work(capsys, tmp_path):
+    from g2rpo_fast.cli import main
+
+    out = tmp_path / "out"
+    assert main(["train", "--guidance-ratio", "2", "--output-dir", str(out)]) == 2
+    assert "guidance_ratio" in capsys.readouterr().err
+    assert main(["train", "--num-generations", "3", "--output-dir", str(out)]) == 2
+    assert "per_device_train_batch_size" in capsys.readouterr().err
+    assert main(["train", "--reward-funcs", "[nope]", "--output-dir", str(out)]) == 2
+    assert "reward_funcs" in capsys.readouterr().err
+    assert main(["train", "--guidance-min-length", "9", "--guidance-max-length", "3",
+                 "--output-dir", str(out)]) == 2
+    assert "guidance_min_length" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_console_script_exit_status(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "g2rpo_fast.cli", "train", "--guidance", "adaptive",
+                           "--loss-type", "bogus", "--output-dir", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "loss_type" in proc.stderr
+
+
+def test_default_config_path_exists():
+    import os
+
+    assert os.path.isfile(default_config_path())

@@ -1,0 +1,129 @@
+"""G2RPOTrainer end to end on a tiny random Qwen3 (CPU, seconds)."""
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from g2rpo_fast.trainer.config import G2RPOConfig
+from g2rpo_fast.trainer.testing import (
+    digit_fraction_reward,
+    tiny_dataset,
+    tiny_model_and_tokenizer,
+)
+from g2rpo_fast.trainer.trainer import TIMING_KEYS, G2RPOTrainer
+
+REQUIRED_KEYS = {"step", "reward", "accuracy", "advantage_std", "guidance_length", "kl", "loss", "clip_ratio_low",
+                 "clip_ratio_high", "tokens_per_s", "step_time_s", "rewards/digit_fraction_reward",
+                 "rewards/accuracy"}
+
+
+def make_config(tmp_path, name="run", **kw):
+    base = dict(output_dir=str(tmp_path / name), num_generations=4, per_device_train_batch_size=8,
+                max_completion_length=8, max_steps=2, learning_rate=1e-2, warmup_steps=0,
+                guidance_initial_length=4, guidance_max_length=8, guidance_ratio=0.5,
+                reward_funcs=[digit_fraction_reward, "accuracy"], eval_split=None, eval_at_end=False,
+                plots=False, progress_bar=False, seed=0)
+    base.update(kw)
+    return G2RPOConfig(**base)
+
+
+def make_trainer(cfg, **kw):
+    model, tok = tiny_model_and_tokenizer(seed=0)
+    return G2RPOTrainer(cfg, model=model, tokenizer=tok, train_dataset=tiny_dataset(16), **kw)
+
+
+def read_metrics(cfg):
+    with open(os.path.join(cfg.output_dir, "metrics.jsonl")) as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def strip_timing(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
+
+
+def test_one_step_updates_weights_and_logs(tmp_path):
+    cfg = make_config(tmp_path, max_steps=1, plots=True, eval_at_end=True)
+    model, tok = tiny_model_and_tokenizer(seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = G2RPOTrainer(cfg, model=model, tokenizer=tok, train_dataset=tiny_dataset(16),
+                           eval_dataset=tiny_dataset(4, split="eval"))
+    trainer.train()
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed, "one optimizer step left every weight unchanged"
+    rows = read_metrics(cfg)
+    assert len(rows) == 1 and REQUIRED_KEYS <= set(rows[0])
+    assert rows[0]["step"] == 1 and rows[0]["guidance_length"] == 4
+    assert rows[0]["guided_fraction"] == 0.5
+    assert all(v is None or math.isfinite(v) for v in rows[0].values())
+    assert os.path.isfile(os.path.join(cfg.output_dir, "checkpoint-1", "trainer_state.pt"))
+    assert os.path.isfile(os.path.join(cfg.output_dir, "checkpoint-1", "config.json"))
+    assert os.path.isfile(os.path.join(cfg.output_dir, "checkpoint-1", "g2rpo_config.json"))
+    assert os.path.isfile(os.path.join(cfg.output_dir, "training_curves.png"))
+    assert 0.0 <= trainer.final_eval["eval_accuracy"] <= 1.0
+    assert not [n for n in os.listdir(cfg.output_dir) if n.startswith(".tmp")]
+
+
+def test_seeded_runs_are_identical(tmp_path):
+    a, b = make_config(tmp_path, "a"), make_config(tmp_path, "b")
+    make_trainer(a).train()
+    make_trainer(b).train()
+    assert strip_timing(read_metrics(a)) == strip_timing(read_metrics(b))
+    c = make_config(tmp_path, "c", seed=1)
+    make_trainer(c).train()
+    assert strip_timing(read_metrics(a)) != strip_timing(read_metrics(c))
+
+
+@pytest.mark.parametrize("extra", [{}, {"num_iterations": 2, "beta": 0.1, "loss_type": "dapo",
+                                        "gradient_accumulation_steps": 2}])
+def test_resume_matches_uninterrupted(tmp_path, extra):
+    straight = make_config(tmp_path, "straight", max_steps=4, save_steps=2, **extra)
+    t_straight = make_trainer(straight)
+    t_straight.train()
+
+    crashed = make_config(tmp_path, "crashed", max_steps=4, save_steps=2, **extra)
+    t_crash = make_trainer(crashed)
+    step_fn = t_crash.training_step
+
+    def crash_after_two():
+        if t_crash.step == 3:
+            raise KeyboardInterrupt  # dies during step 4, after checkpoint-2 and step 3 were written
+        return step_fn()
+
+    t_crash.training_step = crash_after_two
+    with pytest.raises(KeyboardInterrupt):
+        t_crash.train()
+    assert len(read_metrics(crashed)) == 3
+    t_resumed = make_trainer(crashed)  # fresh process state: new model, new trainer
+    t_resumed.train(resume_from_checkpoint=True)
+    assert strip_timing(read_metrics(crashed)) == strip_timing(read_metrics(straight))
+    for (k, v), (_, w) in zip(t_straight.model.state_dict().items(), t_resumed.model.state_dict().items()):
+        assert torch.equal(v, w), k
+
+
+def test_failing_reward_scores_zero_and_run_continues(tmp_path):
+    calls = {"n": 0}
+
+    def flaky_reward(prompts, completions, **kw):
+        calls["n"] += 1
+        if len(completions) > 1:
+            raise RuntimeError("boom")  # batch call fails; per-sample retry isolates sample 0
+        return [float("nan")] if calls["n"] % 2 else [1.0]
+
+    cfg = make_config(tmp_path, reward_funcs=[flaky_reward], guidance_reward="accuracy")
+    with pytest.warns(RuntimeWarning):
+        trainer = make_trainer(cfg)
+        history = trainer.train()
+    assert len(history) == 2
+    assert history[0]["reward_errors"] > 0
+    assert all(0.0 <= r["rewards/flaky_reward"] <= 1.0 for r in history)
+
+
+def test_no_guidance_truncation_mask_checkpointing(tmp_path):
+    cfg = make_config(tmp_path, guidance_schedule="none", mask_truncated_completions=True, max_steps=1,
+                      max_completion_length=3, gradient_checkpointing=True, importance_sampling_level="sequence")
+    trainer = make_trainer(cfg)
+    history = trainer.train()
+    assert history[0]["guidance_length"] == 0 and history[0]["guided_fraction"] == 0.0
+    assert history[0]["truncated_ratio"] > 0
