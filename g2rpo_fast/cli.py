@@ -17,7 +17,7 @@ import dataclasses
 import sys
 import time
 
-DEMO_MAX_STEPS, DEMO_BATCH_SIZE = 12, 32
+DEMO_MAX_STEPS, DEMO_BATCH_SIZE = 100, 64
 
 
 def _add_config_fields(parser, skip=()):
