@@ -32,7 +32,7 @@ from pathlib import Path
 if "--interpret" in sys.argv:  # must precede the first `import triton` (see tests/conftest.py)
     os.environ["TRITON_INTERPRET"] = "1"
 
-import torch  # noqa: E402
+import torch
 
 HBM_PEAK = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12, "B200": 8.0e12}  # bytes/s (SXM parts)
 
@@ -211,7 +211,7 @@ def versions():
             from importlib.metadata import version
 
             out[mod] = version(mod.replace("_", "-"))
-        except Exception:  # noqa: BLE001 - report what is there
+        except Exception:
             out[mod] = "not installed"
     return out
 
@@ -249,7 +249,7 @@ def main():
                 frac = next((bw / peak_bw for k, peak_bw in HBM_PEAK.items() if k in dev_name), None)
                 rows.append(dict(candidate=label, N=inp["n"], V=v, ms=sec * 1e3, peak_mib=None if peak is None
                                  else peak / 2**20, bandwidth_gbs=bw / 1e9, roofline=frac, error=None))
-            except Exception as e:  # noqa: BLE001 - a candidate that cannot run here is reported, not fatal
+            except Exception as e:
                 rows.append(dict(candidate=label, N=inp["n"], V=v, ms=None, peak_mib=None, bandwidth_gbs=None,
                                  roofline=None, error=f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"))
             print(rows[-1], flush=True)

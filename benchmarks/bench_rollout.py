@@ -43,7 +43,7 @@ PRESETS = {
 def build_batch(args, vocab: int) -> list[list[int]]:
     g = torch.Generator().manual_seed(args.seed)
     prompts = []
-    for i in range(args.prompts):
+    for _i in range(args.prompts):
         length = int(torch.randint(args.prompt_len // 2, args.prompt_len + 1, (), generator=g))
         base = torch.randint(0, vocab, (length,), generator=g).tolist()
         for j in range(args.samples):

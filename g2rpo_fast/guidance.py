@@ -108,7 +108,7 @@ class LinearGuidance(_Schedule):
 
     def _next_length(self, reward: float) -> int:
         frac = min(self.step / self.total_steps, 1.0)
-        return int(round(self.initial_length + (self.final_length - self.initial_length) * frac))
+        return round(self.initial_length + (self.final_length - self.initial_length) * frac)
 
 
 def make_guidance_schedule(kind: str, *, initial_length: int, max_length: int, min_length: int = 1,

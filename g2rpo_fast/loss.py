@@ -14,8 +14,8 @@ import torch
 from .ops._checks import check_same_device, check_tensor
 from .ops._dispatch import use_triton
 from .ops.grpo_loss import LossOptions, g2rpo_loss_from_logps
-from .ops.loss_inputs import prepare_loss_inputs
 from .ops.logps import per_token_logps
+from .ops.loss_inputs import prepare_loss_inputs
 
 
 class G2RPOLoss(torch.nn.Module):

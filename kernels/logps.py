@@ -184,7 +184,8 @@ def launch_logps_fwd(logits2d, ids, inv_t, with_entropy):
     if n:
         bv = block_v_for(vocab, dev)
         launch(
-            logps_fwd_kernel, (num_programs(n, dev),), dev, logits2d, *row_strides(logits2d), ids, logp, rowmax, logsum, entropy, n, vocab, float(inv_t),
+            logps_fwd_kernel, (num_programs(n, dev),), dev, logits2d, *row_strides(logits2d), ids, logp,
+            rowmax, logsum, entropy, n, vocab, float(inv_t),
             BLOCK_V=bv, WITH_ENTROPY=with_entropy, num_warps=warps_for(bv, dev),
         )
     return logp, rowmax, logsum, (entropy if with_entropy else None)
@@ -201,7 +202,7 @@ def launch_logps_bwd(logits2d, ids, grad_rows, rowmax, logsum, inv_t, out=None):
     if n:
         bv = block_v_for(vocab, dev)
         launch(
-            logps_bwd_kernel, (num_programs(n, dev),), dev, logits2d, *row_strides(logits2d), out, vocab, ids, grad_rows.contiguous(), rowmax, logsum,
-            n, vocab, float(inv_t), BLOCK_V=bv, num_warps=warps_for(bv, dev),
+            logps_bwd_kernel, (num_programs(n, dev),), dev, logits2d, *row_strides(logits2d), out, vocab, ids,
+            grad_rows.contiguous(), rowmax, logsum, n, vocab, float(inv_t), BLOCK_V=bv, num_warps=warps_for(bv, dev),
         )
     return out

@@ -1,8 +1,7 @@
 """AdaptiveGuidance follows DESIGN.md section 7 exactly; baselines share its interface."""
 import pytest
 
-from g2rpo_fast.guidance import (AdaptiveGuidance, FixedGuidance, LinearGuidance, NoGuidance,
-                                 make_guidance_schedule)
+from g2rpo_fast.guidance import AdaptiveGuidance, FixedGuidance, LinearGuidance, NoGuidance, make_guidance_schedule
 
 
 def spec_lengths(l0, rewards, lo, hi, window, every):

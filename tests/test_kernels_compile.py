@@ -112,8 +112,8 @@ CASES = {
     "logps_bwd-fp16-int32_ids-strided": _logps_bwd(F16, ids_dtype=torch.int32, vocab=SMALL_VOCAB, rows=4,
                                                    strided=True),
     # kernels/grpo_loss.py: every flag combination in bf16, all flags in fp32 / fp16
-    **{f"loss-bf16-old{int(o)}-{r}-delta{int(dl)}": _loss(BF16, old=o, ref=r != "noref", beta=0.04 if r == "kl" else 0.0,
-                                                          delta=2.0 if dl else None)
+    **{f"loss-bf16-old{int(o)}-{r}-delta{int(dl)}": _loss(BF16, old=o, ref=r != "noref",
+                                                          beta=0.04 if r == "kl" else 0.0, delta=2.0 if dl else None)
        for o in (False, True) for r in ("noref", "ref_beta0", "kl") for dl in (False, True)},
     "loss-fp32": _loss(F32),
     "loss-fp16": _loss(F16),
@@ -124,7 +124,8 @@ CASES = {
     "advantages-fp32-none-G1": _advantages(F32, "none", group_size=1),
     "advantages-fp32-group-G5": _advantages(F32, "group", group_size=5),
     # kernels/fused_linear.py
-    **{f"fused_linear_{p}-{str(d)[6:]}": _fused_linear(d, p == "bwd") for p in ("fwd", "bwd") for d in (F32, BF16, F16)},
+    **{f"fused_linear_{p}-{str(d)[6:]}": _fused_linear(d, p == "bwd")
+       for p in ("fwd", "bwd") for d in (F32, BF16, F16)},
     "fused_linear_fwd-bf16-no_bias-no_entropy-split": _fused_linear(BF16, False, bias=False, entropy=False, rows=2560,
                                                                     vocab=4096),
     "fused_linear_bwd-bf16-no_bias": _fused_linear(BF16, True, bias=False),
@@ -203,7 +204,7 @@ def _compile_all():
                     "num_warps": ck.metadata.num_warps, "cubin_bytes": len(ck.asm.get("cubin", b"")),
                     "ptx_sm90": f".target sm_{session.arch}" in ck.asm.get("ptx", ""),
                 })
-        except Exception as e:  # noqa: BLE001  (reported per case by the parent)
+        except Exception as e:
             result["error"] = "".join(traceback.format_exception_only(e))[-4000:]
         print(json.dumps(result), flush=True)
 
@@ -239,7 +240,8 @@ def test_kernel_compiles_for_sm90(compiled, case):
         assert k["ptx_sm90"] and k["cubin_bytes"] > 0, k
         assert k["shared"] <= k["max_shared"], f"{k['name']} needs {k['shared']} B of shared memory: {k}"
         if case.startswith("fused_linear"):  # a spill costs local-memory traffic in the inner loop
-            assert k["n_spills"] == 0, f"{k['name']} spills {4 * k['n_spills']} B/thread at {k['n_regs']} registers: {k}"
+            assert k["n_spills"] == 0, (f"{k['name']} spills {4 * k['n_spills']} B/thread "
+                                        f"at {k['n_regs']} registers: {k}")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,14 @@ import warnings
 
 import pytest
 
-from g2rpo_fast.rewards import (accuracy_reward, extract_answer, extract_code, format_reward,
-                                get_reward_func, safe_reward_call)
+from g2rpo_fast.rewards import (
+    accuracy_reward,
+    extract_answer,
+    extract_code,
+    format_reward,
+    get_reward_func,
+    safe_reward_call,
+)
 from g2rpo_fast.rewards.code import code_reward
 
 

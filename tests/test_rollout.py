@@ -3,10 +3,17 @@ import math
 
 import pytest
 import torch
-from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config,
-                          Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
-from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,
-                                                    TopPLogitsWarper)
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from g2rpo_fast.rollout import RolloutEngine
 
@@ -47,7 +54,7 @@ def get_model(models, family):
 
 def _prompts():
     g = torch.Generator().manual_seed(1)
-    rand = lambda n: torch.randint(0, VOCAB, (n,), generator=g).tolist()  # noqa: E731
+    rand = lambda n: torch.randint(0, VOCAB, (n,), generator=g).tolist()
     prompts = [rand(n) for n in (1, 2, 7, 15, 16, 17, 31, 33, 48, 64)]
     base = rand(37)
     # a group sharing a prompt, and guided variants (prompt + guidance prefix of other lengths)

@@ -9,6 +9,13 @@ from g2rpo_fast.data.loading import (
 )
 
 __all__ = [
-    "extract_answer", "is_correct", "make_dataset", "make_splits",
-    "load_prompts", "normalize_columns", "normalize_gsm8k", "normalize_math500", "validate_columns",
+    "extract_answer",
+    "is_correct",
+    "load_prompts",
+    "make_dataset",
+    "make_splits",
+    "normalize_columns",
+    "normalize_gsm8k",
+    "normalize_math500",
+    "validate_columns",
 ]

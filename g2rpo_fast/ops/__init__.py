@@ -11,4 +11,4 @@ def fused_linear_logps(*args, **kwargs):
     return impl(*args, **kwargs)
 
 
-__all__ = ["per_token_logps", "group_advantages", "fused_linear_logps"]
+__all__ = ["fused_linear_logps", "group_advantages", "per_token_logps"]

@@ -16,8 +16,8 @@ import torch
 
 from .grpo_loss import LossOptions, g2rpo_loss_from_logps
 from .layout import segment_sum
-from .loss_inputs import LossInputs
 from .logps_triton import can_write_in_place, kernel_logits
+from .loss_inputs import LossInputs
 from .reference import per_token_logps_ref
 
 

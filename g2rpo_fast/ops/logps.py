@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_tensor, check_temperature, check_token_ids, check_shape, check_same_device
+from ._checks import check_same_device, check_shape, check_temperature, check_tensor, check_token_ids
 from ._dispatch import use_triton
 from .reference import per_token_logps_ref
 

@@ -59,7 +59,7 @@ def prepare_loss_inputs(opts: LossOptions, token_ids, vocab_size, device, *, adv
     else:
         raise ValueError("one of `advantages` or `rewards` (with `group_size`) is required")
 
-    flat = lambda t: None if t is None else t.reshape(-1)  # noqa: E731
+    flat = lambda t: None if t is None else t.reshape(-1)
     like = torch.empty(token_ids.numel(), device=device, dtype=compute_dtype)
     weights = token_weights(flat(completion_mask), flat(guidance_mask), opts.guidance_loss, like)
     return LossInputs(

@@ -5,7 +5,7 @@ import importlib
 import logging
 import math
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 from .accuracy import accuracy_reward
 from .code import code_reward
@@ -100,6 +100,7 @@ def safe_reward_call(fn, prompts, completions, **columns) -> tuple[list[float], 
                     _report(errors, f"reward {name}: sample {i} returned {len(out)} values; scored 0.0")
                     values[-1] = 0.0
             except Exception as sample_exc:
-                _report(errors, f"reward {name}: sample {i} raised {type(sample_exc).__name__}: {sample_exc}; scored 0.0")
+                _report(errors, f"reward {name}: sample {i} raised "
+                                f"{type(sample_exc).__name__}: {sample_exc}; scored 0.0")
                 values.append(0.0)
     return [_clean(v, name, i, errors) for i, v in enumerate(values)], errors

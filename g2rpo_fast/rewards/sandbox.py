@@ -112,7 +112,7 @@ def _probe_namespaces() -> bool:
         ok = out.returncode == 0 and out.stdout.strip() == "ok" and not os.path.exists(outside)
     if not ok:
         warnings.warn("g2rpo_fast.rewards: namespace sandbox unavailable (unshare/setpriv failed); "
-                      "code runs with process limits and in-process guards only", RuntimeWarning)
+                      "code runs with process limits and in-process guards only", RuntimeWarning, stacklevel=2)
     return ok
 
 

@@ -12,7 +12,7 @@ from .sequence import Sequence
 
 
 class _Block:
-    __slots__ = ("ref_count", "hash", "tokens")
+    __slots__ = ("hash", "ref_count", "tokens")
 
     def __init__(self) -> None:
         self.ref_count = 0

@@ -45,7 +45,7 @@ def num_guided(guidance_ratio: float, group_size: int) -> int:
     """n_guided = round(ratio · G), as in DESIGN.md (Python's round: halves to even)."""
     if not 0.0 <= guidance_ratio <= 1.0:
         raise ValueError(f"`guidance_ratio` must lie in [0, 1], got {guidance_ratio!r}")
-    return int(round(guidance_ratio * group_size))
+    return round(guidance_ratio * group_size)
 
 
 def guidance_prefix(solution_ids: list[int], length: int) -> list[int]:

@@ -212,7 +212,7 @@ class G2RPOConfig:
     def n_guided(self) -> int:
         if self.guidance_schedule == "none":
             return 0
-        return int(round(self.guidance_ratio * self.num_generations))
+        return round(self.guidance_ratio * self.num_generations)
 
     def to_dict(self) -> dict:
         out = {}

@@ -1,24 +1,16 @@
 """Dataset loading and checks for the trainer, plus the deterministic prompt order.
 
 The embedded task is built with `g2rpo_fast.data.arithmetic.make_dataset`; other names go
-through `g2rpo_fast.data.load_prompts` (hub names, local json/jsonl/parquet files) when that
-module provides it, else through `datasets.load_dataset`.
+through `g2rpo_fast.data.load_prompts` (hub names, local json/jsonl/parquet files).
 """
 from __future__ import annotations
 
 import inspect
-import os
 
 import numpy as np
 
-
-def is_embedded(name) -> bool:
-    try:
-        from g2rpo_fast.models.warmstart import is_embedded as impl
-
-        return impl(name)
-    except ImportError:  # pragma: no cover - the models package is part of the install
-        return name is None or name == "embedded"
+from g2rpo_fast.data import load_prompts
+from g2rpo_fast.models.warmstart import is_embedded
 
 
 def load_split(config, split: str, train: bool):
@@ -30,27 +22,8 @@ def load_split(config, split: str, train: bool):
                                 difficulties=list(config.embedded_difficulties), split="train")
         return make_dataset(config.embedded_eval_size, seed=0, difficulties=list(config.embedded_difficulties),
                             split="eval")
-    try:
-        from g2rpo_fast.data import (
-            load_prompts,  # the data package's loader, when present
-        )
-    except ImportError:
-        load_prompts = None
-    if load_prompts is not None:
-        kwargs = {"split": split}
-        if config.dataset_config is not None and "config" in inspect.signature(load_prompts).parameters:
-            kwargs["config"] = config.dataset_config
-        return load_prompts(config.dataset_name, **kwargs)
-    import datasets
-
-    name = config.dataset_name
-    if os.path.isfile(name):
-        ext = name.rsplit(".", 1)[-1].lower()
-        builder = {"jsonl": "json", "json": "json", "parquet": "parquet", "csv": "csv"}.get(ext)
-        if builder is None:
-            raise ValueError(f"`dataset_name`: unsupported file type {name!r}")
-        return datasets.load_dataset(builder, data_files=name, split="train")
-    return datasets.load_dataset(name, config.dataset_config, split=split)
+    # Hub names and local json/jsonl/parquet/csv files; GSM8K / MATH columns are normalised.
+    return load_prompts(config.dataset_name, split=split, config=config.dataset_config)
 
 
 def required_columns(fn) -> list[str]:

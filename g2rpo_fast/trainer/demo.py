@@ -105,7 +105,8 @@ def _plot(results, path) -> None:
             continue
         for ax, (key, title) in zip(axes, keys):
             curves = np.array([[np.nan if v is None else v for v in r["curves"][key]] for r in runs], dtype=float)
-            ax.plot(np.arange(1, curves.shape[1] + 1), np.nanmean(curves, axis=0), label=METHOD_LABELS.get(method, method))
+            ax.plot(np.arange(1, curves.shape[1] + 1), np.nanmean(curves, axis=0),
+                    label=METHOD_LABELS.get(method, method))
             ax.set_title(title + " (mean over seeds)")
             ax.set_xlabel("optimizer step")
             ax.grid(alpha=0.3)

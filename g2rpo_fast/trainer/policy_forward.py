@@ -10,7 +10,7 @@ per-sequence forwards). The hidden states at the positions that predict completi
 """
 from __future__ import annotations
 
-import importlib.util
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -103,7 +103,7 @@ def packed_hidden(policy, batch: PackedBatch, autocast_dtype=None) -> torch.Tens
     device_type = batch.input_ids.device.type
     bounds = [0, *batch.row_splits, batch.input_ids.shape[1]]
     rows = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in itertools.pairwise(bounds):
         if autocast_dtype is not None:
             with torch.autocast(device_type, dtype=autocast_dtype):
                 rows.append(policy(batch.input_ids[:, a:b], batch.position_ids[:, a:b])[0])
@@ -113,31 +113,16 @@ def packed_hidden(policy, batch: PackedBatch, autocast_dtype=None) -> torch.Tens
     return hidden.index_select(0, batch.gather_index)
 
 
-def fused_linear_available() -> bool:
-    return (importlib.util.find_spec("g2rpo_fast.fused_linear_loss") is not None
-            and importlib.util.find_spec("g2rpo_fast.ops.fused_linear") is not None)
+def token_logps(hidden, weight, bias, token_ids, temperature=1.0) -> torch.Tensor:
+    """Per-token log-probs `[N]` of `token_ids` for the old / reference policies (no grad):
+    `fused_linear_logps` never holds the [N, V] logits."""
+    from g2rpo_fast.ops import fused_linear_logps
 
-
-def token_logps(hidden, weight, bias, token_ids, temperature=1.0, chunk: int = 4096) -> torch.Tensor:
-    """Per-token log-probs `[N]` of `token_ids` (no grad use: old / reference policies)."""
-    if fused_linear_available():
-        from g2rpo_fast.ops import fused_linear_logps
-
-        return fused_linear_logps(hidden, weight, token_ids, bias=bias, temperature=temperature).float()
-    from g2rpo_fast.ops import per_token_logps
-
-    out = []
-    for start in range(0, hidden.shape[0], chunk):  # bound the [chunk, V] logits
-        h = hidden[start:start + chunk]
-        logits = h.float() @ weight.float().t()
-        if bias is not None:
-            logits = logits + bias.float()
-        out.append(per_token_logps(logits, token_ids[start:start + chunk], temperature).float())
-    return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
+    return fused_linear_logps(hidden, weight, token_ids, bias=bias, temperature=temperature).float()
 
 
 def make_loss_fn(config):
-    """FusedLinearG2RPOLoss when it is installed, else G2RPOLoss on logits from the hidden states."""
+    """The loss through FusedLinearG2RPOLoss: hidden states and lm_head in, no [N, V] logits."""
     opts = dict(beta=config.beta, epsilon_low=config.epsilon,
                 epsilon_high=config.epsilon if config.epsilon_high is None else config.epsilon_high,
                 delta=config.delta, loss_type=config.loss_type,
@@ -146,23 +131,11 @@ def make_loss_fn(config):
                 if config.guidance_schedule != "none" else config.max_completion_length,
                 temperature=config.temperature, guidance_loss=config.guidance_loss,
                 scale_rewards=config.scale_rewards)
-    if fused_linear_available():
-        from g2rpo_fast.fused_linear_loss import FusedLinearG2RPOLoss
+    from g2rpo_fast.fused_linear_loss import FusedLinearG2RPOLoss
 
-        fn = FusedLinearG2RPOLoss(**opts)
+    fn = FusedLinearG2RPOLoss(**opts)
 
-        def fused(hidden, weight, bias, **kw):
-            return fn(hidden, weight, kw.pop("token_ids"), bias=bias, **kw)
+    def fused(hidden, weight, bias, **kw):
+        return fn(hidden, weight, kw.pop("token_ids"), bias=bias, **kw)
 
-        fused.fused = True
-        return fused
-    from g2rpo_fast.loss import G2RPOLoss
-
-    fn = G2RPOLoss(**opts)
-
-    def unfused(hidden, weight, bias, **kw):
-        logits = hidden @ weight.t() if bias is None else torch.nn.functional.linear(hidden, weight, bias)
-        return fn(logits.float(), kw.pop("token_ids"), **kw)
-
-    unfused.fused = False
-    return unfused
+    return fused

@@ -9,8 +9,7 @@ One optimizer step (`train`):
      (guidance + generated; weighted sum over reward functions, failures score 0);
   4. group-normalised advantages over all G samples; old log-probs (num_iterations > 1) and
      reference log-probs (beta > 0) without grad;
-  5. packed padding-free forward, loss through FusedLinearG2RPOLoss (G2RPOLoss on logits until
-     it is installed), backward, AdamW step;
+  5. packed padding-free forward, loss through FusedLinearG2RPOLoss, backward, AdamW step;
   6. update the guidance controller with the step's mean `guidance_reward`, log metrics,
      checkpoint.
 With `num_iterations = μ > 1` one generated batch serves μ optimizer steps and the guidance
@@ -55,10 +54,8 @@ def _func_name(fn) -> str:
 
 
 def make_engine(model):
-    try:
-        from g2rpo_fast.rollout import RolloutEngine
-    except ImportError:
-        from g2rpo_fast.rollout.engine import RolloutEngine
+    from g2rpo_fast.rollout import RolloutEngine
+
     return RolloutEngine(model)
 
 
@@ -160,7 +157,8 @@ class G2RPOTrainer:
         if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
             if not torch.cuda.is_available():
                 raise ValueError("`device`: cuda requested but no CUDA device is available")
-            return torch.device("cuda", self.dist.local_rank if self.dist.world_size > 1 else torch.cuda.current_device())
+            index = self.dist.local_rank if self.dist.world_size > 1 else torch.cuda.current_device()
+            return torch.device("cuda", index)
         return torch.device("cpu")
 
     def _stop_ids(self) -> list[int]:
@@ -335,7 +333,8 @@ class G2RPOTrainer:
         fresh = self.buffer is None
         guidance_length = int(self.guidance.length)
         if fresh:
-            self.buffer = [self.generate_micro_batch(k, guidance_length) for k in range(cfg.gradient_accumulation_steps)]
+            self.buffer = [self.generate_micro_batch(k, guidance_length)
+                           for k in range(cfg.gradient_accumulation_steps)]
             self.buffer_uses = 0
             self.buffer_guidance_length = guidance_length
         t1 = time.perf_counter()
@@ -372,7 +371,8 @@ class G2RPOTrainer:
             m[f"rewards/{name}"] = float(np.mean([r for mb in mbs for r in mb["per_func"][k]]))
         step_time = time.perf_counter() - t0
         # Completion tokens (generated, then trained on) per second of the whole step.
-        m.update(tokens_per_s=gen_tokens / max(step_time, 1e-9), step_time_s=step_time, rollout_time_s=t1 - t0, train_time_s=t2 - t1)
+        m.update(tokens_per_s=gen_tokens / max(step_time, 1e-9), step_time_s=step_time,
+                 rollout_time_s=t1 - t0, train_time_s=t2 - t1)
         m = all_reduce_mean(m, self.dist, self._comm_device())
         # Guidance controller: once per generated batch, with the mean guidance reward of all ranks.
         if fresh:
