@@ -8,7 +8,7 @@ def load_model_and_tokenizer(name_or_path):
     if is_embedded(name_or_path):
         from g2rpo_fast.models.warmstart import load_embedded_default
 
-        return load_embedded_default()
+        return load_embedded_default(verbose=True)  # says so when the one-off warm start runs
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
