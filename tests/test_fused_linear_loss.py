@@ -6,29 +6,14 @@ liger-kernel's LigerFusedLinearGRPOLoss.
 """
 from __future__ import annotations
 
-import contextlib
-import os
-
 import pytest
 import torch
 
 from g2rpo_fast import FusedLinearG2RPOLoss, G2RPOLoss
+from g2rpo_fast.ops._dispatch import forced_backend
 
 B, T, H, V = 4, 9, 32, 80  # 2 groups of 2 completions
 
-
-@contextlib.contextmanager
-def torch_path():
-    """Run the reference on the plain PyTorch path whatever the test's backend is."""
-    old = os.environ.get("G2RPO_FAST_BACKEND")
-    os.environ["G2RPO_FAST_BACKEND"] = "torch"
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["G2RPO_FAST_BACKEND"]
-        else:
-            os.environ["G2RPO_FAST_BACKEND"] = old
 
 
 def make_batch(dtype, device, packed, seed=0):
@@ -61,7 +46,7 @@ def reference(batch, opts):
     h, w, b = (batch[k].detach().cpu().double().requires_grad_() for k in ("hidden", "weight", "bias"))
     rest = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in batch.items()
             if k not in ("hidden", "weight", "bias")}
-    with torch_path():
+    with forced_backend("torch"):
         loss, metrics = G2RPOLoss(**opts)(h @ w.T + b, group_size=2, **rest)
     loss.backward()
     return loss.detach(), metrics, (h.grad, w.grad, b.grad)

@@ -7,7 +7,6 @@ written out, and Liger's `triton_grpo_loss` (run in the interpreter in a subproc
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -18,6 +17,7 @@ import pytest
 import torch
 
 import g2rpo_fast as g
+from g2rpo_fast.ops._dispatch import forced_backend
 from g2rpo_fast.ops.reference import per_token_logps_ref
 
 LOSS_TYPES = ["grpo", "bnpo", "dapo", "dr_grpo"]
@@ -28,18 +28,6 @@ OPTION_SETS = {
     "include": dict(guidance_loss="include", epsilon_low=0.1),
 }
 
-
-@contextlib.contextmanager
-def reference_backend():
-    before = os.environ.get("G2RPO_FAST_BACKEND")
-    os.environ["G2RPO_FAST_BACKEND"] = "torch"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["G2RPO_FAST_BACKEND"]
-        else:
-            os.environ["G2RPO_FAST_BACKEND"] = before
 
 
 def make_case(seed=0, b=4, t=7, v=150, lengths=(7, 5, 3, 6), scale=2.0, temperature=1.0):
@@ -84,7 +72,7 @@ def run_loss(loss_fn, case, dtype, device, **extra):
 def truth(loss_fn, case, dtype, **extra):
     """The reference on float64 copies of the inputs as `dtype` rounds them."""
     c = dict(case, logits=case["logits"].to(dtype).double())
-    with reference_backend():
+    with forced_backend("torch"):
         return run_loss(loss_fn, c, torch.float64, "cpu", **extra)
 
 
