@@ -163,6 +163,21 @@ def test_sequence_entirely_guidance_adds_nothing(backend, device, small_tiles, l
     assert loss == 0 and (grad == 0).all() and all(v == 0 for v in metrics.values())
 
 
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("placeholder", [-200.0, 200.0])
+def test_masked_tokens_with_extreme_placeholders_change_nothing(backend, device, small_tiles, loss_type, placeholder):
+    # Padding and masked guidance may hold any finite value in old/ref log-probs (exp of it
+    # overflows); the loss, gradients and metrics must equal those with ordinary values there.
+    case = make_case(seed=6)
+    w = case["completion_mask"] * (1 - case["guidance_mask"])
+    odd = dict(case, old_logps=torch.where(w > 0, case["old_logps"], placeholder),
+               ref_logps=torch.where(w > 0, case["ref_logps"], placeholder))
+    loss_fn = g.G2RPOLoss(loss_type=loss_type, beta=0.04)
+    got = run_loss(loss_fn, odd, torch.float32, device)
+    assert torch.isfinite(got[0]) and torch.isfinite(got[1]).all()
+    assert_matches(got, truth(loss_fn, case, torch.float32), torch.float32)
+
+
 def test_group_with_equal_rewards_gets_no_gradient(backend, device, small_tiles):
     case = make_case(seed=6)
     case["rewards"] = torch.tensor([1.0, 1.0, 0.0, 1.0])  # first group: advantage 0

@@ -29,6 +29,7 @@ def acc(completion, answer):
     ("no answer here", None),
     (r"unbalanced \boxed{12", None),
     ("####   \n", None),
+    (r"first \boxed{3} then \boxed{x\\}", r"x\\"),  # an escaped backslash does not escape the brace
 ])
 def test_extract_answer(text, expected):
     assert extract_answer(text) == expected

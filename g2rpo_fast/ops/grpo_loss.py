@@ -60,7 +60,9 @@ def token_weights(completion_mask, guidance_mask, guidance_loss, like):
 def log_ratio(logps, old_logps, weights, layout: Layout, level: str):
     """log ρ per token; `sequence` level uses the length-normalised sequence ratio (GSPO)."""
     old = logps.detach() if old_logps is None else old_logps.to(logps.dtype)
-    lr = logps - old
+    # Weight-0 tokens (padding, masked guidance) may carry any finite placeholder in old/ref
+    # log-probs; keep them out of exp() so inf * 0 can never turn into a NaN loss or gradient.
+    lr = torch.where(weights > 0, logps - old, 0.0)
     if level == "sequence":
         seq = segment_sum(lr * weights, layout) / segment_sum(weights, layout).clamp(min=1.0)
         lr = seq[layout.seq_idx]
@@ -75,7 +77,7 @@ def per_token_terms(logps, advantages_tok, weights, layout, opts: LossOptions, o
     loss = -torch.minimum(unclipped * advantages_tok, clipped * advantages_tok)
     kl = None
     if ref_logps is not None:
-        d = ref_logps.to(logps.dtype) - logps
+        d = torch.where(weights > 0, ref_logps.to(logps.dtype) - logps, 0.0)
         kl = torch.exp(d) - d - 1
         if opts.beta != 0:
             loss = loss + opts.beta * kl

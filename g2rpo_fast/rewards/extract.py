@@ -39,17 +39,19 @@ def _content_text(content: Any) -> str:
 
 def _balanced_group(text: str, open_index: int) -> str | None:
     """Content of the brace group opening at text[open_index] == "{", or None if unbalanced."""
-    depth = 0
-    for i in range(open_index, len(text)):
+    depth, i = 0, open_index
+    while i < len(text):
         ch = text[i]
-        if ch == "\\":  # an escaped brace (\{ or \}) does not count
+        if ch == "\\":  # skip the escaped character: \{ and \} do not count, \\ is a backslash
+            i += 2
             continue
-        if ch == "{" and (i == 0 or text[i - 1] != "\\"):
+        if ch == "{":
             depth += 1
-        elif ch == "}" and (i == 0 or text[i - 1] != "\\"):
+        elif ch == "}":
             depth -= 1
             if depth == 0:
                 return text[open_index + 1 : i]
+        i += 1
     return None
 
 

@@ -67,7 +67,8 @@ class G2RPOConfig:
     epsilon_high: float | None = _f(None, "Upper clipping range ε_high (None: same as epsilon).")
     delta: float | None = _f(None, "Upper cap on the ratio of the unclipped term (two-sided clipping).")
     loss_type: str = _f("dapo", "Aggregation: grpo | bnpo | dapo | dr_grpo.")
-    scale_rewards: str = _f("group", "Advantage scaling: group | batch | none.")
+    scale_rewards: str = _f("group", "Advantage scaling: group | batch | none (batch: the std of the rewards of "
+                                     "one generated micro-batch on one rank).")
     importance_sampling_level: str = _f("token", "token (GRPO) or sequence (GSPO).")
     num_iterations: int = _f(1, "Optimizer steps per generated batch (μ); >1 computes old log-probs.")
     mask_truncated_completions: bool = _f(False, "Give truncated completions (no EOS) zero weight in the loss.")

@@ -127,7 +127,9 @@ def make_loss_fn(config):
                 epsilon_high=config.epsilon if config.epsilon_high is None else config.epsilon_high,
                 delta=config.delta, loss_type=config.loss_type,
                 importance_sampling_level=config.importance_sampling_level,
-                max_completion_length=config.max_completion_length + config.guidance_max_length
+                # dr_grpo's normaliser: the longest possible completion, guidance tokens included
+                max_completion_length=config.max_completion_length
+                + max(config.guidance_max_length, config.guidance_initial_length)
                 if config.guidance_schedule != "none" else config.max_completion_length,
                 temperature=config.temperature, guidance_loss=config.guidance_loss,
                 scale_rewards=config.scale_rewards)

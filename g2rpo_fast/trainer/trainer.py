@@ -143,7 +143,8 @@ class G2RPOTrainer:
             cfg.guidance_schedule, initial_length=cfg.guidance_initial_length, max_length=cfg.guidance_max_length,
             min_length=cfg.guidance_min_length, window=cfg.guidance_window,
             update_every=cfg.guidance_update_every, final_length=cfg.guidance_final_length,
-            total_steps=cfg.max_steps)
+            # the controller is updated once per generated batch, i.e. every num_iterations steps
+            total_steps=max(1, math.ceil(cfg.max_steps / cfg.num_iterations)))
         self.step = 0
         self.data_position = 0  # prompts consumed, over all ranks
         self.buffer = None  # generated micro-batches still to be trained on (num_iterations > 1)
