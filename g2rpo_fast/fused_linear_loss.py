@@ -20,8 +20,8 @@ import dataclasses
 
 import torch
 
-from .ops._checks import check_same_device, check_tensor
-from .ops.fused_linear import fused_linear_logps
+from .ops._checks import check_tensor
+from .ops.fused_linear import check_linear_inputs, compute_fused_linear_logps
 from .ops.grpo_loss import LossOptions, g2rpo_loss_from_logps
 from .ops.loss_inputs import prepare_loss_inputs
 
@@ -44,10 +44,8 @@ class FusedLinearG2RPOLoss(torch.nn.Module):
     def forward(self, hidden, weight, token_ids, advantages=None, rewards=None, group_size=None,
                 completion_mask=None, guidance_mask=None, cu_seqlens=None, old_logps=None, ref_logps=None,
                 num_items_in_batch=None, bias=None):
-        check_tensor(hidden, "hidden", floating=True, ndim=(2, 3))
-        check_tensor(weight, "weight", floating=True, ndim=2)
         check_tensor(token_ids, "token_ids", integer=True)
-        check_same_device(hidden, weight=weight, token_ids=token_ids, bias=bias)
+        check_linear_inputs(hidden, weight, bias, token_ids)  # token ids are checked by prepare_loss_inputs
         if tuple(token_ids.shape) != tuple(hidden.shape[:-1]):
             raise ValueError(f"`token_ids` has shape {tuple(token_ids.shape)}, expected {tuple(hidden.shape[:-1])}")
         dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
@@ -65,6 +63,6 @@ class FusedLinearG2RPOLoss(torch.nn.Module):
                 flat_hidden, tokens, weights, old, ref = (pick(flat_hidden), pick(tokens), pick(weights),
                                                           pick(old), pick(ref))
                 layout = dataclasses.replace(layout, seq_idx=layout.seq_idx.index_select(0, active))
-        logps = fused_linear_logps(flat_hidden, weight, tokens, bias=bias, temperature=self.opts.temperature)
+        logps = compute_fused_linear_logps(flat_hidden, weight, tokens, bias=bias, temperature=self.opts.temperature)
         return g2rpo_loss_from_logps(logps.to(dtype), inp.advantages, weights, layout, self.opts, old, ref,
                                      num_items_in_batch)

@@ -14,7 +14,7 @@ import torch
 from .ops._checks import check_same_device, check_tensor
 from .ops._dispatch import use_triton
 from .ops.grpo_loss import LossOptions, g2rpo_loss_from_logps
-from .ops.logps import per_token_logps
+from .ops.logps import compute_per_token_logps
 from .ops.loss_inputs import prepare_loss_inputs
 
 
@@ -51,6 +51,6 @@ class G2RPOLoss(torch.nn.Module):
 
             # Unflattened: the kernel reads strided views such as TRL's logits[:, :-1] in place.
             return fused_g2rpo_loss(logits, inp, self.opts, num_items_in_batch)
-        logps = per_token_logps(logits.reshape(-1, logits.shape[-1]), inp.token_ids, self.opts.temperature)
+        logps = compute_per_token_logps(logits.reshape(-1, logits.shape[-1]), inp.token_ids, self.opts.temperature)
         return g2rpo_loss_from_logps(logps, inp.advantages, inp.weights, inp.layout, self.opts,
                                      inp.old_logps, inp.ref_logps, num_items_in_batch)

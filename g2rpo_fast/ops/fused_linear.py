@@ -122,9 +122,18 @@ def fused_linear_logps(hidden: torch.Tensor, weight: torch.Tensor, token_ids: to
     in hidden, weight and bias; under `torch.no_grad()` nothing is kept for backward. With
     `return_entropy` also returns each row's entropy (detached).
     """
+    check_tensor(token_ids, "token_ids", integer=True)
+    check_linear_inputs(hidden, weight, bias, token_ids)
+    check_shape(token_ids, "token_ids", hidden.shape[:-1])
+    check_token_ids(token_ids, weight.shape[0])
+    check_temperature(temperature)
+    return compute_fused_linear_logps(hidden, weight, token_ids, bias, temperature, return_entropy)
+
+
+def check_linear_inputs(hidden, weight, bias=None, token_ids=None):
+    """Shapes, dtypes and devices of hidden [.., H], weight [V, H] and bias [V]."""
     check_tensor(hidden, "hidden", floating=True, ndim=(2, 3))
     check_tensor(weight, "weight", floating=True, ndim=2)
-    check_tensor(token_ids, "token_ids", integer=True)
     check_same_device(hidden, weight=weight, token_ids=token_ids, bias=bias)
     if weight.shape[1] != hidden.shape[-1]:
         raise ValueError(f"`weight` has shape {tuple(weight.shape)}: its width must equal the hidden size "
@@ -136,10 +145,10 @@ def fused_linear_logps(hidden: torch.Tensor, weight: torch.Tensor, token_ids: to
         check_shape(bias, "bias", (weight.shape[0],))
         if bias.dtype != hidden.dtype:
             raise ValueError(f"`bias` has dtype {bias.dtype} but `hidden` has {hidden.dtype}")
-    check_shape(token_ids, "token_ids", hidden.shape[:-1])
-    check_token_ids(token_ids, weight.shape[0])
-    check_temperature(temperature)
 
+
+def compute_fused_linear_logps(hidden, weight, token_ids, bias=None, temperature=1.0, return_entropy=False):
+    """`fused_linear_logps` without the checks, for callers that validated already (the loss)."""
     lead = hidden.shape[:-1]
     h2 = hidden.reshape(-1, hidden.shape[-1]).contiguous()
     w = weight.contiguous()

@@ -21,6 +21,12 @@ def per_token_logps(logits: torch.Tensor, token_ids: torch.Tensor, temperature: 
     check_same_device(logits, token_ids=token_ids)
     check_token_ids(token_ids, logits.shape[-1])
     check_temperature(temperature)
+    return compute_per_token_logps(logits, token_ids, temperature, return_entropy)
+
+
+def compute_per_token_logps(logits, token_ids, temperature=1.0, return_entropy=False):
+    """`per_token_logps` without the checks, for callers that validated already (the losses):
+    the token-id range check costs a device sync, which the hot path should pay once."""
     if use_triton(logits):
         from .logps_triton import per_token_logps_triton
 
