@@ -6,11 +6,11 @@ from .format import format_reward
 from .registry import REWARD_FUNCS, get_reward_func, safe_reward_call
 from .sandbox import SandboxLimits, SandboxResult
 from .sandbox_policy import (
-                             SandboxUnavailableError,
-                             default_sandbox,
-                             resolve_sandbox,
-                             sandbox_status,
-                             set_default_sandbox,
+    SandboxUnavailableError,
+    default_sandbox,
+    resolve_sandbox,
+    sandbox_status,
+    set_default_sandbox,
 )
 
 __all__ = [

@@ -147,7 +147,8 @@ class CandidateSandbox:
         except (CgroupUnavailable, OSError) as exc:
             warn_once("cgroup", f"code sandbox: no per-sandbox cgroup ({exc}); memory is limited per process "
                                 "(RLIMIT_AS: memfd/tmpfs pages and forks are not counted together) and the "
-                                "process count by RLIMIT_NPROC only. Run as root or delegate a cgroup.")
+                                "process count by RLIMIT_NPROC only, which the kernel does not apply to "
+                                "root. Run as root with a writable cgroup, or delegate one.")
         argv = self._command(work)
         if self.cgroup is not None:
             argv = isolation.join_cgroup_command(self.cgroup.procs_files, argv)

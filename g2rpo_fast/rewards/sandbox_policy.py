@@ -106,8 +106,8 @@ def resolve_sandbox(mode: str | None = None) -> str:
     if mode == "unsafe-process":
         warn_once("unsafe-process", "code_sandbox='unsafe-process': completions run as plain processes with "
                                     "rlimits only: they can read host files, use the network and signal "
-                                    "other processes of the same user. The verdict still comes from the "
-                                    "trusted tester.")
+                                    "every process of the same user (as root: every process on the "
+                                    "machine). The verdict still comes from the trusted tester.")
         return mode
     reasons = {}
     for backend in STRONG_BACKENDS if mode == "auto" else (mode,):
