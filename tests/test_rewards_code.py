@@ -1,129 +1,196 @@
-"""Code reward and sandbox tests: each case starts a short-lived sandboxed interpreter."""
+"""Code reward: scoring, what crosses the boundary, the two modes, limits, and the refusal.
+
+Each case starts a short-lived sandbox (bubblewrap or user namespaces, whichever works here);
+without either, the cases that run code are skipped with the reason and the refusal is tested.
+The attacks live in test_code_sandbox_attacks.py.
+"""
 import os
 import time
 
 import pytest
 
-from g2rpo_fast.rewards import code_reward, make_code_reward, namespaces_available, run_program
+from g2rpo_fast.rewards import (
+    SandboxUnavailableError,
+    check_code_sandbox,
+    code_reward,
+    make_code_reward,
+    resolve_sandbox,
+    sandbox_policy,
+    score_code,
+)
 
 TEST = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"
 GOOD = "def add(a, b):\n    return a + b\n"
 WRONG = "def add(a, b):\n    return a - b\n"
+NONPLAIN_TEST = "def check(candidate):\n    assert candidate(lambda x: x * 2, 3) == 6\n"
 
 
-def score(code, timeout=5.0, **kw):
-    fn = make_code_reward(timeout=timeout, **kw) if (kw or timeout != 5.0) else code_reward
-    return fn(["p"], [code], test=[TEST], entry_point=["add"])[0]
+@pytest.fixture(scope="module")
+def sandbox():
+    try:
+        return resolve_sandbox("auto")
+    except SandboxUnavailableError as exc:
+        pytest.skip(f"no strong sandbox here: {exc}")
 
 
-def test_correct_and_wrong():
-    assert score(GOOD) == 1.0
-    assert score(WRONG) == 0.0
-    assert score("def add(a, b) return") == 0.0  # syntax error
+def score(code, sandbox, test=TEST, entry_point="add", **kw):
+    return score_code(code, test, entry_point, sandbox=sandbox, **kw)
 
 
-def test_fenced_and_conversational():
+def test_correct_wrong_and_syntax_error(sandbox):
+    assert score(GOOD, sandbox).passed
+    assert not score(WRONG, sandbox).passed
+    assert not score("def add(a, b) return", sandbox).passed
+    assert not score("def other(a, b):\n    return a + b\n", sandbox).passed  # no entry point
+
+
+def test_fenced_and_conversational(sandbox):
+    reward = make_code_reward(sandbox=sandbox)
     fenced = f"Here:\n```python\n{WRONG}```\nFixed:\n```python\n{GOOD}```\nDone."
-    convo = [{"role": "user", "content": "write add"}, {"role": "assistant", "content": fenced}]
-    assert code_reward(["p", "p"], [fenced, convo], test=[TEST] * 2, entry_point=["add"] * 2) == [1.0, 1.0]
+    convo = [{"role": "assistant", "content": fenced}]
+    assert reward(["p", "p"], [fenced, convo], test=[TEST] * 2, entry_point=["add"] * 2) == [1.0, 1.0]
 
 
-@pytest.mark.parametrize("exit_call", ["import sys; sys.exit(0)", "import os; os._exit(0)", "quit()",
-                                       "raise SystemExit"])
-def test_early_exit_scores_zero(exit_call):
-    assert score(f"{GOOD}{exit_call}\n") == 0.0
+def test_plain_data_crosses_exactly(sandbox):
+    code = ("def echo(*args, **kwargs):\n    return args, kwargs\n"
+            "def values():\n    return (1, [2.5, -0.0], {'a': b'x'}, {1, 2}, None, True, 1 + 2j, float('inf'),"
+            " float('nan'), 10 ** 50, 'sn\\u2603w', ())\n")
+    test = ("import math\ndef check(candidate):\n"
+            "    args = ([1, (2, 3)], {'k': {4}}, b'\\x00', -7.25)\n"
+            "    assert candidate(*args, key=None) == (args, {'key': None})\n"
+            "    got = values()\n"
+            "    assert [type(v) for v in got] == [int, list, dict, set, type(None), bool, complex, float, float,"
+            " int, str, tuple]\n"
+            "    assert got[:8] == (1, [2.5, -0.0], {'a': b'x'}, {1, 2}, None, True, 1 + 2j, math.inf)\n"
+            "    assert math.isnan(got[8]) and got[9] == 10 ** 50 and got[10] == 'sn\\u2603w'\n"
+            "    assert math.copysign(1, got[1][1]) == -1\n")
+    result = score(code, sandbox, test=test, entry_point="echo")
+    assert result.passed, result
 
 
-def test_exit_inside_candidate_scores_zero():
-    assert score("def add(a, b):\n    import os\n    os._exit(0)\n") == 0.0
+def test_candidate_exceptions_cross_as_builtin_classes_only(sandbox):
+    test = ("def check(candidate):\n    try:\n        candidate(-1)\n    except ValueError as exc:\n"
+            "        assert 'negative' in str(exc)\n    else:\n        raise AssertionError('no error')\n")
+    assert score("def f(x):\n    raise ValueError('negative input')\n", sandbox, test=test, entry_point="f").passed
+    own_class = "class Negative(ValueError):\n    pass\ndef f(x):\n    raise Negative('negative')\n"
+    assert not score(own_class, sandbox, test=test, entry_point="f").passed  # its own class never crosses
 
 
-def _sandbox_pids():
-    pids = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if b"g2rpo_sbx_" in f.read():
-                        pids.append(pid)
-            except OSError:
-                pass
-    return pids
+def test_prompt_helpers_come_from_the_prompt(sandbox):
+    # HumanEval/38-style: the test encodes with a helper the *prompt* defines.
+    prompt = "def encode(s):\n    return s[::-1]\n\n\ndef decode(s):\n    \"\"\"Inverse of encode.\"\"\"\n"
+    test = "def check(candidate):\n    assert candidate(encode('abc')) == 'abc'\n"
+    honest = prompt + "    return s[::-1]\n"
+    rigged = "def encode(s):\n    return s\n\n\ndef decode(s):\n    return s\n"  # consistent with itself only
+    reward = make_code_reward(sandbox=sandbox)
+    assert reward([prompt, prompt], [honest, rigged], test=test, entry_point="decode") == [1.0, 0.0]
+    # A prompt that is not Python: the program's own helpers are used (HumanEval's own harness does that).
+    assert reward(["Write decode."], [rigged], test=test, entry_point="decode") == [1.0]
 
 
-@pytest.mark.parametrize("isolation", ["auto", "process"])
-def test_infinite_loop_times_out_and_is_killed(isolation):
+def test_program_constants_and_helpers_are_looked_up_in_the_completion(sandbox):
+    code = "LIMIT = 3\ndef below(x):\n    return x < LIMIT\ndef twice(x):\n    return 2 * x\n"
+    test = "def check(candidate):\n    assert candidate(LIMIT - 1) and not candidate(twice(LIMIT))\n"
+    assert score(code, sandbox, test=test, entry_point="below").passed
+
+
+def test_tests_passing_non_plain_values_use_the_in_process_mode(sandbox):
+    good, wrong = "def add(f, x):\n    return f(x)\n", "def add(f, x):\n    return x\n"
+    result = score(good, sandbox, test=NONPLAIN_TEST)
+    assert result.passed and result.mode == "in_process"
+    assert not score(wrong, sandbox, test=NONPLAIN_TEST).passed
+    refused = score(good, sandbox, test=NONPLAIN_TEST, in_process_fallback=False)
+    assert not refused.passed and refused.verdict == "in_process" and refused.mode == "boundary"
+
+
+def test_timeout_kills_the_run(sandbox):
     start = time.monotonic()
-    # The forked child must die too.
-    result = run_program("import os\nos.fork()\nwhile True:\n    pass\n", timeout=1.0, isolation=isolation)
-    assert result.timed_out and not result.passed
-    assert time.monotonic() - start < 4
-    deadline = time.monotonic() + 2
-    while _sandbox_pids() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _sandbox_pids() == []
-    assert score("def add(a, b):\n    while True: pass\n", timeout=1.0, isolation=isolation) == 0.0
+    result = score("import os\nif os.fork() == 0:\n    while True:\n        pass\n"
+                   "def add(a, b):\n    while True:\n        pass\n", sandbox, timeout=1.0)
+    assert result.timed_out and not result.passed and not result.leaked
+    assert time.monotonic() - start < 5
 
 
-@pytest.mark.parametrize("isolation", ["auto", "process"])
-def test_huge_allocation_fails_inside_only(isolation):
-    assert score(f"x = bytearray(10**11)\n{GOOD}", isolation=isolation) == 0.0
-    assert score(f"x = bytearray(2 * 1024**3)\n{GOOD}", isolation=isolation) == 0.0
-    assert bytearray(10**6)  # trainer process unaffected
+def test_memory_errors_stay_inside(sandbox):
+    assert not score(f"x = bytearray(10**11)\n{GOOD}", sandbox).passed
+    assert not score(f"x = bytearray(600 << 20)\n{GOOD}", sandbox, memory_mb=256).passed
+    assert score(f"x = bytearray(64 << 20)\n{GOOD}", sandbox, memory_mb=256).passed
 
 
-@pytest.mark.parametrize("isolation", ["auto", "process"])
-def test_write_outside_workdir_is_blocked(tmp_path, isolation):
-    target = tmp_path / "escaped.txt"
-    for code in (f"open({str(target)!r}, 'w').write('x')\n{GOOD}",
-                 f"import os\nos.close(os.open({str(target)!r}, os.O_WRONLY | os.O_CREAT))\n{GOOD}",
-                 f"import pathlib\npathlib.Path({str(target)!r}).write_text('x')\n{GOOD}"):
-        assert score(code, isolation=isolation) == 0.0  # the write raises, so the program fails
-        assert not target.exists()
-    if isolation == "process":
-        return
-    sneaky = (f"import ctypes, os\nlibc = ctypes.CDLL(None)\n"
-              f"libc.open({str(target)!r}.encode(), os.O_WRONLY | os.O_CREAT, 0o644)\n{GOOD}")
-    score(sneaky)  # bypasses the in-process guard; the read-only mount must still stop it
-    if namespaces_available():
-        assert not target.exists()
+def test_private_tmp_is_writable_and_capped(sandbox):
+    write = "import os\nopen('scratch.txt', 'w').write('ok')\nassert open('/tmp/scratch.txt').read() == 'ok'\n"
+    assert score(write + GOOD, sandbox).passed
+    assert not score(f"open('big', 'wb').write(b'x' * (8 << 20))\n{GOOD}", sandbox, tmpfs_mb=4).passed
 
 
-def test_write_inside_workdir_allowed():
-    assert score(f"open('scratch.txt', 'w').write('ok')\nassert open('scratch.txt').read() == 'ok'\n{GOOD}") == 1.0
+def test_python_paths_are_importable_read_only(sandbox, tmp_path):
+    (tmp_path / "helper_module.py").write_text("def add(a, b):\n    return a + b\n")
+    code = "from helper_module import add\n"
+    assert not score(code, sandbox).passed
+    assert score(code, sandbox, python_paths=[str(tmp_path)]).passed
+    assert not score("open(__import__('helper_module').__file__, 'a').write('#')\n" + GOOD, sandbox,
+                     python_paths=[str(tmp_path)]).passed
 
 
-@pytest.mark.parametrize("isolation", ["auto", "process"])
-def test_network_is_blocked(isolation):
-    code = ("import socket\ntry:\n    socket.create_connection(('127.0.0.1', 9), timeout=1)\n"
-            "except OSError:\n    pass\nelse:\n    raise SystemExit(1)\n" + GOOD)
-    assert score(code, isolation=isolation) == 1.0  # connecting raised OSError
-    assert score("import socket\nsocket.socket()\n" + GOOD, isolation=isolation) == 0.0
+def test_parallel_batch_mixed(sandbox):
+    codes = [GOOD, WRONG, "import os; os._exit(0)", "while True: pass"] * 3
+    reward = make_code_reward(sandbox=sandbox, timeout=2.0, max_workers=4)
+    assert reward(["p"] * 12, codes, test=TEST, entry_point="add") == [1.0, 0.0, 0.0, 0.0] * 3
+    assert [r.mode for r in reward.last_results] == ["boundary"] * 12
+    assert not any(r.leaked for r in reward.last_results)
 
 
-@pytest.mark.skipif(not namespaces_available(), reason="namespace sandbox unavailable")
-def test_network_blocked_below_python():
-    # Re-importing the C module gets a real socket; only the empty network namespace stops it.
-    code = ("import _socket\ns = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)\ns.settimeout(2)\n"
-            "try:\n    s.connect(('1.1.1.1', 80))\nexcept OSError:\n    pass\nelse:\n    raise SystemExit(1)\n" + GOOD)
-    assert score(code) == 1.0
+def test_refuses_without_strong_isolation(monkeypatch):
+    monkeypatch.setattr(sandbox_policy, "probe", lambda backend: f"{backend} does not work in this test")
+    with pytest.raises(SandboxUnavailableError, match="apt-get install bubblewrap") as info:
+        resolve_sandbox("auto")
+    assert "bwrap does not work" in str(info.value) and "namespace does not work" in str(info.value)
+    assert "code_sandbox: unsafe-process" in str(info.value)
+    with pytest.raises(SandboxUnavailableError):
+        code_reward(["p"], [GOOD], test=[TEST], entry_point=["add"])
+    with pytest.raises(ValueError, match="`code_sandbox`"):
+        check_code_sandbox("bwrap", [code_reward])
+    check_code_sandbox("auto", [lambda prompts, completions, **kw: [0.0]])  # no code reward: nothing to check
+    monkeypatch.setattr(sandbox_policy, "_default_mode", "auto")
 
 
-def test_forged_success_output_without_checks():
-    assert score("print('passed')\nimport sys\nsys.stdout.flush()\nimport os\nos._exit(0)\n") == 0.0
+def test_unsafe_process_is_an_explicit_opt_in(monkeypatch):
+    monkeypatch.setattr(sandbox_policy, "probe", lambda backend: "unavailable in this test")
+    from g2rpo_fast.rewards import sandbox as sandbox_module
+
+    monkeypatch.setattr(sandbox_module, "_warned", set())
+    with pytest.warns(RuntimeWarning, match="unsafe-process"):
+        reward = make_code_reward(sandbox="unsafe-process")
+        assert reward(["p", "p"], [GOOD, WRONG], test=TEST, entry_point="add") == [1.0, 0.0]
 
 
-def test_parallel_batch_mixed():
-    codes = [GOOD, WRONG, GOOD, "import os; os._exit(0)", GOOD, "while True: pass"] * 2
-    fn = make_code_reward(timeout=2.0, max_workers=4)
-    start = time.monotonic()
-    rewards = fn(["p"] * len(codes), codes, test=[TEST] * len(codes), entry_point=["add"] * len(codes))
-    assert rewards == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0] * 2
-    assert time.monotonic() - start < 15
-
-
-def test_column_length_mismatch():
-    with pytest.raises(ValueError, match="isolation"):
-        run_program(GOOD, isolation="docker")
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="sandbox"):
+        make_code_reward(sandbox="docker")
+    with pytest.raises(ValueError, match="timeout"):
+        make_code_reward(timeout=0)
+    with pytest.raises(ValueError, match="max_pids"):
+        make_code_reward(max_pids=0)
+    with pytest.raises(ValueError, match="max_workers"):
+        make_code_reward(max_workers=0)
     with pytest.raises(ValueError, match="test"):
         code_reward(["p"] * 2, [GOOD, GOOD], test=[TEST], entry_point=["add", "add"])
+
+
+def test_config_field_and_trainer_check_before_the_model_loads(monkeypatch):
+    from g2rpo_fast import G2RPOConfig
+    from g2rpo_fast.trainer import models, trainer
+    from g2rpo_fast.trainer.config import CHOICES
+
+    with pytest.raises(ValueError, match="code_sandbox"):
+        G2RPOConfig(code_sandbox="docker")
+    assert CHOICES["code_sandbox"] == sandbox_policy.MODES
+    monkeypatch.setattr(sandbox_policy, "probe", lambda backend: f"{backend} unavailable in this test")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the sandbox check")
+
+    monkeypatch.setattr(models, "load_model_and_tokenizer", no_model)
+    with pytest.raises(ValueError, match=r"`code_sandbox`.*install bubblewrap"):
+        trainer.G2RPOTrainer(G2RPOConfig(reward_funcs=["code"], code_sandbox="auto", output_dir=os.devnull))
+    monkeypatch.setattr(sandbox_policy, "_default_mode", "auto")

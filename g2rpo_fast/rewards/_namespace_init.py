@@ -59,8 +59,8 @@ def bind_read_only(source, target):
 def build_root(root, config):
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount propagates to the host
     mount("sandbox-root", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
-    for path in config["binds"]:
-        bind_read_only(path, root + path)
+    for source, target in config["binds"]:
+        bind_read_only(source, root + target)
     for path in config["hidden"]:  # e.g. the interpreter's site-packages
         mount("sandbox-hidden", root + path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k")
     for link, target in config["symlinks"]:

@@ -53,6 +53,11 @@ def python_layout() -> dict:
     return {"python": python, "binds": binds, "symlinks": symlinks, "hidden": hidden}
 
 
+def sandbox_python_paths(extra_paths: list[str]) -> list[str]:
+    """Where the caller's extra import directories appear inside the sandbox (not their host paths)."""
+    return [f"/python_paths/{i}" for i in range(len(extra_paths))]
+
+
 def server_command(layout: dict, server_source: str, args: list[str]) -> list[str]:
     return [layout["python"], "-I", "-S", "-c", server_source, *args]
 
@@ -61,8 +66,8 @@ def bwrap_command(layout: dict, tmpfs_bytes: int, extra_paths: list[str], comman
     argv = [shutil.which("bwrap") or "bwrap", "--unshare-all", "--unshare-user", "--disable-userns",
             "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--uid", str(SANDBOX_UID),
             "--gid", str(SANDBOX_UID), "--hostname", "sandbox"]
-    for path in layout["binds"] + list(extra_paths):
-        argv += ["--ro-bind", path, path]
+    for source, target in [(p, p) for p in layout["binds"]] + list(zip(extra_paths, sandbox_python_paths(extra_paths))):
+        argv += ["--ro-bind", source, target]
     for link, target in layout["symlinks"]:
         argv += ["--symlink", target, link]
     for path in layout["hidden"]:
@@ -74,7 +79,8 @@ def bwrap_command(layout: dict, tmpfs_bytes: int, extra_paths: list[str], comman
 
 def namespace_command(layout: dict, root: str, tmpfs_bytes: int, extra_paths: list[str],
                       command: list[str]) -> list[str]:
-    config = {"binds": layout["binds"] + list(extra_paths), "symlinks": layout["symlinks"],
+    binds = [(p, p) for p in layout["binds"]] + list(zip(extra_paths, sandbox_python_paths(extra_paths)))
+    config = {"binds": binds, "symlinks": layout["symlinks"],
               "hidden": layout["hidden"], "tmpfs_bytes": tmpfs_bytes}
     return ([shutil.which("unshare") or "unshare", "--user", "--map-root-user", "--mount", "--net", "--pid",
              "--fork", "--kill-child", "--ipc", "--uts", "--", layout["python"], "-I", "-S", NAMESPACE_INIT,

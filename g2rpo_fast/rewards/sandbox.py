@@ -127,8 +127,10 @@ class CandidateSandbox:
     def _command(self, work: str) -> list[str]:
         layout = isolation.python_layout()
         cpu_seconds = math.ceil(self.limits.timeout) + 1
+        inside = self.python_paths if self.backend == "unsafe-process" else \
+            isolation.sandbox_python_paths(self.python_paths)
         args = [self.run_id, str(self.limits.memory_bytes), str(cpu_seconds), str(self.limits.tmpfs_bytes),
-                str(self.limits.max_pids), *self.python_paths]
+                str(self.limits.max_pids), *inside]
         command = isolation.server_command(layout, script_source("_candidate_server.py"), args)
         if self.backend == "bwrap":
             return isolation.bwrap_command(layout, self.limits.tmpfs_bytes, self.python_paths, command)

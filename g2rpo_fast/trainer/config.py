@@ -24,6 +24,7 @@ CHOICES = {
     "guidance_loss": ("mask", "include"),
     "lr_scheduler_type": ("constant", "constant_with_warmup", "linear", "cosine"),
     "device": ("auto", "cpu", "cuda"),
+    "code_sandbox": ("auto", "bwrap", "namespace", "unsafe-process"),  # = rewards.sandbox_policy.MODES
 }
 
 
@@ -95,6 +96,9 @@ class G2RPOConfig:
     # ---- rewards
     reward_funcs: list = _f(["accuracy"], "Reward function names (built-in or 'module:function').")
     reward_weights: list | None = _f(None, "Weight of each reward function (None: all 1).")
+    code_sandbox: str = _f("auto", "Isolation of the completions that code rewards run: auto (bubblewrap, else user "
+                                   "namespaces; refuses to start when neither works) | bwrap | namespace | "
+                                   "unsafe-process (no isolation: an explicit opt-in).")
 
     # ---- guidance (G²RPO-A)
     guidance_ratio: float = _f(0.25, "Fraction of each group that is guided: n_guided = round(ratio * G).")

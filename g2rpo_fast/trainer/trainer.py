@@ -85,6 +85,9 @@ class G2RPOTrainer:
         guide_fn = get_reward_func(cfg.guidance_reward)
         self.guidance_reward_index = next((i for i, f in enumerate(self.reward_funcs) if f is guide_fn), None)
         self.guidance_reward_fn = guide_fn
+        from g2rpo_fast.rewards import check_code_sandbox
+
+        check_code_sandbox(cfg.code_sandbox, self.reward_funcs + [guide_fn])  # refuses before any loading
 
         # ---- data (checked before the model is loaded)
         self.dist: DistState = setup_distributed()
