@@ -32,3 +32,6 @@ else
   "${PIP[@]}" -e .
 fi
 echo "environment ready: $VENV ($("$PY" -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'))"
+# The code reward runs completions under bubblewrap (else user namespaces, else it refuses).
+command -v bwrap >/dev/null 2>&1 || echo "note: bubblewrap is not installed; for the code reward's sandbox:" \
+  "apt-get install bubblewrap (Debian/Ubuntu) or dnf install bubblewrap (Fedora)" >&2

@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup_env.sh test
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
-exec .venv/bin/python -m pytest -q -n "${PYTEST_WORKERS:-2}" tests "$@"
+exec .venv/bin/python -m pytest -q -rs -n "${PYTEST_WORKERS:-2}" tests "$@"  # -rs: every skip with its reason
