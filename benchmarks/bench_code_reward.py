@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import collections
 import gzip
 import importlib
 import json
@@ -190,7 +191,8 @@ def load_baseline(ref):
 
 
 def score(reward, sets, problems):
-    """{set name: (rewards, wall seconds)} with the reward's own column handling."""
+    """{set name: (rewards, wall seconds, details)} with the reward's own column handling; details
+    (the new reward only): how many programs each mode scored, and runs that leaked a process."""
     out = {}
     for name, completions in sets.items():
         period = HOSTILE_PROBLEMS if name == "hostile" else len(problems)  # hostile: kind-major order
@@ -198,7 +200,10 @@ def score(reward, sets, problems):
         start = time.perf_counter()
         rewards = reward([p["prompt"] for p in chosen], completions, test=[p["test"] for p in chosen],
                          entry_point=[p["entry_point"] for p in chosen])
-        out[name] = (rewards, time.perf_counter() - start)
+        wall = time.perf_counter() - start
+        last = getattr(reward, "last_results", None) or []
+        details = {"modes": dict(collections.Counter(r.mode for r in last)), "leaked": sum(r.leaked for r in last)}
+        out[name] = (rewards, wall, details if last else None)
     return out
 
 
@@ -251,16 +256,14 @@ def main():
                    "canonical_s": results["canonical"][1], "hostile_s": results["hostile"][1],
                    "mutants_s": results["mutants"][1], "mutant_verdicts": [int(r) for r in mutants],
                    "canonical_failures": [p["task_id"] for p, r in zip(problems, canonical) if r != 1.0]}
-            last = getattr(reward, "last_results", None)  # the new reward's per-program details
-            if last:
-                run["hostile_modes"] = sorted({r.mode for r in last})
-                run["hostile_leaked"] = sum(r.leaked for r in last)
+            if results["canonical"][2] is not None:
+                run["details"] = {k: v[2] for k, v in results.items()}
             report["runs"].append(run)
             print(f"[{name} #{repeat}] canonical {run['canonical_passed']}/164 in {run['canonical_s']:.1f} s; "
                   f"mutants failed {run['mutants_failed']}/164 in {run['mutants_s']:.1f} s; hostile passed "
                   f"{run['hostile_passed']}/96 in {run['hostile_s']:.1f} s {forged}; timed set (260) "
                   f"{run['timed_set_s']:.1f} s; socket connections {run['socket_connections']}, surviving "
-                  f"processes {run['surviving_processes']}; load {run['load']}", flush=True)
+                  f"processes {run['surviving_processes']}; load {run['load']}; {run.get('details', '')}", flush=True)
     runs = report["runs"]
     if len(contenders) > 1:
         new, old = runs[0]["mutant_verdicts"], runs[1]["mutant_verdicts"]
