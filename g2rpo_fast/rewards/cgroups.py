@@ -138,7 +138,10 @@ class SandboxCgroup:
             _write(os.path.join(made.dirs["memory"], "memory.limit_in_bytes"), str(memory_bytes))
             memsw = os.path.join(made.dirs["memory"], "memory.memsw.limit_in_bytes")
             if os.path.exists(memsw):  # swap counted too, else memory could move to swap
-                _write(memsw, str(memory_bytes))
+                try:
+                    _write(memsw, str(memory_bytes))
+                except OSError:  # swap accounting disabled: nothing to limit
+                    pass
             _write(os.path.join(made.dirs["pids"], "pids.max"), str(max_pids))
         except OSError as exc:
             made.remove()

@@ -95,7 +95,8 @@ def make_code_reward(timeout: float = 5.0, memory_mb: float = 1024, max_workers:
     def code_reward(prompts, completions, test, entry_point, **kwargs) -> list[float]:
         n = len(completions)
         tests, entries = _column(test, n, "test"), _column(entry_point, n, "entry_point")
-        prompt_list = _column(prompts, n, "prompts") if isinstance(prompts, (list, tuple)) else [None] * n
+        # Prompts only serve as a trusted source of helper definitions: anything else is ignored.
+        prompt_list = list(prompts) if isinstance(prompts, (list, tuple)) and len(prompts) == n else [None] * n
         if n == 0:
             return []
         resolve_sandbox(sandbox)  # refuse before starting anything

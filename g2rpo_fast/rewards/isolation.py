@@ -50,7 +50,8 @@ def python_layout() -> dict:
         binds.append("/etc/ld.so.cache")
     hidden = [os.path.join(stdlib, d) for d in ("site-packages", "dist-packages")
               if os.path.isdir(os.path.join(stdlib, d))]
-    return {"python": python, "binds": binds, "symlinks": symlinks, "hidden": hidden}
+    # Parents before children: a later bind of a parent directory would cover an earlier child.
+    return {"python": python, "binds": sorted(set(binds)), "symlinks": symlinks, "hidden": hidden}
 
 
 def sandbox_python_paths(extra_paths: list[str]) -> list[str]:
