@@ -7,13 +7,17 @@
     g2rpo-fast eval --checkpoint out/checkpoint-30    # greedy held-out accuracy
 
 Every `G2RPOConfig` field is also an option `--field-name value` (lists/None in YAML syntax,
-e.g. `--reward-funcs "[accuracy, format]"`). A bad configuration exits with status 2 and a
-message naming the field, before any model or data is loaded.
+e.g. `--reward-funcs "[accuracy, format]"`; a true/false field alone means true, e.g.
+`--overwrite-output-dir`). A user mistake (bad configuration, missing model or data, bad data
+rows, an unusable or already used output directory, a bad checkpoint) exits with status 2 and
+a one-line message naming the field, before any model is loaded; a full disk exits with
+status 1 and "no space left on <path>".
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import sys
 import time
 
@@ -27,8 +31,12 @@ def _add_config_fields(parser, skip=()):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
-        parser.add_argument(flag, dest=f"cfg_{f.name}", default=None, metavar="VALUE",
-                            help=f.metadata.get("help", ""))
+        if str(f.type) == "bool":  # `--flag` alone means true, `--flag false` still works
+            parser.add_argument(flag, dest=f"cfg_{f.name}", default=None, metavar="BOOL", nargs="?",
+                                const="true", help=f.metadata.get("help", ""))
+        else:
+            parser.add_argument(flag, dest=f"cfg_{f.name}", default=None, metavar="VALUE",
+                                help=f.metadata.get("help", ""))
 
 
 def _config_from_args(args, fixed: dict | None = None):
@@ -39,7 +47,7 @@ def _config_from_args(args, fixed: dict | None = None):
     for name, ann in types.items():
         raw = getattr(args, f"cfg_{name}", None)
         if raw is not None:
-            overrides[name] = parse_value(raw, ann)
+            overrides[name] = parse_value(raw, ann, name)
     for key in ("output_dir", "max_steps", "seed"):
         if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
@@ -78,17 +86,19 @@ def _setup(fn, *a, **kw):
 
 def cmd_train(args) -> int:
     cfg = _setup(_config_from_args, args)
+    from g2rpo_fast.trainer.preflight import preflight
+
+    args.resolved_output_dir = cfg.output_dir  # named by a full-disk message
+    _setup(preflight, cfg, resume=args.resume)  # before torch, the data and the model load
+    from g2rpo_fast.trainer.run_dir import RunSetupError
     from g2rpo_fast.trainer.trainer import G2RPOTrainer
 
     t0 = time.perf_counter()
     trainer = _setup(G2RPOTrainer, cfg)
-    if args.resume:
-        from g2rpo_fast.trainer.checkpoint import latest_checkpoint
-
-        if latest_checkpoint(cfg.output_dir) is None:
-            raise UsageError(f"`resume`: no complete checkpoint in {cfg.output_dir}")
     try:
         history = trainer.train(resume_from_checkpoint=True if args.resume else None)
+    except RunSetupError as exc:  # output dir / checkpoint to resume: found before step 1
+        raise UsageError(str(exc)) from exc
     finally:
         trainer.close()
     if trainer.is_main:
@@ -108,7 +118,7 @@ def cmd_eval(args) -> int:
     from g2rpo_fast.trainer.evaluate import evaluate_checkpoint
 
     cfg = _setup(_config_from_args, args, {"progress_bar": False})
-    result = evaluate_checkpoint(cfg, args.checkpoint, split=args.split, max_prompts=args.max_prompts)
+    result = _setup(evaluate_checkpoint, cfg, args.checkpoint, split=args.split, max_prompts=args.max_prompts)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -160,6 +170,14 @@ def main(argv=None) -> int:
         # Configuration and data errors: a one-line message, status 2, no traceback.
         print(f"g2rpo-fast {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # A full disk: nothing the user typed is wrong, and nothing is lost (checkpoints are atomic).
+        where = getattr(exc, "path", None) or exc.filename or getattr(args, "resolved_output_dir", None) or "."
+        text = str(exc) if str(exc).startswith("no space left") else f"no space left on {where} ({exc})"
+        print(f"g2rpo-fast {args.command}: error: {text}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -80,6 +80,19 @@ def normalize_columns(dataset, fmt: str = "auto"):
     raise ValueError(f"fmt must be 'auto', 'g2rpo', 'gsm8k' or 'math500', got {fmt!r}")
 
 
+def looks_like_local_path(name: str) -> bool:
+    """A name meant as a local path rather than a hub id (`org/name` or `name`): an explicit
+    directory prefix, more than one `/`, a backslash, or a data-file extension."""
+    return (name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or "\\" in name
+            or os.path.splitext(name)[1].lower() in LOCAL_FORMATS)
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE / HF_DATASETS_OFFLINE / TRANSFORMERS_OFFLINE set: nothing can be downloaded."""
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
 def _is_embedded(name) -> bool:
     return name is None or (isinstance(name, str) and name.strip() in EMBEDDED_DATASET_NAMES)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib
 import logging
 import math
+import threading
 import warnings
 from collections.abc import Callable
 
@@ -53,6 +54,15 @@ def _func_name(fn) -> str:
     return getattr(fn, "__name__", None) or type(fn).__name__
 
 
+# Every reward is clipped to this range: a reward of 1e308 would overflow the float32
+# rewards and advantages (and a weighted sum of such rewards even float64) into inf.
+REWARD_LIMIT = 1e6
+# After a failed batch call, samples are retried one by one to isolate the failing ones; when
+# this many retries in a row fail too, the function is failing on every input and the
+# remaining samples score 0 without being called (at most n + 1 calls, usually 1 + this).
+MAX_FAILED_RETRIES = 3
+
+
 def _report(errors: list[str], message: str) -> None:
     errors.append(message)
     logger.warning(message)
@@ -62,12 +72,17 @@ def _report(errors: list[str], message: str) -> None:
 def _clean(value, name: str, index: int, errors: list[str]) -> float:
     try:
         value = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         _report(errors, f"reward {name}: sample {index} returned {value!r}; scored 0.0")
         return 0.0
     if not math.isfinite(value):
         _report(errors, f"reward {name}: sample {index} returned {value}; scored 0.0")
         return 0.0
+    if abs(value) > REWARD_LIMIT:
+        clipped = math.copysign(REWARD_LIMIT, value)
+        _report(errors, f"reward {name}: sample {index} returned {value:g}, outside [-{REWARD_LIMIT:g}, "
+                        f"{REWARD_LIMIT:g}]; clipped to {clipped:g}")
+        return clipped
     return value
 
 
@@ -76,31 +91,98 @@ def _slice_columns(columns: dict, i: int, n: int) -> dict:
     return {k: ([v[i]] if isinstance(v, (list, tuple)) and len(v) == n else v) for k, v in columns.items()}
 
 
-def safe_reward_call(fn, prompts, completions, **columns) -> tuple[list[float], list[str]]:
-    """Call ``fn`` with the TRL signature; never raises. A batch-level exception is
-    retried sample by sample to isolate the culprit; a failing sample, None, NaN, inf or
-    a non-number scores 0.0. Returns (rewards, error messages); errors are also logged
-    and warned with the function's name."""
+class RewardTimeout(Exception):
+    pass
+
+
+def _call(fn, timeout, /, *args, **kwargs):
+    """`fn(*args, **kwargs)`; under `timeout` seconds it runs in a daemon worker thread.
+
+    A thread, not a process: reward functions are often closures or hold unpicklable state,
+    and their inputs are plain lists, so no copy is needed. Python cannot stop a thread, so a
+    call that times out is abandoned: it keeps running in the background until it returns
+    (a reward stuck for good keeps one idle thread per timed-out call; a daemon thread never
+    blocks the exit). Rewards that can hang should do their work in a subprocess, as
+    `code_reward` does."""
+    if timeout is None:
+        return fn(*args, **kwargs)
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = fn(*args, **kwargs)
+        except BaseException as exc:
+            box["error"] = exc
+
+    worker = threading.Thread(target=run, name=f"reward-{_func_name(fn)}", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise RewardTimeout(f"no result after {timeout:g} s (reward_timeout)")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _failure(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"called sys.exit({exc.code!r})"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def safe_reward_call(fn, prompts, completions, reward_timeout: float | None = None,
+                     **columns) -> tuple[list[float], list[str]]:
+    """Call ``fn`` with the TRL signature; never raises (``KeyboardInterrupt`` excepted).
+
+    - a call that raises, or calls ``sys.exit``, is reported; a failed batch call is then
+      retried sample by sample to isolate the culprits (up to n more calls; after
+      ``MAX_FAILED_RETRIES`` failures in a row the remaining samples score 0 uncalled);
+    - ``reward_timeout`` (seconds, None: no limit): a call that takes longer scores 0 for all its
+      samples, with one warning, and is not retried;
+    - a failing sample, None, NaN, inf or a non-number scores 0.0; a reward outside
+      ``[-REWARD_LIMIT, REWARD_LIMIT]`` is clipped to it.
+    Returns (rewards, error messages); errors are also logged and warned with the function's name.
+    """
     name = _func_name(fn)
     n = len(completions)
     errors: list[str] = []
     try:
-        values = list(fn(prompts, completions, **columns))
+        values = list(_call(fn, reward_timeout, prompts, completions, **columns))
         if len(values) != n:
             raise ValueError(f"returned {len(values)} rewards for {n} completions")
-    except Exception as exc:
-        _report(errors, f"reward {name}: batch call failed ({type(exc).__name__}: {exc}); retrying per sample")
-        values = []
-        for i in range(n):
-            prompt_i = [prompts[i]] if isinstance(prompts, (list, tuple)) and len(prompts) == n else prompts
-            try:
-                out = list(fn(prompt_i, [completions[i]], **_slice_columns(columns, i, n)))
-                values.append(out[0] if len(out) == 1 else None)
-                if len(out) != 1:
-                    _report(errors, f"reward {name}: sample {i} returned {len(out)} values; scored 0.0")
-                    values[-1] = 0.0
-            except Exception as sample_exc:
-                _report(errors, f"reward {name}: sample {i} raised "
-                                f"{type(sample_exc).__name__}: {sample_exc}; scored 0.0")
-                values.append(0.0)
+    except RewardTimeout as exc:
+        _report(errors, f"reward {name}: {exc}; its {n} samples scored 0.0")
+        return [0.0] * n, errors
+    except (Exception, SystemExit) as exc:
+        _report(errors, f"reward {name}: batch call failed ({_failure(exc)}); retrying per sample")
+        values = _retry_per_sample(fn, name, prompts, completions, columns, reward_timeout, errors)
     return [_clean(v, name, i, errors) for i, v in enumerate(values)], errors
+
+
+def _retry_per_sample(fn, name, prompts, completions, columns, timeout, errors) -> list:
+    n = len(completions)
+    values: list = []
+    failures_in_a_row = 0
+    for i in range(n):
+        if failures_in_a_row >= MAX_FAILED_RETRIES:
+            _report(errors, f"reward {name}: {MAX_FAILED_RETRIES} samples in a row failed one by one too; "
+                            f"samples {i}..{n - 1} scored 0.0 without calling it")
+            return values + [0.0] * (n - i)
+        prompt_i = [prompts[i]] if isinstance(prompts, (list, tuple)) and len(prompts) == n else prompts
+        try:
+            out = list(_call(fn, timeout, prompt_i, [completions[i]], **_slice_columns(columns, i, n)))
+        except RewardTimeout as exc:
+            _report(errors, f"reward {name}: sample {i}: {exc}; samples {i}..{n - 1} scored 0.0")
+            return values + [0.0] * (n - i)
+        except (Exception, SystemExit) as exc:
+            _report(errors, f"reward {name}: sample {i} failed ({_failure(exc)}); scored 0.0")
+            values.append(0.0)
+            failures_in_a_row += 1
+            continue
+        failures_in_a_row = 0
+        if len(out) != 1:
+            _report(errors, f"reward {name}: sample {i} returned {len(out)} values; scored 0.0")
+            values.append(0.0)
+        else:
+            values.append(out[0])
+    return values

@@ -1,26 +1,60 @@
-"""Atomic checkpoints: everything needed to continue a run exactly where it stopped.
+"""Checkpoints that are either complete or ignored: everything needed to continue a run exactly.
 
 `checkpoint-N/` holds the model (`save_pretrained`), the tokenizer, `trainer_state.pt`
 (optimizer, scheduler, guidance controller, python/numpy/torch RNG states, data position,
-pending roll-outs) and `g2rpo_config.json` (the run config). It is written into a temporary directory inside
-`output_dir` and moved into place with `os.replace`, so a crash never leaves a half-written
-`checkpoint-N`; `latest_checkpoint` only considers complete ones.
+pending roll-outs), `g2rpo_config.json` (the run config) and, written last,
+`checkpoint_manifest.json`: every file's name, size and SHA-256.
+
+- Completeness is the manifest: a checkpoint counts only when its manifest verifies (every
+  file present, same size, same SHA-256). `find_resumable_checkpoint` walks from the newest
+  back and reports each checkpoint it skips and why (truncated, missing or changed file).
+  SHA-256 (hashlib, hardware-accelerated by OpenSSL: ~1-2 GB/s on current x86/ARM cores) is
+  read once on save and once on resume; sizes alone would catch truncation but not a file
+  overwritten or corrupted in place, and `sha256sum` can check a manifest by hand.
+- Writes are atomic: a checkpoint is built in `.tmp-checkpoint-N-*` inside `output_dir` and
+  renamed into place. Re-saving a step that exists (after a resume) renames the old one
+  aside, renames the new one in, and deletes the old one last, so a crash at any moment
+  leaves a complete `checkpoint-N` or a complete copy that `clean_partial_checkpoints`
+  puts back at the next start (it deletes every other leftover `.tmp-checkpoint-*`).
+- A full disk raises `NoSpaceLeftError` ("no space left on <dir>"), also for torch's
+  `inline_container.cc` writer errors, after removing the partial directory.
 """
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
 import os
 import random
 import re
 import shutil
 import tempfile
+import uuid
 
 import numpy as np
 import torch
 
 STATE_FILE = "trainer_state.pt"
+MANIFEST_FILE = "checkpoint_manifest.json"
+MANIFEST_FORMAT = 1
+TMP_PREFIX = ".tmp-checkpoint-"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
+_HASH_CHUNK = 8 << 20
 
 
+class NoSpaceLeftError(OSError):
+    """The disk (or quota) filled up while writing a checkpoint; earlier checkpoints are intact."""
+
+    def __init__(self, path: str, detail: str):
+        super().__init__(errno.ENOSPC, f"no space left on {path} ({detail}); the partial checkpoint was removed "
+                                       f"and earlier checkpoints are intact: free space, then resume with --resume")
+        self.path = path
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+# ---------------------------------------------------------------------------- RNG state
 def rng_state() -> dict:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -36,47 +70,213 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# ---------------------------------------------------------------------------- manifest
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _checkpoint_files(root: str) -> list[str]:
+    out = []
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            rel = os.path.relpath(os.path.join(folder, name), root)
+            if rel != MANIFEST_FILE:
+                out.append(rel)
+    return sorted(out)
+
+
+def _fsync(path: str, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_manifest(root: str, step: int) -> None:
+    """Flush every file of `root` to disk, then write the manifest (last: it marks completeness)."""
+    files = {}
+    for rel in _checkpoint_files(root):
+        path = os.path.join(root, rel)
+        _fsync(path)
+        files[rel] = {"size": os.path.getsize(path), "sha256": file_sha256(path)}
+    manifest = {"format": MANIFEST_FORMAT, "step": int(step), "hash": "sha256", "files": files}
+    path = os.path.join(root, MANIFEST_FILE)
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(manifest, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    _fsync(root, directory=True)
+
+
+def read_manifest(root: str) -> dict | None:
+    try:
+        with open(os.path.join(root, MANIFEST_FILE), encoding="utf-8") as fh:
+            manifest = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        return None
+    return manifest
+
+
+def verify_checkpoint(root: str) -> str | None:
+    """None when `root` is a complete checkpoint; otherwise the reason it is not."""
+    if not os.path.isdir(root):
+        return "not a directory"
+    if not os.path.isfile(os.path.join(root, MANIFEST_FILE)):
+        return (f"no {MANIFEST_FILE} (the save did not finish, or an older g2rpo_fast wrote it without a "
+                f"manifest)")
+    manifest = read_manifest(root)
+    if manifest is None:
+        return f"{MANIFEST_FILE} is unreadable"
+    m = _CKPT.match(os.path.basename(os.path.normpath(root)))
+    if m and int(m.group(1)) != manifest.get("step"):
+        return f"its manifest is for step {manifest.get('step')}"
+    for rel, entry in sorted(manifest["files"].items()):
+        path = os.path.join(root, rel)
+        if not os.path.isfile(path):
+            return f"{rel} is missing"
+        size = os.path.getsize(path)
+        if size != entry.get("size"):
+            return f"{rel} has {size} bytes, the manifest says {entry.get('size')} (truncated or rewritten)"
+        if file_sha256(path) != entry.get("sha256"):
+            return f"{rel} does not match its SHA-256 in the manifest (corrupted)"
+    return None
+
+
+# ---------------------------------------------------------------------------- save
+def _out_of_space(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    # torch's zip writer reports a failed write as "[enforce fail at inline_container.cc:...]
+    # ... unexpected pos N vs M" / "PytorchStreamWriter failed writing file"; safetensors
+    # (Rust) as "No space left on device (os error 28)".
+    return ("inline_container" in text or "PytorchStreamWriter" in text or "No space left" in text
+            or "os error 28" in text or "StorageFull" in text)
+
+
+def _write_checkpoint_files(tmp: str, step: int, model, tokenizer, trainer_state: dict, config) -> None:
+    model.save_pretrained(tmp)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    torch.save({**trainer_state, "rng": rng_state(), "step": step}, os.path.join(tmp, STATE_FILE))
+    if config is not None:
+        config.save_json(os.path.join(tmp, "g2rpo_config.json"))
+    write_manifest(tmp, step)
+
+
+def _swap_into_place(tmp: str, final: str, step: int) -> None:
+    """Rename `tmp` to `final`; an existing `final` is moved aside first and deleted last."""
+    if not os.path.isdir(final):
+        os.replace(tmp, final)
+        return
+    parent = os.path.dirname(final)
+    old = os.path.join(parent, f"{TMP_PREFIX}{step}-old-{uuid.uuid4().hex[:8]}")
+    os.rename(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def save_checkpoint(output_dir: str, step: int, model, tokenizer, trainer_state: dict, config=None,
                     save_total_limit: int | None = None) -> str:
-    """Write `output_dir/checkpoint-{step}` atomically; returns its path."""
+    """Write `output_dir/checkpoint-{step}` atomically (manifest last); returns its path."""
     os.makedirs(output_dir, exist_ok=True)
     final = os.path.join(output_dir, f"checkpoint-{step}")
-    tmp = tempfile.mkdtemp(prefix=f".tmp-checkpoint-{step}-", dir=output_dir)
+    tmp = None
     try:
-        model.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        torch.save({**trainer_state, "rng": rng_state(), "step": step}, os.path.join(tmp, STATE_FILE))
-        if config is not None:
-            config.save_json(os.path.join(tmp, "g2rpo_config.json"))
-        if os.path.isdir(final):  # re-saving the same step (e.g. after a resume): replace it
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        tmp = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{step}-", dir=output_dir)
+        _write_checkpoint_files(tmp, step, model, tokenizer, trainer_state, config)
+        _swap_into_place(tmp, final, step)
+    except Exception as exc:
+        if _out_of_space(exc):
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise NoSpaceLeftError(os.path.abspath(output_dir),
+                                   f"while writing checkpoint-{step}: {first_line}") from exc
+        raise
     finally:
-        if os.path.isdir(tmp):
+        if tmp is not None and os.path.isdir(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
     if save_total_limit:
-        for old in list_checkpoints(output_dir)[:-save_total_limit]:
-            shutil.rmtree(old, ignore_errors=True)
+        prune_checkpoints(output_dir, save_total_limit, keep=final)
     return final
 
 
+def prune_checkpoints(output_dir: str, limit: int, keep: str | None = None) -> None:
+    """Delete the oldest checkpoints beyond `limit`, never `keep` (the one just written)."""
+    ckpts = list_checkpoints(output_dir)
+    others = [p for p in ckpts if keep is None or os.path.abspath(p) != os.path.abspath(keep)]
+    excess = len(ckpts) - limit
+    for old in others[:max(excess, 0)]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- find / load
 def list_checkpoints(output_dir: str) -> list[str]:
-    """Complete checkpoints, oldest first."""
+    """Checkpoints with a manifest (not verified: see `find_resumable_checkpoint`), oldest first."""
     if not os.path.isdir(output_dir):
         return []
     found = []
     for name in os.listdir(output_dir):
         m = _CKPT.match(name)
         path = os.path.join(output_dir, name)
-        if m and os.path.isfile(os.path.join(path, STATE_FILE)):
+        if m and os.path.isfile(os.path.join(path, MANIFEST_FILE)):
             found.append((int(m.group(1)), path))
     return [p for _, p in sorted(found)]
 
 
+def checkpoint_dirs(output_dir: str) -> list[str]:
+    """Every `checkpoint-N` directory, complete or not, newest first."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = [(int(m.group(1)), os.path.join(output_dir, n)) for n in os.listdir(output_dir)
+             if (m := _CKPT.match(n)) and os.path.isdir(os.path.join(output_dir, n))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def find_resumable_checkpoint(output_dir: str) -> tuple[str | None, list[tuple[str, str]]]:
+    """The newest checkpoint whose manifest verifies, and the newer ones skipped as
+    `(name, reason)`."""
+    skipped = []
+    for path in checkpoint_dirs(output_dir):
+        reason = verify_checkpoint(path)
+        if reason is None:
+            return path, skipped
+        skipped.append((os.path.basename(path), reason))
+    return None, skipped
+
+
 def latest_checkpoint(output_dir: str) -> str | None:
-    ckpts = list_checkpoints(output_dir)
-    return ckpts[-1] if ckpts else None
+    return find_resumable_checkpoint(output_dir)[0]
+
+
+def clean_partial_checkpoints(output_dir: str) -> list[str]:
+    """Remove `.tmp-checkpoint-*` leftovers of a killed save; a complete copy whose
+    `checkpoint-N` is missing (killed between the two renames of a re-save) is put back.
+    Returns one line per action."""
+    if not os.path.isdir(output_dir):
+        return []
+    actions = []
+    leftovers = sorted(n for n in os.listdir(output_dir) if n.startswith(TMP_PREFIX))
+    # The new copy of a re-save (no "-old-") wins over the old one when both are complete.
+    leftovers.sort(key=lambda n: "-old-" in n)
+    for name in leftovers:
+        path = os.path.join(output_dir, name)
+        manifest = read_manifest(path)
+        if manifest is not None and isinstance(manifest.get("step"), int):
+            final = os.path.join(output_dir, f"checkpoint-{manifest['step']}")
+            if not os.path.exists(final) and verify_checkpoint(path) is None:
+                os.replace(path, final)
+                actions.append(f"restored {os.path.basename(final)} from {name} (a re-save was interrupted)")
+                continue
+        shutil.rmtree(path, ignore_errors=True)
+        actions.append(f"removed {name} (left by an interrupted save)")
+    return actions
 
 
 def load_model_weights(model, path: str) -> None:
@@ -102,3 +302,13 @@ def load_model_weights(model, path: str) -> None:
 
 def load_trainer_state(path: str) -> dict:
     return torch.load(os.path.join(path, STATE_FILE), map_location="cpu", weights_only=False)
+
+
+def load_checkpoint_config(path: str) -> dict | None:
+    """The run config saved with a checkpoint (`g2rpo_config.json`), or None."""
+    try:
+        with open(os.path.join(path, "g2rpo_config.json"), encoding="utf-8") as fh:
+            values = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return values if isinstance(values, dict) else None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,6 +100,9 @@ class G2RPOConfig:
     code_sandbox: str = _f("auto", "Isolation of the completions that code rewards run: auto (bubblewrap, else user "
                                    "namespaces; refuses to start when neither works) | bwrap | namespace | "
                                    "unsafe-process (no isolation: an explicit opt-in).")
+    reward_timeout: float | None = _f(None, "Seconds one reward-function call may take: a call that times out "
+                                            "scores 0 for its samples, with one warning (it runs in a worker "
+                                            "thread, left running in the background; None: no limit).")
 
     # ---- guidance (G²RPO-A)
     guidance_ratio: float = _f(0.25, "Fraction of each group that is guided: n_guided = round(ratio * G).")
@@ -114,6 +118,8 @@ class G2RPOConfig:
 
     # ---- output
     output_dir: str = _f("g2rpo_output", "Where metrics.jsonl, checkpoints and plots go.")
+    overwrite_output_dir: bool = _f(False, "Let a fresh run replace an earlier run's metrics.jsonl and checkpoints "
+                                           "in output_dir (without it, a used output_dir is refused unless resuming).")
     logging_steps: int = _f(1, "Print a metrics line every this many steps (metrics.jsonl gets every step).")
     save_steps: int = _f(25, "Save a checkpoint every this many steps (0: only at the end).")
     save_total_limit: int | None = _f(2, "Keep at most this many checkpoints (None: all).")
@@ -129,38 +135,12 @@ class G2RPOConfig:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
+        """Every field's type and range, then the cross-field rules; `ValueError` naming the field."""
         for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if str(f.type).startswith("float") and v is not None:
-                if isinstance(v, bool) or not isinstance(v, (int, float)):
-                    raise ValueError(f"`{f.name}` must be a number, got {v!r}")
-            if str(f.type).startswith("bool") and not isinstance(v, bool):
-                raise ValueError(f"`{f.name}` must be true or false, got {v!r}")
+            _check_field(self, f)
         for name, choices in CHOICES.items():
             if getattr(self, name) not in choices:
                 raise ValueError(f"`{name}` must be one of {list(choices)}, got {getattr(self, name)!r}")
-        if not isinstance(self.guidance_ratio, (int, float)) or not 0.0 <= float(self.guidance_ratio) <= 1.0:
-            raise ValueError(f"`guidance_ratio` must lie in [0, 1], got {self.guidance_ratio!r}")
-        _int(self, "num_generations", 2)
-        _int(self, "per_device_train_batch_size", 1)
-        _int(self, "gradient_accumulation_steps", 1)
-        _int(self, "max_completion_length", 1)
-        _int(self, "max_steps", 1)
-        _int(self, "num_iterations", 1)
-        _int(self, "logging_steps", 1)
-        _int(self, "save_steps", 0)
-        _int(self, "eval_steps", 0)
-        _int(self, "eval_num_samples", 0)
-        _int(self, "packed_row_tokens", -1)
-        _int(self, "warmup_steps", 0)
-        _int(self, "top_k", 0)
-        _int(self, "seed", 0)
-        for name in ("guidance_initial_length", "guidance_max_length", "guidance_min_length", "guidance_final_length"):
-            _int(self, name, 0)
-        _int(self, "guidance_window", 1)
-        _int(self, "guidance_update_every", 1)
-        if self.max_prompt_length is not None:
-            _int(self, "max_prompt_length", 1)
         if self.per_device_train_batch_size % self.num_generations != 0:
             raise ValueError(f"`per_device_train_batch_size` ({self.per_device_train_batch_size}) must be divisible "
                              f"by `num_generations` ({self.num_generations}): it counts completions")
@@ -172,18 +152,6 @@ class G2RPOConfig:
             raise ValueError(f"`guidance_initial_length` ({self.guidance_initial_length}) must lie in "
                              f"[guidance_min_length, guidance_max_length] = "
                              f"[{self.guidance_min_length}, {self.guidance_max_length}]")
-        if not self.temperature > 0:
-            raise ValueError(f"`temperature` must be > 0, got {self.temperature!r}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"`top_p` must lie in (0, 1], got {self.top_p!r}")
-        if not self.learning_rate >= 0:
-            raise ValueError(f"`learning_rate` must be >= 0, got {self.learning_rate!r}")
-        if self.beta < 0:
-            raise ValueError(f"`beta` must be >= 0, got {self.beta!r}")
-        if self.epsilon < 0 or (self.epsilon_high is not None and self.epsilon_high < 0):
-            raise ValueError("`epsilon` and `epsilon_high` must be >= 0")
-        if self.delta is not None and not self.delta > 1:
-            raise ValueError(f"`delta` must be > 1 (it caps the ratio), got {self.delta!r}")
         if isinstance(self.reward_funcs, str):
             self.reward_funcs = [self.reward_funcs]
         if not self.reward_funcs:
@@ -204,9 +172,12 @@ class G2RPOConfig:
             if len(self.reward_weights) != len(self.reward_funcs):
                 raise ValueError(f"`reward_weights` has {len(self.reward_weights)} entries for "
                                  f"{len(self.reward_funcs)} reward_funcs")
-            self.reward_weights = [float(w) for w in self.reward_weights]
-        if not isinstance(self.embedded_difficulties, (list, tuple)) or not self.embedded_difficulties:
+            self.reward_weights = [_finite_weight(i, w) for i, w in enumerate(self.reward_weights)]
+        if not self.embedded_difficulties:
             raise ValueError("`embedded_difficulties` must be a non-empty list of digit counts")
+        for d in self.embedded_difficulties:
+            if not isinstance(d, int) or isinstance(d, bool) or not 1 <= d <= 5:
+                raise ValueError(f"`embedded_difficulties`: {d!r} is not a digit count in [1, 5]")
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -245,37 +216,141 @@ class G2RPOConfig:
 
     @classmethod
     def from_yaml(cls, path=None, **overrides) -> G2RPOConfig:
-        """Fields from a YAML mapping (None: the packaged default.yaml), then `overrides`."""
-        import yaml
-
-        path = path or default_config_path()
-        with open(path, encoding="utf-8") as fh:
-            values = yaml.safe_load(fh) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"config file {path}: expected a mapping of field: value")
+        """Fields from a YAML mapping (None: the packaged default.yaml), then `overrides`.
+        A missing or unreadable file or a YAML syntax error is a `ValueError` naming the file."""
+        values = read_yaml_mapping(path or default_config_path())
         values.update(overrides)
         return cls.from_dict(values)
 
 
-def _int(cfg, name: str, minimum: int) -> None:
-    v = getattr(cfg, name)
-    if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}, got {v!r}")
+def read_yaml_mapping(path) -> dict:
+    """The `field: value` mapping of a YAML config file; float fields written like `1e-4`
+    (a string to YAML 1.1) are read as numbers."""
+    import yaml
+
+    if os.path.isdir(path):
+        raise ValueError(f"`--config`: {path} is a directory, not a YAML file")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            values = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise ValueError(f"`--config`: no such file: {path}") from None
+    except OSError as exc:
+        raise ValueError(f"`--config`: cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"`--config`: {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValueError(f"`--config`: {path} is not valid YAML{at}: {problem}") from None
+    values = values or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"`--config`: {path} must hold a mapping of field: value, got {type(values).__name__}")
+    kinds = {f.name: field_kind(f)[0] for f in dataclasses.fields(G2RPOConfig)}
+    for key, value in values.items():
+        if kinds.get(key) == "float" and isinstance(value, str):
+            try:
+                values[key] = float(value)
+            except ValueError:
+                pass  # refused by validate() with the field's name
+    return values
+
+
+# Smallest value of every int field (None is allowed only where the annotation says so).
+INT_MIN = {
+    "embedded_train_size": 1, "embedded_eval_size": 1, "num_eval_prompts": 1, "num_generations": 2,
+    "max_prompt_length": 1, "max_completion_length": 1, "top_k": 0, "num_iterations": 1, "warmup_steps": 0,
+    "gradient_accumulation_steps": 1, "per_device_train_batch_size": 1, "max_steps": 1, "seed": 0,
+    "packed_row_tokens": -1, "guidance_initial_length": 0, "guidance_max_length": 0, "guidance_min_length": 0,
+    "guidance_final_length": 0, "guidance_window": 1, "guidance_update_every": 1, "logging_steps": 1,
+    "save_steps": 0, "save_total_limit": 1, "eval_steps": 0, "eval_num_samples": 0,
+}
+SEED_MAX = 2**63 - 1  # torch.manual_seed and numpy seed sequences take it
+# Range of every float field: (low, high, low included, high included); all must be finite.
+INF = float("inf")
+FLOAT_RANGES = {
+    "temperature": (0.0, INF, False, False), "top_p": (0.0, 1.0, False, True), "beta": (0.0, INF, True, False),
+    "epsilon": (0.0, INF, True, False), "epsilon_high": (0.0, INF, True, False), "delta": (1.0, INF, False, False),
+    "learning_rate": (0.0, INF, True, False), "weight_decay": (0.0, INF, True, False),
+    "adam_beta1": (0.0, 1.0, True, False), "adam_beta2": (0.0, 1.0, True, False),
+    "max_grad_norm": (0.0, INF, True, False), "guidance_ratio": (0.0, 1.0, True, True),
+    "reward_timeout": (0.0, INF, False, False),
+}
+# String fields that must not be empty (the others are choices, checked against CHOICES).
+NON_EMPTY_STR = ("model_name_or_path", "dataset_name", "dataset_split", "prompt_field", "guidance_field",
+                 "output_dir", "guidance_reward")
+
+
+def field_kind(f) -> tuple[str, bool]:
+    """("int" | "float" | "str" | "bool" | "list", None allowed) from a field's annotation."""
+    ann = str(f.type)
+    return ann.split("|")[0].strip(), "None" in ann
+
+
+def _check_field(cfg, f) -> None:
+    name, value = f.name, getattr(cfg, f.name)
+    kind, optional = field_kind(f)
+    if value is None:
+        if optional:
+            return
+        raise ValueError(f"`{name}` must not be None")
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"`{name}` must be true or false, got {value!r}")
+    elif kind == "int":
+        low = INT_MIN[name]
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}")
+        if name == "seed" and value > SEED_MAX:
+            raise ValueError(f"`seed` must be <= 2**63 - 1, got {value!r}")
+    elif kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"`{name}` must be a number, got {value!r}")
+        low, high, low_in, high_in = FLOAT_RANGES[name]
+        ok = math.isfinite(value) and (value >= low if low_in else value > low) and \
+            (value <= high if high_in else value < high)
+        if not ok:
+            span = f"{'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+            raise ValueError(f"`{name}` must be a finite number in {span}, got {value!r}")
+    elif kind == "str":
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+            setattr(cfg, name, value)
+        if name == "guidance_reward" and callable(value):
+            return
+        if not isinstance(value, str):
+            raise ValueError(f"`{name}` must be a string, got {value!r} ({type(value).__name__})")
+        if name in NON_EMPTY_STR and not value.strip():
+            raise ValueError(f"`{name}` must not be empty")
+    elif kind == "list":
+        if name == "reward_funcs" and (isinstance(value, str) or callable(value)):
+            return
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"`{name}` must be a list, got {value!r}")
+
+
+def _finite_weight(index: int, value) -> float:
+    try:
+        w = float(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        w = None
+    if w is None or not math.isfinite(w):
+        raise ValueError(f"`reward_weights`[{index}] must be a finite number, got {value!r}")
+    return w
 
 
 def default_config_path() -> str:
     return os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "default.yaml")
 
 
-def parse_value(text: str, annotation: Any):
-    """Convert a command-line string to a field's type (YAML syntax for lists/None/bools)."""
+def parse_value(text: str, annotation: Any, name: str = "value"):
+    """Convert a command-line string to a field's type (YAML syntax for lists/None/bools);
+    malformed YAML is a `ValueError` naming the field."""
     import yaml
 
     ann = str(annotation)
     if "None" in ann and text.strip() in ("None", "none", "null", "~"):
-        return None
-    value = yaml.safe_load(text)
-    if value is None:
         return None
     if ann.startswith("str"):
         return text
@@ -283,7 +358,14 @@ def parse_value(text: str, annotation: Any):
         try:
             return float(text)  # YAML reads "1e-4" as a string
         except ValueError:
-            return value
+            pass
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValueError(f"`{name}`: {text!r} is not valid YAML ({problem})") from None
+    if value is None:
+        return None
     if ann.startswith("list") and not isinstance(value, list):
         return [value]
     return value

@@ -6,14 +6,47 @@ through `g2rpo_fast.data.load_prompts` (hub names, local json/jsonl/parquet file
 from __future__ import annotations
 
 import inspect
+import os
 
 import numpy as np
 
 from g2rpo_fast.data import load_prompts
+from g2rpo_fast.data.loading import hub_offline, looks_like_local_path
+from g2rpo_fast.data.validation import (
+    is_json_lines,
+    local_data_files,
+    validate_jsonl_file,
+    validate_prompts_for_model,
+    validate_rows,
+)
 from g2rpo_fast.models.warmstart import is_embedded
 
 
+def needs_solutions(config, train: bool) -> bool:
+    return train and config.n_guided > 0
+
+
+def check_dataset_source(config) -> None:
+    """Before anything heavy loads: a local dataset exists and its JSON-lines files are
+    well formed row by row (streamed); a hub name is checked when it loads."""
+    name = config.dataset_name
+    if is_embedded(name):
+        return
+    if os.path.exists(name):
+        files = local_data_files(name)
+        if not files:
+            raise ValueError(f"`dataset_name`: no json/jsonl/parquet/csv files in {name}")
+        guidance = config.guidance_field if needs_solutions(config, True) else None
+        for path in files:
+            if is_json_lines(path):
+                validate_jsonl_file(path, config.prompt_field, guidance)
+        return
+    if looks_like_local_path(name):
+        raise ValueError(f"`dataset_name`: no such file or directory: {name}")
+
+
 def load_split(config, split: str, train: bool):
+    """The split as a `datasets.Dataset`, every row checked (`validate_dataset`)."""
     if is_embedded(config.dataset_name):
         from g2rpo_fast.data.arithmetic import make_dataset
 
@@ -22,8 +55,46 @@ def load_split(config, split: str, train: bool):
                                 difficulties=list(config.embedded_difficulties), split="train")
         return make_dataset(config.embedded_eval_size, seed=0, difficulties=list(config.embedded_difficulties),
                             split="eval")
+    check_dataset_source(config)
+    name = config.dataset_name
     # Hub names and local json/jsonl/parquet/csv files; GSM8K / MATH columns are normalised.
-    return load_prompts(config.dataset_name, split=split, config=config.dataset_config)
+    try:
+        return load_prompts(name, split=split, config=config.dataset_config, required=())
+    except Exception as exc:  # datasets / pyarrow / hub errors: the user's data or name
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        hint = ""
+        if not os.path.exists(name) and hub_offline():
+            hint = "; the hub is off (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE): only cached datasets load"
+        raise ValueError(f"`dataset_name`: cannot load {name!r} (split {split!r}): {type(exc).__name__}: "
+                         f"{detail}{hint}") from None
+
+
+def dataset_source(config, split: str) -> tuple[str, list[int] | None]:
+    """How messages name the data set, and the line of each row for a single JSON-lines file."""
+    name = config.dataset_name
+    if isinstance(name, str) and os.path.isfile(name) and is_json_lines(name):
+        guidance = config.guidance_field if needs_solutions(config, True) else None
+        return name, validate_jsonl_file(name, config.prompt_field, guidance)
+    if isinstance(name, str) and os.path.exists(name):
+        return name, None
+    return f"{name} (split {split})", None
+
+
+def validate_dataset(dataset, config, split: str, train: bool, source: str | None = None) -> None:
+    """Every row's prompt (and reference solution when guided) before the model loads."""
+    line_of_row = None
+    if source is None:
+        source, line_of_row = dataset_source(config, split)
+    guidance = config.guidance_field if needs_solutions(config, train) else None
+    validate_rows(dataset, config.prompt_field, guidance, source, line_of_row)
+
+
+def validate_dataset_for_model(dataset, config, tokenizer, context_length, split: str, source=None) -> None:
+    line_of_row = None
+    if source is None:
+        source, line_of_row = dataset_source(config, split)
+    validate_prompts_for_model(dataset, config, tokenizer, context_length, source, config.model_name_or_path,
+                               line_of_row)
 
 
 def required_columns(fn) -> list[str]:

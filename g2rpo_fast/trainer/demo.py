@@ -34,8 +34,9 @@ def run_demo(config, seeds=(0, 1, 2), methods=("none", "fixed", "adaptive"), out
     t_all = time.perf_counter()
     for method in methods:
         for seed in seeds:
+            # Each demo run replaces the same run of an earlier demo in output_dir.
             cfg = dataclasses.replace(config, guidance_schedule=method, seed=int(seed), progress_bar=False,
-                                      plots=False, save_steps=0, eval_at_end=True,
+                                      plots=False, save_steps=0, eval_at_end=True, overwrite_output_dir=True,
                                       output_dir=os.path.join(output_dir, f"{method}-seed{seed}"))
             t0 = time.perf_counter()
             trainer = G2RPOTrainer(cfg)

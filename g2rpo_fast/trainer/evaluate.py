@@ -7,6 +7,7 @@ import dataclasses
 def evaluate_checkpoint(config, checkpoint=None, split=None, max_prompts=None) -> dict:
     """Greedy accuracy (the config's `guidance_reward`, default accuracy) of `checkpoint`
     (a checkpoint-N dir or any model path; None: `config.model_name_or_path`)."""
+    from .models import check_model_source, load_model_and_tokenizer
     from .trainer import G2RPOTrainer
 
     cfg = dataclasses.replace(config, eval_split=split or config.eval_split, progress_bar=False, plots=False)
@@ -14,10 +15,22 @@ def evaluate_checkpoint(config, checkpoint=None, split=None, max_prompts=None) -
         raise ValueError("`eval_split`: no split to evaluate on")
     model = tokenizer = None
     if checkpoint is not None:
-        from .models import load_model_and_tokenizer
-
-        model, tokenizer = load_model_and_tokenizer(checkpoint)
+        check_model_source(checkpoint, field="--checkpoint")
+        _verify_if_checkpoint(checkpoint)
+        model, tokenizer = load_model_and_tokenizer(checkpoint, field="--checkpoint")
     trainer = G2RPOTrainer(cfg, model=model, tokenizer=tokenizer)
     result = trainer.evaluate(max_prompts=max_prompts if max_prompts is not None else cfg.num_eval_prompts)
     result["checkpoint"] = checkpoint or cfg.model_name_or_path
     return result
+
+
+def _verify_if_checkpoint(path: str) -> None:
+    """A training checkpoint (it has a manifest) must verify before it is evaluated."""
+    import os
+
+    from .checkpoint import MANIFEST_FILE, verify_checkpoint
+
+    if os.path.isfile(os.path.join(path, MANIFEST_FILE)):
+        reason = verify_checkpoint(path)
+        if reason is not None:
+            raise ValueError(f"`--checkpoint`: {path} is not a complete checkpoint: {reason}")

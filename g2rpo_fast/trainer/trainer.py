@@ -22,20 +22,32 @@ import json
 import math
 import os
 import time
+import warnings
 
 import numpy as np
 import torch
 
+from g2rpo_fast.data.validation import context_length_of
+
 from .checkpoint import (
-    latest_checkpoint,
+    clean_partial_checkpoints,
+    find_resumable_checkpoint,
+    load_checkpoint_config,
     load_model_weights,
     load_trainer_state,
     save_checkpoint,
     set_rng_state,
+    verify_checkpoint,
 )
 from .composition import assemble_samples, build_generation_inputs
 from .config import G2RPOConfig
-from .data import check_columns, load_split, take_indices
+from .data import (
+    check_columns,
+    load_split,
+    take_indices,
+    validate_dataset,
+    validate_dataset_for_model,
+)
 from .distributed import DistState, all_reduce_mean, setup_distributed
 from .policy_forward import (
     PolicyHidden,
@@ -45,6 +57,7 @@ from .policy_forward import (
     packed_hidden,
     token_logps,
 )
+from .run_dir import RunSetupError, check_output_dir, delete_earlier_run
 
 TIMING_KEYS = ("tokens_per_s", "step_time_s", "rollout_time_s", "train_time_s")
 
@@ -89,23 +102,32 @@ class G2RPOTrainer:
 
         check_code_sandbox(cfg.code_sandbox, self.reward_funcs + [guide_fn])  # refuses before any loading
 
-        # ---- data (checked before the model is loaded)
+        # ---- data (every row checked before the model is loaded)
         self.dist: DistState = setup_distributed()
         self.train_dataset = train_dataset if train_dataset is not None else load_split(cfg, cfg.dataset_split, True)
         check_columns(self.train_dataset, cfg, self.reward_funcs + [guide_fn], "train dataset")
+        validate_dataset(self.train_dataset, cfg, cfg.dataset_split, True,
+                         source="train_dataset" if train_dataset is not None else None)
         if eval_dataset is None and cfg.eval_split and (cfg.eval_at_end or cfg.eval_steps):
             eval_dataset = load_split(cfg, cfg.eval_split, False)
+            check_columns(eval_dataset, cfg, [guide_fn], "eval dataset")
+            validate_dataset(eval_dataset, cfg, cfg.eval_split, False)
+        elif eval_dataset is not None:
+            check_columns(eval_dataset, cfg, [guide_fn], "eval dataset")
+            validate_dataset(eval_dataset, cfg, cfg.eval_split, False, source="eval_dataset")
         self.eval_dataset = eval_dataset
-        if self.eval_dataset is not None:
-            check_columns(self.eval_dataset, cfg, [guide_fn], "eval dataset")
 
-        # ---- model
-        if model is None or tokenizer is None:
-            from .models import load_model_and_tokenizer
+        # ---- tokenizer, then prompts against it (chat template, context), then the model
+        from .models import load_model, load_tokenizer, model_context_length
 
-            m, t = load_model_and_tokenizer(cfg.model_name_or_path)
-            model = model if model is not None else m
-            tokenizer = tokenizer if tokenizer is not None else t
+        if tokenizer is None:
+            tokenizer = load_tokenizer(cfg.model_name_or_path)
+        context = (context_length_of(model.config) if model is not None
+                   else model_context_length(cfg.model_name_or_path))
+        validate_dataset_for_model(self.train_dataset, cfg, tokenizer, context, cfg.dataset_split,
+                                   source="train_dataset" if train_dataset is not None else None)
+        if model is None:
+            model = load_model(cfg.model_name_or_path)
         self.device = self._pick_device()
         self.model = model.to(self.device)
         self.tokenizer = tokenizer
@@ -210,20 +232,28 @@ class G2RPOTrainer:
         return prompts, completions, columns
 
     def compute_rewards(self, rows, samples):
-        """(total [S], per-function [F, S], guidance reward [S]) as float lists."""
+        """(total [S], per-function [F, S], guidance reward [S]) as float lists.
+
+        Each function's rewards are finite and within ±REWARD_LIMIT (`safe_reward_call`); the
+        weighted total is summed in float64 and clipped to the same range, so the float32
+        rewards and advantages never overflow."""
         from g2rpo_fast.rewards import safe_reward_call
+        from g2rpo_fast.rewards.registry import REWARD_LIMIT
 
         prompts, completions, columns = self._reward_inputs(rows, samples)
+        timeout = self.config.reward_timeout
         per_func = []
         for fn in self.reward_funcs:
-            values, errors = safe_reward_call(fn, prompts, completions, **columns)
+            values, errors = safe_reward_call(fn, prompts, completions, reward_timeout=timeout, **columns)
             self.reward_errors.extend(errors)
             per_func.append(values)
-        total = [sum(w * r[i] for w, r in zip(self.reward_weights, per_func)) for i in range(len(samples))]
+        total = [weighted_total([r[i] for r in per_func], self.reward_weights, REWARD_LIMIT)
+                 for i in range(len(samples))]
         if self.guidance_reward_index is not None:
             guide = per_func[self.guidance_reward_index]
         else:
-            guide, errors = safe_reward_call(self.guidance_reward_fn, prompts, completions, **columns)
+            guide, errors = safe_reward_call(self.guidance_reward_fn, prompts, completions, reward_timeout=timeout,
+                                             **columns)
             self.reward_errors.extend(errors)
         return total, per_func, guide
 
@@ -428,7 +458,8 @@ class G2RPOTrainer:
             conv = isinstance(prompts[0], (list, tuple))
             comps = [[{"role": "assistant", "content": t}] for t in texts] if conv else texts
             columns = {k: [r[k] for r in rows] for k in rows[0] if k != cfg.prompt_field}
-            values, _errors = safe_reward_call(self.guidance_reward_fn, prompts, comps, **columns)
+            values, _errors = safe_reward_call(self.guidance_reward_fn, prompts, comps,
+                                               reward_timeout=cfg.reward_timeout, **columns)
             correct = float(sum(values))
         totals = [correct, float(len(rows))]
         if self.dist.world_size > 1:
@@ -463,19 +494,48 @@ class G2RPOTrainer:
         self.step = int(state["step"])
         set_rng_state(state["rng"])
 
+    # ------------------------------------------------------------------ run directory
+    def prepare_output_dir(self, resume: bool) -> None:
+        """Refuse an output dir that is not writable or holds another run (`run_dir`), put
+        back or remove leftovers of an interrupted save, apply `overwrite_output_dir`."""
+        cfg = self.config
+        if self.is_main:
+            check_output_dir(cfg.output_dir, resume, cfg.overwrite_output_dir)
+            os.makedirs(cfg.output_dir, exist_ok=True)
+            for line in clean_partial_checkpoints(cfg.output_dir):
+                _notice(f"{cfg.output_dir}: {line}")
+            if cfg.overwrite_output_dir and not resume:
+                removed = delete_earlier_run(cfg.output_dir)
+                if removed:
+                    _notice(f"overwrite_output_dir: removed the earlier run's {', '.join(removed)} from "
+                            f"{cfg.output_dir}")
+        if self.dist.world_size > 1:
+            torch.distributed.barrier()
+
+    def _checkpoint_to_resume(self, resume) -> str:
+        """`resume`: True (the newest checkpoint of output_dir that verifies) or a path.
+        Rank 0 verifies and tells the others."""
+        found = [None, None]
+        if self.is_main:
+            found = _find_checkpoint(self.config.output_dir, resume)
+        if self.dist.world_size > 1:
+            torch.distributed.broadcast_object_list(found, src=0)
+        path, error = found
+        if error:
+            raise RunSetupError(error)
+        return path
+
     # ------------------------------------------------------------------ main loop
     def train(self, resume_from_checkpoint=None) -> list[dict]:
         """Run to `max_steps`; `resume_from_checkpoint`: True (latest in output_dir) or a path."""
         cfg = self.config
         out = cfg.output_dir
         metrics_path = os.path.join(out, "metrics.jsonl")
-        if self.is_main:
-            os.makedirs(out, exist_ok=True)
+        self.prepare_output_dir(resume=bool(resume_from_checkpoint))
         if resume_from_checkpoint:
-            path = latest_checkpoint(out) if resume_from_checkpoint is True else resume_from_checkpoint
-            if path is None:
-                raise ValueError(f"`resume`: no complete checkpoint in {out}")
+            path = self._checkpoint_to_resume(resume_from_checkpoint)
             self.load(path)
+            warn_changed_config(path, cfg)
             self.history = _read_metrics(metrics_path, upto=self.step)
         else:
             self.history = []
@@ -540,12 +600,61 @@ class G2RPOTrainer:
         teardown_distributed(self.dist)
 
 
+def _notice(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def _find_checkpoint(output_dir: str, resume) -> list:
+    """[path, None] or [None, error message]; says which newer checkpoints were skipped and why."""
+    if resume is not True:
+        reason = verify_checkpoint(resume)
+        if reason is not None:
+            return [None, f"`resume_from_checkpoint`: {resume} is not a complete checkpoint: {reason}"]
+        return [resume, None]
+    path, skipped = find_resumable_checkpoint(output_dir)
+    why = "; ".join(f"{name}: {reason}" for name, reason in skipped)
+    if path is None:
+        return [None, f"`resume`: no complete checkpoint in {output_dir}" + (f" ({why})" if why else "")]
+    if skipped:
+        _notice(f"resume: skipped {why}; resuming from {os.path.basename(path)}")
+    return [path, None]
+
+
+# Fields whose change makes a resumed run differ from the run it continues.
+RESUME_SENSITIVE_FIELDS = ("learning_rate", "num_generations", "seed", "per_device_train_batch_size",
+                           "gradient_accumulation_steps", "num_iterations", "loss_type", "beta", "epsilon",
+                           "temperature", "guidance_schedule", "guidance_ratio", "lr_scheduler_type",
+                           "model_name_or_path", "dataset_name", "reward_funcs", "reward_weights")
+
+
+def warn_changed_config(checkpoint: str, config) -> list[str]:
+    """Warn, listing each field of RESUME_SENSITIVE_FIELDS whose value differs from the
+    checkpoint's `g2rpo_config.json`; returns the changes."""
+    saved = load_checkpoint_config(checkpoint)
+    if saved is None:
+        return []
+    now = config.to_dict()
+    changes = [f"{k} {saved[k]!r} -> {now[k]!r}" for k in RESUME_SENSITIVE_FIELDS
+               if k in saved and saved[k] != now.get(k)]
+    if changes:
+        _notice(f"resume: the configuration differs from {os.path.basename(os.path.normpath(checkpoint))}'s: "
+                f"{', '.join(changes)}; training continues with the new values")
+    return changes
+
+
 class _Null:
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         return False
+
+
+def weighted_total(values, weights, limit: float) -> float:
+    """sum(w * v) clipped to [-limit, limit]; each term is clipped first, so no weight or
+    reward (both finite) can overflow the sum to inf or make inf - inf."""
+    terms = [min(max(w * v, -limit), limit) for w, v in zip(weights, values)]
+    return min(max(math.fsum(terms), -limit), limit)
 
 
 def _jsonable(m: dict) -> dict:
@@ -559,16 +668,29 @@ def _write_metrics(path, history) -> None:
 
 
 def _read_metrics(path, upto: int) -> list[dict]:
+    """The logged steps up to `upto` (the checkpoint's step). A line that is not a JSON
+    object, such as the torn last line of a run killed mid-write or on a full disk, is
+    skipped with a warning; the caller rewrites the file from what is kept."""
     if not os.path.exists(path):
         return []
-    out = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
+    out, bad = [], []
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for number, line in enumerate(fh, start=1):
             line = line.strip()
-            if line:
+            if not line:
+                continue
+            try:
                 m = json.loads(line)
-                if m.get("step", 0) <= upto:
-                    out.append(m)
+            except ValueError:
+                m = None
+            if not isinstance(m, dict) or not isinstance(m.get("step"), int):
+                bad.append(number)
+                continue
+            if m["step"] <= upto:
+                out.append(m)
+    if bad:
+        _notice(f"resume: {path}: skipped unreadable line(s) {bad} (torn by an interrupted write); the metrics "
+                f"are kept up to step {upto}")
     return out
 
 
@@ -585,8 +707,9 @@ def _buffer_to_device(buffer, device):
 
 
 def _to(v, device):
+    """Tensors, and the tensor fields of a `PackedBatch` (its `row_splits` is a tuple), to `device`."""
     if isinstance(v, torch.Tensor):
         return v.to(device)
     if hasattr(v, "__dataclass_fields__") and hasattr(v, "cu_seqlens"):
-        return type(v)(**{k: getattr(v, k).to(device) for k in v.__dataclass_fields__})
+        return type(v)(**{k: _to(getattr(v, k), device) for k in v.__dataclass_fields__})
     return v

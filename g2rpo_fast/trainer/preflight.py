@@ -1,0 +1,23 @@
+"""Everything about a run that can be checked before torch, the data or the model load.
+
+`g2rpo-fast train` calls `preflight` right after the config is built, so a user mistake
+costs a second, not a model load: the output directory (`run_dir.check_output_dir`), that
+`--resume` has a checkpoint to start from, the model source (a local directory with
+config.json, or a hub id — cached, when offline), and the data source (a local file exists;
+JSON-lines files are streamed and checked row by row). The trainer repeats the checks that
+matter for API users (output directory, data rows) itself.
+"""
+from __future__ import annotations
+
+from .data import check_dataset_source
+from .models import check_model_source
+from .run_dir import RunSetupError, check_output_dir, used_by_earlier_run
+
+
+def preflight(config, resume: bool = False) -> None:
+    """`ValueError` (a `RunSetupError` for the output directory) naming the field at fault."""
+    check_output_dir(config.output_dir, resume, config.overwrite_output_dir)
+    if resume and not any(n.startswith("checkpoint-") for n in used_by_earlier_run(config.output_dir)):
+        raise RunSetupError(f"`resume`: no checkpoint in {config.output_dir}")
+    check_model_source(config.model_name_or_path)
+    check_dataset_source(config)
