@@ -160,7 +160,22 @@ def build_parser():
     return parser
 
 
+def _short_warnings() -> None:
+    """Our own warnings (resume fallbacks, changed config, reward failures) as one line each."""
+    import warnings
+
+    default = warnings.formatwarning
+
+    def fmt(message, category, filename, lineno, line=None):
+        if "g2rpo_fast" in str(filename):
+            return f"g2rpo-fast: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = fmt
+
+
 def main(argv=None) -> int:
+    _short_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     commands = {"train": cmd_train, "demo": cmd_demo, "eval": cmd_eval}

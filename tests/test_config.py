@@ -1,10 +1,19 @@
 """G2RPOConfig: YAML + overrides, and every bad value refused with a ValueError naming the field."""
+import dataclasses
+import math
 import subprocess
 import sys
 
 import pytest
 
-from g2rpo_fast.trainer.config import G2RPOConfig, default_config_path
+from g2rpo_fast.trainer.config import (
+    FLOAT_RANGES,
+    INT_MIN,
+    G2RPOConfig,
+    default_config_path,
+    field_kind,
+    parse_value,
+)
 
 
 @pytest.mark.parametrize("field,value", [
@@ -91,3 +100,71 @@ def test_default_config_path_exists():
     import os
 
     assert os.path.isfile(default_config_path())
+
+
+# ---------------------------------------------------------------- every numeric field, every string field
+FIELDS = {f.name: field_kind(f) for f in dataclasses.fields(G2RPOConfig)}
+
+
+def test_every_numeric_field_has_a_range():
+    ints = {n for n, (k, _) in FIELDS.items() if k == "int"}
+    floats = {n for n, (k, _) in FIELDS.items() if k == "float"}
+    assert ints == set(INT_MIN) and floats == set(FLOAT_RANGES)
+
+
+def _bad_numbers():
+    cases = []
+    for name, (low, high, low_in, _high_in) in FLOAT_RANGES.items():
+        cases += [(name, math.nan), (name, math.inf), (name, -math.inf), (name, low - 1.0 if low_in else low)]
+        if high != math.inf:
+            cases.append((name, high + 1.0))
+    cases += [(name, low - 1) for name, low in INT_MIN.items()]
+    cases += [(name, 2.5) for name in ("max_steps", "save_total_limit", "num_eval_prompts")]
+    return cases
+
+
+@pytest.mark.parametrize("field,value", _bad_numbers())
+def test_bad_number_refused_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=f"`{field}`"):
+        G2RPOConfig(**{field: value})
+
+
+@pytest.mark.parametrize("field", sorted(n for n, (k, _) in FIELDS.items() if k == "str"))
+def test_non_string_for_a_string_field_refused(field):
+    with pytest.raises(ValueError, match=f"`{field}`"):
+        G2RPOConfig(**{field: 5})
+
+
+@pytest.mark.parametrize("field,value", [
+    ("reward_weights", [math.nan]), ("reward_weights", ["nan"]), ("reward_weights", [math.inf]),
+    ("output_dir", ""), ("prompt_field", " "), ("seed", 2**64), ("embedded_difficulties", [9]),
+])
+def test_more_nonsense_refused(field, value):
+    with pytest.raises(ValueError, match=f"`{field}`"):
+        G2RPOConfig(**{field: value})
+
+
+def test_yaml_file_mistakes_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("max_steps: [1\n")
+    with pytest.raises(ValueError, match=r"`--config`: .*bad.yaml is not valid YAML at line 2"):
+        G2RPOConfig.from_yaml(str(bad))
+    with pytest.raises(ValueError, match="`--config`: no such file"):
+        G2RPOConfig.from_yaml(str(tmp_path / "missing.yaml"))
+    with pytest.raises(ValueError, match="is a directory"):
+        G2RPOConfig.from_yaml(str(tmp_path))
+    bad.write_text("- a list\n")
+    with pytest.raises(ValueError, match="must hold a mapping"):
+        G2RPOConfig.from_yaml(str(bad))
+    bad.write_text("learning_rate: 1e-5\nprompt_field: 5\n")  # YAML reads 1e-5 as a string: accepted as a number
+    with pytest.raises(ValueError, match="`prompt_field` must be a string"):
+        G2RPOConfig.from_yaml(str(bad))
+    bad.write_text("learning_rate: 1e-5\n")
+    assert G2RPOConfig.from_yaml(str(bad)).learning_rate == 1e-5
+
+
+def test_command_line_values_with_bad_yaml_name_the_field():
+    with pytest.raises(ValueError, match=r"`reward_funcs`: .* is not valid YAML"):
+        parse_value("[accuracy", "list", "reward_funcs")
+    assert parse_value("inf", "float", "temperature") == math.inf  # then refused by validate()
+    assert parse_value("[nan]", "list | None", "reward_weights") == ["nan"]

@@ -139,3 +139,72 @@ def test_safe_reward_call_wrong_length_and_clean_call():
     assert rewards == [1.0, 1.0] and errors
     rewards, errors = safe_reward_call(accuracy_reward, ["p"], [r"\boxed{2}"], answer=["2"])
     assert rewards == [1.0] and errors == []
+
+
+def _quiet(fn, *args, **kwargs):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = safe_reward_call(fn, *args, **kwargs)
+    return out, [str(w.message) for w in caught]
+
+
+def test_safe_reward_call_timeout_scores_zero_once_without_retrying():
+    import threading
+
+    release, calls = threading.Event(), []
+
+    def stuck(prompts, completions, **kw):
+        calls.append(len(completions))
+        release.wait(30)
+        return [1.0] * len(completions)
+
+    try:
+        (rewards, errors), shown = _quiet(stuck, ["p"] * 3, ["a", "b", "c"], reward_timeout=0.2, answer=["1"] * 3)
+    finally:
+        release.set()
+    assert rewards == [0.0, 0.0, 0.0] and calls == [3]
+    assert len(errors) == 1 and len(shown) == 1 and "no result after 0.2 s" in errors[0]
+    # A fast function under a timeout runs normally (in the worker thread), columns included.
+    (rewards, errors), _ = _quiet(accuracy_reward, ["p"], [r"\boxed{2}"], reward_timeout=5.0, answer=["2"])
+    assert rewards == [1.0] and errors == []
+
+
+def test_safe_reward_call_catches_sys_exit_like_an_exception():
+    import sys
+
+    def exits_on_b(prompts, completions, **kw):
+        if "b" in completions:
+            sys.exit(3)
+        return [0.5] * len(completions)
+
+    (rewards, errors), _ = _quiet(exits_on_b, ["p"] * 3, ["a", "b", "c"])
+    assert rewards == [0.5, 0.0, 0.5]
+    assert any("sample 1" in e and "sys.exit(3)" in e for e in errors)
+    (rewards, errors), _ = _quiet(exits_on_b, ["p"] * 2, ["a", "b"], reward_timeout=5.0)  # in a thread too
+    assert rewards == [0.5, 0.0]
+
+
+def test_failed_batch_retries_are_bounded():
+    from g2rpo_fast.rewards.registry import MAX_FAILED_RETRIES
+
+    calls = []
+
+    def broken(prompts, completions, **kw):
+        calls.append(len(completions))
+        raise RuntimeError("always")
+
+    (rewards, errors), _ = _quiet(broken, ["p"] * 10, [str(i) for i in range(10)])
+    assert rewards == [0.0] * 10
+    assert calls == [10] + [1] * MAX_FAILED_RETRIES  # not n + 1 = 11 calls
+    assert "samples 3..9 scored 0.0 without calling it" in errors[-1]
+
+
+def test_huge_rewards_are_clipped_to_the_documented_range():
+    from g2rpo_fast.rewards.registry import REWARD_LIMIT
+    from g2rpo_fast.trainer.trainer import weighted_total
+
+    (rewards, errors), _ = _quiet(lambda p, c, **k: [1e308, -1e308, 5.0, 1e6], ["p"] * 4, list("abcd"))
+    assert REWARD_LIMIT == 1e6 and rewards == [1e6, -1e6, 5.0, 1e6] and len(errors) == 2
+    # Finite weights times clipped rewards never overflow (inf - inf would be NaN).
+    assert weighted_total([1e6, 1e6], [1e308, -1e308], REWARD_LIMIT) == 0.0
+    assert weighted_total([0.5, 1.0], [2.0, 3.0], REWARD_LIMIT) == 4.0

@@ -141,8 +141,10 @@ def validate_jsonl_file(path: str, prompt_field: str = "prompt", guidance_field:
             try:
                 row = json.loads(text)
             except ValueError as exc:
-                col = getattr(exc, "colno", None)
-                at = f", column {col}" if col else ""
+                # Column in this line (the decoder's own counts the trailing newline as a line).
+                pos = getattr(exc, "pos", None)
+                width = len(text.rstrip("\r\n"))
+                at = f", column {min(pos, width) + 1}" if isinstance(pos, int) else ""
                 msg = getattr(exc, "msg", str(exc))
                 raise ValueError(f"{where}{at}: malformed JSON ({msg})") from None
             if not isinstance(row, dict):

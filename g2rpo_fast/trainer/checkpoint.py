@@ -31,9 +31,8 @@ import shutil
 import tempfile
 import uuid
 
-import numpy as np
-import torch
-
+# torch and numpy are imported where used: the manifest checks run before torch is imported
+# (`g2rpo-fast eval --checkpoint` checks the checkpoint first).
 STATE_FILE = "trainer_state.pt"
 MANIFEST_FILE = "checkpoint_manifest.json"
 MANIFEST_FORMAT = 1
@@ -56,6 +55,9 @@ class NoSpaceLeftError(OSError):
 
 # ---------------------------------------------------------------------------- RNG state
 def rng_state() -> dict:
+    import numpy as np
+    import torch
+
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -63,6 +65,9 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    import numpy as np
+    import torch
+
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -162,6 +167,8 @@ def _out_of_space(exc: BaseException) -> bool:
 
 
 def _write_checkpoint_files(tmp: str, step: int, model, tokenizer, trainer_state: dict, config) -> None:
+    import torch
+
     model.save_pretrained(tmp)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
@@ -301,6 +308,8 @@ def load_model_weights(model, path: str) -> None:
 
 
 def load_trainer_state(path: str) -> dict:
+    import torch
+
     return torch.load(os.path.join(path, STATE_FILE), map_location="cpu", weights_only=False)
 
 

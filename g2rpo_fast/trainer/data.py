@@ -8,8 +8,6 @@ from __future__ import annotations
 import inspect
 import os
 
-import numpy as np
-
 from g2rpo_fast.data import load_prompts
 from g2rpo_fast.data.loading import hub_offline, looks_like_local_path
 from g2rpo_fast.data.validation import (
@@ -130,8 +128,10 @@ def check_columns(dataset, config, reward_funcs, what: str = "train dataset") ->
         raise ValueError(f"`dataset_name`: the {what} is empty")
 
 
-def prompt_order(n: int, epoch: int, seed: int, curriculum: bool) -> np.ndarray:
+def prompt_order(n: int, epoch: int, seed: int, curriculum: bool):
     """Index order of one epoch: a seeded permutation, or the dataset order (curriculum)."""
+    import numpy as np  # here, not at import: the CLI's pre-load checks import this module
+
     if curriculum:
         return np.arange(n)
     return np.random.default_rng([seed, epoch]).permutation(n)

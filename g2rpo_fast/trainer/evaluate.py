@@ -7,8 +7,7 @@ import dataclasses
 def evaluate_checkpoint(config, checkpoint=None, split=None, max_prompts=None) -> dict:
     """Greedy accuracy (the config's `guidance_reward`, default accuracy) of `checkpoint`
     (a checkpoint-N dir or any model path; None: `config.model_name_or_path`)."""
-    from .models import check_model_source, load_model_and_tokenizer
-    from .trainer import G2RPOTrainer
+    from .models import check_model_source
 
     cfg = dataclasses.replace(config, eval_split=split or config.eval_split, progress_bar=False, plots=False)
     if not cfg.eval_split:
@@ -17,6 +16,10 @@ def evaluate_checkpoint(config, checkpoint=None, split=None, max_prompts=None) -
     if checkpoint is not None:
         check_model_source(checkpoint, field="--checkpoint")
         _verify_if_checkpoint(checkpoint)
+    from .models import load_model_and_tokenizer
+    from .trainer import G2RPOTrainer  # torch: after the checks above
+
+    if checkpoint is not None:
         model, tokenizer = load_model_and_tokenizer(checkpoint, field="--checkpoint")
     trainer = G2RPOTrainer(cfg, model=model, tokenizer=tokenizer)
     result = trainer.evaluate(max_prompts=max_prompts if max_prompts is not None else cfg.num_eval_prompts)
