@@ -8,9 +8,11 @@ pending roll-outs), `g2rpo_config.json` (the run config) and, written last,
 - Completeness is the manifest: a checkpoint counts only when its manifest verifies (every
   file present, same size, same SHA-256). `find_resumable_checkpoint` walks from the newest
   back and reports each checkpoint it skips and why (truncated, missing or changed file).
-  SHA-256 (hashlib, hardware-accelerated by OpenSSL: ~1-2 GB/s on current x86/ARM cores) is
-  read once on save and once on resume; sizes alone would catch truncation but not a file
-  overwritten or corrupted in place, and `sha256sum` can check a manifest by hand.
+  SHA-256 rather than a size-only check, which misses a file corrupted in place, or a CRC,
+  barely faster here: hashlib's SHA-256 uses the CPU's SHA instructions (0.5 GB/s per core
+  measured on this project's loaded 2-core machine, blake2b 0.26, zlib.crc32 0.7), files are
+  hashed in parallel threads, a checkpoint is hashed once when saved and once when resumed,
+  and `sha256sum` can check a manifest by hand.
 - Writes are atomic: a checkpoint is built in `.tmp-checkpoint-N-*` inside `output_dir` and
   renamed into place. Re-saving a step that exists (after a resume) renames the old one
   aside, renames the new one in, and deletes the old one last, so a crash at any moment
@@ -102,13 +104,24 @@ def _fsync(path: str, directory: bool = False) -> None:
         os.close(fd)
 
 
+def _hash_all(root: str, rels: list[str]) -> dict[str, str]:
+    # hashlib releases the GIL while hashing: files are hashed in parallel threads.
+    from concurrent.futures import ThreadPoolExecutor
+
+    if len(rels) <= 1:
+        return {rel: file_sha256(os.path.join(root, rel)) for rel in rels}
+    with ThreadPoolExecutor(max_workers=min(8, len(rels), os.cpu_count() or 1)) as pool:
+        digests = pool.map(lambda rel: file_sha256(os.path.join(root, rel)), rels)
+        return dict(zip(rels, digests))
+
+
 def write_manifest(root: str, step: int) -> None:
     """Flush every file of `root` to disk, then write the manifest (last: it marks completeness)."""
-    files = {}
-    for rel in _checkpoint_files(root):
-        path = os.path.join(root, rel)
-        _fsync(path)
-        files[rel] = {"size": os.path.getsize(path), "sha256": file_sha256(path)}
+    rels = _checkpoint_files(root)
+    for rel in rels:
+        _fsync(os.path.join(root, rel))
+    digests = _hash_all(root, rels)
+    files = {rel: {"size": os.path.getsize(os.path.join(root, rel)), "sha256": digests[rel]} for rel in rels}
     manifest = {"format": MANIFEST_FORMAT, "step": int(step), "hash": "sha256", "files": files}
     path = os.path.join(root, MANIFEST_FILE)
     with open(path, "w", encoding="utf-8") as fh:
@@ -142,14 +155,17 @@ def verify_checkpoint(root: str) -> str | None:
     m = _CKPT.match(os.path.basename(os.path.normpath(root)))
     if m and int(m.group(1)) != manifest.get("step"):
         return f"its manifest is for step {manifest.get('step')}"
-    for rel, entry in sorted(manifest["files"].items()):
+    entries = sorted(manifest["files"].items())
+    for rel, entry in entries:  # cheap checks first
         path = os.path.join(root, rel)
         if not os.path.isfile(path):
             return f"{rel} is missing"
         size = os.path.getsize(path)
         if size != entry.get("size"):
             return f"{rel} has {size} bytes, the manifest says {entry.get('size')} (truncated or rewritten)"
-        if file_sha256(path) != entry.get("sha256"):
+    digests = _hash_all(root, [rel for rel, _ in entries])
+    for rel, entry in entries:
+        if digests[rel] != entry.get("sha256"):
             return f"{rel} does not match its SHA-256 in the manifest (corrupted)"
     return None
 
