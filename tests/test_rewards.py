@@ -200,8 +200,7 @@ def test_failed_batch_retries_are_bounded():
 
 
 def test_huge_rewards_are_clipped_to_the_documented_range():
-    from g2rpo_fast.rewards.registry import REWARD_LIMIT
-    from g2rpo_fast.trainer.trainer import weighted_total
+    from g2rpo_fast.rewards.registry import REWARD_LIMIT, weighted_total
 
     (rewards, errors), _ = _quiet(lambda p, c, **k: [1e308, -1e308, 5.0, 1e6], ["p"] * 4, list("abcd"))
     assert REWARD_LIMIT == 1e6 and rewards == [1e6, -1e6, 5.0, 1e6] and len(errors) == 2

@@ -63,6 +63,13 @@ REWARD_LIMIT = 1e6
 MAX_FAILED_RETRIES = 3
 
 
+def weighted_total(values, weights, limit: float = REWARD_LIMIT) -> float:
+    """sum(w * v) clipped to [-limit, limit]; each term is clipped first, so no weight or
+    reward (both finite) can overflow the sum to inf or make inf - inf."""
+    terms = [min(max(w * v, -limit), limit) for w, v in zip(weights, values)]
+    return min(max(math.fsum(terms), -limit), limit)
+
+
 def _report(errors: list[str], message: str) -> None:
     errors.append(message)
     logger.warning(message)

@@ -32,6 +32,7 @@ import re
 import shutil
 import tempfile
 import uuid
+import warnings
 
 # torch and numpy are imported where used: the manifest checks run before torch is imported
 # (`g2rpo-fast eval --checkpoint` checks the checkpoint first).
@@ -300,6 +301,50 @@ def clean_partial_checkpoints(output_dir: str) -> list[str]:
         shutil.rmtree(path, ignore_errors=True)
         actions.append(f"removed {name} (left by an interrupted save)")
     return actions
+
+
+def _notice(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def checkpoint_to_resume(output_dir: str, resume) -> tuple[str | None, str | None]:
+    """`resume`: True (the newest checkpoint of `output_dir` that verifies) or a path.
+    Returns (path, None), warning about each newer checkpoint skipped and why, or (None, the
+    reason there is none)."""
+    if resume is not True:
+        reason = verify_checkpoint(resume)
+        if reason is not None:
+            return (None, f"`resume_from_checkpoint`: {resume} is not a complete checkpoint: {reason}")
+        return (resume, None)
+    path, skipped = find_resumable_checkpoint(output_dir)
+    why = "; ".join(f"{name}: {reason}" for name, reason in skipped)
+    if path is None:
+        return (None, f"`resume`: no complete checkpoint in {output_dir}" + (f" ({why})" if why else ""))
+    if skipped:
+        _notice(f"resume: skipped {why}; resuming from {os.path.basename(path)}")
+    return (path, None)
+
+
+# Fields whose change makes a resumed run differ from the run it continues.
+RESUME_SENSITIVE_FIELDS = ("learning_rate", "num_generations", "seed", "per_device_train_batch_size",
+                           "gradient_accumulation_steps", "num_iterations", "loss_type", "beta", "epsilon",
+                           "temperature", "guidance_schedule", "guidance_ratio", "lr_scheduler_type",
+                           "model_name_or_path", "dataset_name", "reward_funcs", "reward_weights")
+
+
+def warn_changed_config(checkpoint: str, config) -> list[str]:
+    """Warn, listing each field of RESUME_SENSITIVE_FIELDS whose value differs from the
+    checkpoint's `g2rpo_config.json`; returns the changes."""
+    saved = load_checkpoint_config(checkpoint)
+    if saved is None:
+        return []
+    now = config.to_dict()
+    changes = [f"{k} {saved[k]!r} -> {now[k]!r}" for k in RESUME_SENSITIVE_FIELDS
+               if k in saved and saved[k] != now.get(k)]
+    if changes:
+        _notice(f"resume: the configuration differs from {os.path.basename(os.path.normpath(checkpoint))}'s: "
+                f"{', '.join(changes)}; training continues with the new values")
+    return changes
 
 
 def load_model_weights(model, path: str) -> None:

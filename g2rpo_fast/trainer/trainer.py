@@ -30,14 +30,13 @@ import torch
 from g2rpo_fast.data.validation import context_length_of
 
 from .checkpoint import (
+    checkpoint_to_resume,
     clean_partial_checkpoints,
-    find_resumable_checkpoint,
-    load_checkpoint_config,
     load_model_weights,
     load_trainer_state,
     save_checkpoint,
     set_rng_state,
-    verify_checkpoint,
+    warn_changed_config,
 )
 from .composition import assemble_samples, build_generation_inputs
 from .config import G2RPOConfig
@@ -238,7 +237,7 @@ class G2RPOTrainer:
         weighted total is summed in float64 and clipped to the same range, so the float32
         rewards and advantages never overflow."""
         from g2rpo_fast.rewards import safe_reward_call
-        from g2rpo_fast.rewards.registry import REWARD_LIMIT
+        from g2rpo_fast.rewards.registry import weighted_total
 
         prompts, completions, columns = self._reward_inputs(rows, samples)
         timeout = self.config.reward_timeout
@@ -247,8 +246,7 @@ class G2RPOTrainer:
             values, errors = safe_reward_call(fn, prompts, completions, reward_timeout=timeout, **columns)
             self.reward_errors.extend(errors)
             per_func.append(values)
-        total = [weighted_total([r[i] for r in per_func], self.reward_weights, REWARD_LIMIT)
-                 for i in range(len(samples))]
+        total = [weighted_total([r[i] for r in per_func], self.reward_weights) for i in range(len(samples))]
         if self.guidance_reward_index is not None:
             guide = per_func[self.guidance_reward_index]
         else:
@@ -517,7 +515,7 @@ class G2RPOTrainer:
         Rank 0 verifies and tells the others."""
         found = [None, None]
         if self.is_main:
-            found = _find_checkpoint(self.config.output_dir, resume)
+            found = list(checkpoint_to_resume(self.config.output_dir, resume))
         if self.dist.world_size > 1:
             torch.distributed.broadcast_object_list(found, src=0)
         path, error = found
@@ -604,57 +602,12 @@ def _notice(message: str) -> None:
     warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
-def _find_checkpoint(output_dir: str, resume) -> list:
-    """[path, None] or [None, error message]; says which newer checkpoints were skipped and why."""
-    if resume is not True:
-        reason = verify_checkpoint(resume)
-        if reason is not None:
-            return [None, f"`resume_from_checkpoint`: {resume} is not a complete checkpoint: {reason}"]
-        return [resume, None]
-    path, skipped = find_resumable_checkpoint(output_dir)
-    why = "; ".join(f"{name}: {reason}" for name, reason in skipped)
-    if path is None:
-        return [None, f"`resume`: no complete checkpoint in {output_dir}" + (f" ({why})" if why else "")]
-    if skipped:
-        _notice(f"resume: skipped {why}; resuming from {os.path.basename(path)}")
-    return [path, None]
-
-
-# Fields whose change makes a resumed run differ from the run it continues.
-RESUME_SENSITIVE_FIELDS = ("learning_rate", "num_generations", "seed", "per_device_train_batch_size",
-                           "gradient_accumulation_steps", "num_iterations", "loss_type", "beta", "epsilon",
-                           "temperature", "guidance_schedule", "guidance_ratio", "lr_scheduler_type",
-                           "model_name_or_path", "dataset_name", "reward_funcs", "reward_weights")
-
-
-def warn_changed_config(checkpoint: str, config) -> list[str]:
-    """Warn, listing each field of RESUME_SENSITIVE_FIELDS whose value differs from the
-    checkpoint's `g2rpo_config.json`; returns the changes."""
-    saved = load_checkpoint_config(checkpoint)
-    if saved is None:
-        return []
-    now = config.to_dict()
-    changes = [f"{k} {saved[k]!r} -> {now[k]!r}" for k in RESUME_SENSITIVE_FIELDS
-               if k in saved and saved[k] != now.get(k)]
-    if changes:
-        _notice(f"resume: the configuration differs from {os.path.basename(os.path.normpath(checkpoint))}'s: "
-                f"{', '.join(changes)}; training continues with the new values")
-    return changes
-
-
 class _Null:
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         return False
-
-
-def weighted_total(values, weights, limit: float) -> float:
-    """sum(w * v) clipped to [-limit, limit]; each term is clipped first, so no weight or
-    reward (both finite) can overflow the sum to inf or make inf - inf."""
-    terms = [min(max(w * v, -limit), limit) for w, v in zip(weights, values)]
-    return min(max(math.fsum(terms), -limit), limit)
 
 
 def _jsonable(m: dict) -> dict:
