@@ -41,6 +41,13 @@ CASES = {
 }
 
 
+def test_line_map_counts_blank_lines():
+    from g2rpo_fast.data.validation import LineMap
+
+    lines = LineMap(4, blank_lines=[1, 3, 4, 7])  # rows on lines 2, 5, 6, 8
+    assert [lines.line_of(i) for i in range(4)] == [2, 5, 6, 8]
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_jsonl_rows_are_named(tmp_path, case):
     lines, expected = CASES[case]
@@ -53,11 +60,12 @@ def test_jsonl_rows_are_named(tmp_path, case):
 
 def test_good_files_pass_and_solutions_are_optional_without_guidance(tmp_path):
     path = write_lines(tmp_path / "ok.jsonl", [row(), "", row(prompt="t")])
-    assert validate_jsonl_file(path, "prompt", "solution") == [1, 3]
+    lines = validate_jsonl_file(path, "prompt", "solution")
+    assert len(lines) == 2 and [lines.line_of(i) for i in range(2)] == [1, 3]
     no_solution = write_lines(tmp_path / "nosol.jsonl", [row(solution=None)])
-    assert validate_jsonl_file(no_solution, "prompt", None) == [1]
+    assert len(validate_jsonl_file(no_solution, "prompt", None)) == 1
     gsm8k = write_lines(tmp_path / "gsm8k.jsonl", [json.dumps({"question": "q?", "answer": "w\n#### 4"})])
-    assert validate_jsonl_file(gsm8k, "prompt", "solution") == [1]  # question/answer become prompt/solution
+    assert len(validate_jsonl_file(gsm8k, "prompt", "solution")) == 1  # question/answer -> prompt/solution
     bad_gsm8k = write_lines(tmp_path / "gsm8k_bad.jsonl", [json.dumps({"question": None, "answer": "#### 4"})])
     with pytest.raises(ValueError, match="column 'question': null"):
         validate_jsonl_file(bad_gsm8k, "prompt", "solution")

@@ -114,14 +114,33 @@ def is_json_lines(path: str) -> bool:
     return False
 
 
-def validate_jsonl_file(path: str, prompt_field: str = "prompt", guidance_field: str | None = "solution") -> list[int]:
-    """Stream-check a JSON-lines file; returns the line number (1-based) of each row.
+class LineMap:
+    """Row index -> line number of a JSON-lines file, from its blank lines only (memory: the
+    blank lines, not one entry per row; `datasets` skips blank lines)."""
+
+    def __init__(self, rows: int, blank_lines: list[int]):
+        self.rows, self.blank_lines = rows, blank_lines
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def line_of(self, index: int) -> int:
+        line = index + 1
+        for blank in self.blank_lines:  # sorted: each blank at or before the row pushes it down
+            if blank > line:
+                break
+            line += 1
+        return line
+
+
+def validate_jsonl_file(path: str, prompt_field: str = "prompt", guidance_field: str | None = "solution") -> LineMap:
+    """Stream-check a JSON-lines file (memory: one line); returns the row -> line map.
     `guidance_field` None: the solution column is not needed."""
     stat = os.stat(path)
     key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns, prompt_field, guidance_field)
     if key in _layout_cache:
         return _layout_cache[key]
-    lines: list[int] = []
+    rows, blank_lines = 0, []
     columns = None
     first_chat = None
     with open(path, "rb") as fh:
@@ -137,6 +156,7 @@ def validate_jsonl_file(path: str, prompt_field: str = "prompt", guidance_field:
                 raise ValueError(f"{where}, column {exc.start + 1}: not UTF-8 (byte 0x{raw[exc.start]:02x}); "
                                  "save the file as UTF-8") from None
             if not text.strip():
+                blank_lines.append(number)
                 continue
             try:
                 row = json.loads(text)
@@ -152,7 +172,7 @@ def validate_jsonl_file(path: str, prompt_field: str = "prompt", guidance_field:
             if columns is None:
                 columns = source_columns(row.keys(), prompt_field, guidance_field)
             bad = check_row(row, *columns)
-            row_no = len(lines) + 1
+            row_no = rows + 1
             if bad is not None:
                 raise ValueError(f"`dataset_name`: {path}, row {row_no} (line {number}), column {bad[0]!r}: {bad[1]}")
             chat = _is_chat(row.get(columns[0]))
@@ -162,11 +182,11 @@ def validate_jsonl_file(path: str, prompt_field: str = "prompt", guidance_field:
                 raise ValueError(f"`dataset_name`: {path}, row {row_no} (line {number}), column {columns[0]!r}: "
                                  f"{'chat messages' if chat else 'text'}, but row 1 is "
                                  f"{'chat messages' if first_chat else 'text'}; all prompts must be the same kind")
-            lines.append(number)
-    if not lines:
+            rows += 1
+    if not rows:
         raise ValueError(f"`dataset_name`: {path} is empty (no JSON rows)")
-    _layout_cache[key] = lines
-    return lines
+    _layout_cache[key] = LineMap(rows, blank_lines)
+    return _layout_cache[key]
 
 
 def local_data_files(path: str) -> list[str]:
@@ -180,15 +200,15 @@ def local_data_files(path: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- loaded datasets
-def describe_row(source: str, index: int, line_of_row: list[int] | None = None) -> str:
+def describe_row(source: str, index: int, line_of_row: LineMap | None = None) -> str:
     where = f"{source}, row {index + 1}"
     if line_of_row is not None and index < len(line_of_row):
-        where += f" (line {line_of_row[index]})"
+        where += f" (line {line_of_row.line_of(index)})"
     return where
 
 
 def validate_rows(dataset, prompt_field: str, guidance_field: str | None, source: str,
-                  line_of_row: list[int] | None = None) -> None:
+                  line_of_row: LineMap | None = None) -> None:
     """Check every row's prompt (and solution when `guidance_field`), streaming batches of
     those columns only; `ValueError` naming source, row and column."""
     if len(dataset) == 0:
@@ -235,7 +255,7 @@ def max_guidance_tokens(config) -> int:
 
 
 def validate_prompts_for_model(dataset, config, tokenizer, context_length: int | None, source: str,
-                               model_name: str, line_of_row: list[int] | None = None) -> None:
+                               model_name: str, line_of_row: LineMap | None = None) -> None:
     """Chat prompts need a chat template; every prompt must fit the context with the
     completion and guidance budget. Streams the prompt column; tokenizes only prompts that a
     byte count cannot prove short enough."""

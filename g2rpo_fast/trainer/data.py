@@ -67,7 +67,7 @@ def load_split(config, split: str, train: bool):
                          f"{detail}{hint}") from None
 
 
-def dataset_source(config, split: str) -> tuple[str, list[int] | None]:
+def dataset_source(config, split: str):
     """How messages name the data set, and the line of each row for a single JSON-lines file."""
     name = config.dataset_name
     if isinstance(name, str) and os.path.isfile(name) and is_json_lines(name):

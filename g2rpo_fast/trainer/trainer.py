@@ -107,6 +107,7 @@ class G2RPOTrainer:
         check_columns(self.train_dataset, cfg, self.reward_funcs + [guide_fn], "train dataset")
         validate_dataset(self.train_dataset, cfg, cfg.dataset_split, True,
                          source="train_dataset" if train_dataset is not None else None)
+        eval_is_given = eval_dataset is not None
         if eval_dataset is None and cfg.eval_split and (cfg.eval_at_end or cfg.eval_steps):
             eval_dataset = load_split(cfg, cfg.eval_split, False)
             check_columns(eval_dataset, cfg, [guide_fn], "eval dataset")
@@ -125,6 +126,9 @@ class G2RPOTrainer:
                    else model_context_length(cfg.model_name_or_path))
         validate_dataset_for_model(self.train_dataset, cfg, tokenizer, context, cfg.dataset_split,
                                    source="train_dataset" if train_dataset is not None else None)
+        if self.eval_dataset is not None:
+            validate_dataset_for_model(self.eval_dataset, cfg, tokenizer, context, cfg.eval_split,
+                                       source="eval_dataset" if eval_is_given else None)
         if model is None:
             model = load_model(cfg.model_name_or_path)
         self.device = self._pick_device()
