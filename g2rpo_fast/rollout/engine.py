@@ -1,13 +1,14 @@
 """`RolloutEngine`: batched generation from the live policy for GRPO roll-outs."""
 from __future__ import annotations
 
+import contextlib
 import inspect
 import numbers
 from dataclasses import dataclass
 
 import torch
 
-from .attention import resolve_backend
+from .backends import AttentionBackend, select_backend
 from .block_manager import BlockManager
 from .model_runner import ModelRunner, supports_packed_forward
 from .sampler import sample
@@ -33,6 +34,16 @@ class RolloutOutput:
     finish_reason: str
 
 
+def _compute_dtype(dtype, weights: torch.dtype) -> torch.dtype:
+    """The engine computes in the weights' dtype, or in fp16/bf16 over fp32 weights (autocast)."""
+    if dtype is None or dtype == weights:
+        return weights
+    if weights == torch.float32 and dtype in (torch.bfloat16, torch.float16):
+        return dtype
+    raise ValueError(f"`dtype` must be the model's dtype ({weights}) or, for fp32 weights, bfloat16 or "
+                     f"float16; got {dtype}")
+
+
 def _is_int(x) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
@@ -42,17 +53,27 @@ class RolloutEngine:
 
     def __init__(self, model, *, block_size: int | None = None, max_num_seqs: int = 256,
                  max_num_batched_tokens: int = 16384, num_kv_blocks: int | None = None,
-                 kv_cache_bytes: int | None = None, attn_backend: str = "auto",
+                 kv_cache_bytes: int | None = None, attn_backend="auto", dtype: torch.dtype | None = None,
                  enable_prefix_caching: bool = True):
         self.model = model
-        device = next(model.parameters()).device
-        self.attn_backend = resolve_backend(attn_backend, device)
+        param = next(model.parameters())
+        device = param.device
+        self.dtype = _compute_dtype(dtype, param.dtype)
+        if isinstance(attn_backend, AttentionBackend):
+            backend = attn_backend
+            reason = type(backend).unavailable(device.type, self.dtype)
+            if reason is not None:
+                raise ValueError(f"`attn_backend`={backend.name!r} cannot run here: {reason}")
+        else:
+            backend = select_backend(attn_backend, device, self.dtype)()
+        self.attn_backend = backend.name
         if block_size is None:
-            block_size = 256 if self.attn_backend == "flash_attn" else 16
+            block_size = backend.default_block_size
         if not _is_int(block_size) or block_size <= 0:
             raise ValueError(f"block_size must be a positive int, got {block_size!r}")
-        if self.attn_backend == "flash_attn" and block_size % 256:
-            raise ValueError(f"block_size must be a multiple of 256 for flash_attn paged KV, got {block_size}")
+        if block_size % backend.block_size_multiple:
+            raise ValueError(f"block_size must be a multiple of {backend.block_size_multiple} for the "
+                             f"{backend.name} paged KV cache, got {block_size}")
         for name, value in (("max_num_seqs", max_num_seqs), ("max_num_batched_tokens", max_num_batched_tokens)):
             if not _is_int(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -67,7 +88,8 @@ class RolloutEngine:
         self.kv_cache_bytes = kv_cache_bytes
         self.enable_prefix_caching = enable_prefix_caching
         self.packed = supports_packed_forward(model)
-        self.runner = ModelRunner(model, block_size, self.attn_backend) if self.packed else None
+        self.runner = ModelRunner(model, block_size, backend, self.dtype) if self.packed else None
+        self.backend = backend
         self.max_model_len = model.config.max_position_embeddings
         self.vocab_size = model.get_input_embeddings().num_embeddings
         self.stats = RolloutStats()
@@ -81,6 +103,18 @@ class RolloutEngine:
         if self.runner is not None:
             self.runner.free_kv_cache()
 
+    @property
+    def kv_cache_bytes_allocated(self) -> int:
+        return 0 if self.runner is None else self.runner.cache_bytes()
+
+    def _compute_context(self):
+        """Autocast to the compute dtype when the weights are stored in fp32 (one region per
+        call, so each weight is cast once per `generate` and the bf16 copies die with it)."""
+        weights = next(self.model.parameters()).dtype
+        if self.dtype == weights:
+            return contextlib.nullcontext()
+        return torch.autocast(next(self.model.parameters()).device.type, dtype=self.dtype)
+
     def _kv_blocks_for(self, seqs: list[Sequence]) -> int:
         if self.num_kv_blocks is not None:
             return self.num_kv_blocks
@@ -89,8 +123,12 @@ class RolloutEngine:
         budget = self.kv_cache_bytes
         if budget is None:
             if self.runner.device.type == "cuda":
-                budget = int(torch.cuda.mem_get_info(self.runner.device)[0] * _CUDA_KV_FRACTION)
-                budget += self.runner.num_kv_blocks * self.runner.bytes_per_block()  # reusable
+                dev = self.runner.device
+                # free memory, plus what torch's caching allocator holds unused (e.g. the last
+                # training step's activations), plus this engine's current cache (reusable)
+                idle = torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
+                budget = int((torch.cuda.mem_get_info(dev)[0] + idle) * _CUDA_KV_FRACTION)
+                budget += self.runner.cache_bytes()
             else:
                 budget = _DEFAULT_CPU_KV_BYTES
         return max(1, min(needed, budget // self.runner.bytes_per_block()))
@@ -152,7 +190,7 @@ class RolloutEngine:
         self.stats = RolloutStats(prompt_tokens=sum(map(len, prompts)))
         todo = [s for s in seqs if max_new_tokens > 0 and len(s) < s.max_len]
         if todo:
-            with torch.inference_mode():
+            with torch.inference_mode(), self._compute_context():
                 if self.packed:
                     self._generate_packed(todo, return_logprobs)
                 else:
@@ -173,7 +211,7 @@ class RolloutEngine:
         scheduler = Scheduler(block_manager, self.max_num_seqs, self.max_num_batched_tokens, self.stats)
         for s in seqs:
             scheduler.add(s)
-        self.runner.reset_decode_buffer()
+        self.runner.reset_decode_state()
         try:
             while not scheduler.is_finished():
                 batch, is_prefill = scheduler.schedule()
@@ -183,7 +221,7 @@ class RolloutEngine:
                 tokens, logprobs = sample(logits, batch, return_logprobs)
                 scheduler.postprocess(batch, tokens, logprobs)
         finally:
-            self.runner.reset_decode_buffer()  # its memory is per call
+            self.runner.reset_decode_state()  # its memory is per call
 
     def _generate_generic(self, seqs: list[Sequence], return_logprobs: bool) -> None:
         """Any other causal LM: one request at a time through the HF forward with its cache."""

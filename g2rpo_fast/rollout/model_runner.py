@@ -9,15 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .attention import (
-    AttentionMetadata,
-    attend,
-    cache_shape,
-    dense_decode_attention,
-    needs_gather_index,
-    store_kv,
-)
-from .decode_buffer import DecodeBuffer
+from .backends import AttentionBackend, StepMetadata
 from .sequence import Sequence
 
 PACKED_FAMILIES = ("llama", "qwen2", "qwen3")
@@ -40,29 +32,30 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class ModelRunner:
-    def __init__(self, model, block_size: int, backend: str):
+    """Runs engine steps of one model: builds the step metadata, then per layer the model's own
+    projections, norms, RoPE and MLP around a single `backend.attend` call.
+
+    `dtype` is the compute dtype: the KV cache holds it and q/k/v are cast to it; the caller runs
+    the step under autocast when the weights are fp32 and `dtype` is 16-bit.
+    """
+
+    def __init__(self, model, block_size: int, backend: AttentionBackend, dtype: torch.dtype):
         self.model = model
         self.core = model.model
         config = model.config
         self.block_size = block_size
         self.backend = backend
+        self.dtype = dtype
         self.num_layers = len(self.core.layers)
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.scale = self.core.layers[0].self_attn.scaling
         self.k_cache: torch.Tensor | None = None
         self.v_cache: torch.Tensor | None = None
-        # CPU decode reads a dense, incrementally appended copy of the batch's K/V (see
-        # decode_buffer.py); on GPU the paged kernels / per-step gather stay
-        self.decode_buffer: DecodeBuffer | None = None
 
     @property
     def device(self) -> torch.device:
         return self.core.embed_tokens.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.core.embed_tokens.weight.dtype
 
     def bytes_per_block(self) -> int:
         elem = torch.tensor([], dtype=self.dtype).element_size()
@@ -70,35 +63,27 @@ class ModelRunner:
 
     @property
     def num_kv_blocks(self) -> int:
-        if self.k_cache is None:
-            return 0
-        return self.k_cache.shape[1 if self.backend == "flash_attn" else 2]
+        return 0 if self.k_cache is None else self.backend.num_blocks_of(self.k_cache[0])
+
+    def cache_bytes(self) -> int:
+        return 0 if self.k_cache is None else 2 * self.k_cache.numel() * self.k_cache.element_size()
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
         if self.num_kv_blocks == num_blocks and self.k_cache.dtype == self.dtype:
             return
         self.free_kv_cache()
-        shape = (self.num_layers, *cache_shape(self.backend, num_blocks, self.block_size,
-                                                self.num_kv_heads, self.head_dim))
+        shape = (self.num_layers, *self.backend.cache_shape(num_blocks, self.block_size, self.num_kv_heads,
+                                                             self.head_dim))
         self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
 
     def free_kv_cache(self) -> None:
         self.k_cache = self.v_cache = None
-        self.reset_decode_buffer()
+        self.backend.reset()
 
-    def reset_decode_buffer(self) -> None:
-        """Forget the dense decode K/V (sequence ids restart with every `generate` call)."""
-        if self.decode_buffer is not None:
-            self.decode_buffer.reset()
-
-    def _use_decode_buffer(self) -> bool:
-        if self.backend not in ("cpu", "sdpa") or self.device.type != "cpu":
-            return False
-        if self.decode_buffer is None:
-            self.decode_buffer = DecodeBuffer(self.num_layers, self.num_kv_heads, self.head_dim,
-                                              self.block_size, self.dtype, self.device)
-        return True
+    def reset_decode_state(self) -> None:
+        """Forget per-call backend state (sequence ids restart with every `generate` call)."""
+        self.backend.reset()
 
     # ---- inputs -------------------------------------------------------------------------
     def _prepare(self, seqs: list[Sequence], is_prefill: bool):
@@ -123,52 +108,23 @@ class ModelRunner:
         cu_k = torch.zeros(len(seqs) + 1, dtype=torch.int32)
         cu_k[1:] = torch.cumsum(torch.tensor(ctx), 0)
         dev = self.device
-        meta = AttentionMetadata(
-            is_prefill=is_prefill, has_cached=is_prefill and any(starts), block_size=bs,
+        meta = StepMetadata(
+            is_prefill=is_prefill, has_cached=is_prefill and any(starts), block_size=bs, scale=self.scale,
             q_lens=q_lens_t.to(dev, torch.int32), ctx_lens=torch.tensor(ctx, dtype=torch.int32, device=dev),
             cu_seqlens_q=cu_q.to(dev), cu_seqlens_k=cu_k.to(dev), max_q=max(q_lens), max_k=max(ctx),
             slot_mapping=slots.to(dev), block_tables=block_tables.to(dev))
-        if needs_gather_index(self.backend, meta):
-            meta.build_gather_index()
-        logits_index = (cu_q[1:] - 1).long().to(dev)  # last computed token of each sequence
-        return (torch.tensor(input_ids, dtype=torch.long, device=dev), positions.to(dev), meta,
-                logits_index)
-
-    def _prepare_dense_decode(self, seqs: list[Sequence]):
-        """Decode inputs for the dense buffer path, or None when the buffer is unavailable."""
-        step = self.decode_buffer.step(seqs, self.k_cache, self.v_cache)
-        if step is None:
-            return None
-        bs = self.block_size
-        input_ids, positions, slots = [], [], []
-        for s in seqs:
-            pos = len(s.token_ids) - 1
-            input_ids.append(s.token_ids[-1])
-            positions.append(pos)
-            slots.append(s.block_table[pos // bs] * bs + pos % bs)
-        dev = self.device
-        return (torch.tensor(input_ids, dtype=torch.long, device=dev), torch.tensor(positions, device=dev),
-                torch.tensor(slots, device=dev), step)
+        self.backend.prepare(meta, seqs, self.k_cache, self.v_cache)
+        logits_index = None
+        if is_prefill:
+            logits_index = (cu_q[1:] - 1).long().to(dev)  # last computed token of each sequence
+        return torch.tensor(input_ids, dtype=torch.long, device=dev), positions.to(dev), meta, logits_index
 
     # ---- forward ------------------------------------------------------------------------
     @torch.inference_mode()
     def run(self, seqs: list[Sequence], is_prefill: bool) -> torch.Tensor:
         """Run one step; returns fp32 logits [len(seqs), vocab] at each sequence's last token."""
-        dense = None
-        if self._use_decode_buffer():
-            if is_prefill:  # their rows (if any, e.g. after a preemption) lack this prefill's K/V
-                for s in seqs:
-                    self.decode_buffer.row_of.pop(s.seq_id, None)
-            else:
-                prepared = self._prepare_dense_decode(seqs)
-                if prepared is not None:
-                    input_ids, positions, slot_mapping, dense = prepared
-                    return self._forward(input_ids, positions, slot_mapping, None, None, dense)
         input_ids, positions, meta, logits_index = self._prepare(seqs, is_prefill)
-        return self._forward(input_ids, positions, meta.slot_mapping, meta, logits_index, None)
-
-    def _forward(self, input_ids, positions, slot_mapping, meta, logits_index, dense) -> torch.Tensor:
-        core = self.core
+        core, dtype = self.core, self.dtype
         x = core.embed_tokens(input_ids)  # [T, hidden]
         num_tokens = x.shape[0]
         cos, sin = core.rotary_emb(x, positions[None])  # the model's own RoPE (scaling included)
@@ -181,18 +137,10 @@ class ModelRunner:
             v = attn.v_proj(h).view(num_tokens, -1, self.head_dim)
             if hasattr(attn, "q_norm"):  # Qwen3 normalises each head before RoPE
                 q, k = attn.q_norm(q), attn.k_norm(k)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
-            store_kv(k, v, self.k_cache[i], self.v_cache[i], slot_mapping, self.backend)
-            if dense is None:
-                o = attend(q, k, v, self.k_cache[i], self.v_cache[i], meta, self.scale, self.backend)
-            else:
-                buf = self.decode_buffer
-                k_buf, v_buf = buf.k[i], buf.v[i]
-                k_buf.view(self.num_kv_heads, -1, self.head_dim).index_copy_(1, dense.dense_slots, k.transpose(0, 1))
-                v_buf.view(self.num_kv_heads, -1, self.head_dim).index_copy_(1, dense.dense_slots, v.transpose(0, 1))
-                prefix = (None, None) if buf.k_prefix is None else (buf.k_prefix[i], buf.v_prefix[i])
-                o = dense_decode_attention(q, k_buf, v_buf, *prefix, dense, self.scale)
+            # RoPE in the dtype the norms give (fp32 under autocast, as HF), then the compute dtype
+            q = (q * cos + _rotate_half(q) * sin).to(dtype)
+            k = (k * cos + _rotate_half(k) * sin).to(dtype)
+            o = self.backend.attend(q, k, v.to(dtype), self.k_cache[i], self.v_cache[i], meta, i)
             x = x + attn.o_proj(o.reshape(num_tokens, -1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         if logits_index is not None:

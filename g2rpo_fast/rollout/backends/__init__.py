@@ -1,0 +1,57 @@
+"""Attention backends: one class per way of running attention, behind one small protocol.
+
+    class AttentionBackend:                         # base.py
+        name; dtypes; needs_cuda; block_size_multiple; default_block_size
+        unavailable(device_type, dtype) -> reason | None
+        cache_shape(num_blocks, block_size, Hkv, D)  # the per-layer KV layout
+        prepare(meta, seqs, k_cache, v_cache)        # once per engine step, for all layers
+        attend(q, k, v, k_cache, v_cache, meta, layer) -> out   # store K/V, then attend
+        varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale) -> out # cache-free, differentiable
+
+| backend        | device | dtypes      | prefill                       | decode                        | varlen (training)        |
+| -------------- | ------ | ----------- | ----------------------------- | ----------------------------- | ------------------------ |
+| `flash_attn`   | CUDA   | fp16, bf16  | flash_attn_varlen_func        | flash_attn_with_kvcache       | flash_attn_varlen_func   |
+| `torch_varlen` | CUDA   | fp16, bf16  | torch varlen_attn (gather when blocks are shared) | paged kernel | torch varlen_attn |
+| `sdpa`         | any    | all         | gather + SDPA                 | paged kernel (CUDA) / gather  | SDPA per sequence        |
+| `cpu`          | any    | all         | gather + eager math           | dense decode buffer           | SDPA per sequence        |
+
+`select_backend(name, device, dtype)` is the one place a backend is chosen: "auto" takes the
+first of flash_attn, torch_varlen, sdpa that can run on a CUDA device in that compute dtype
+(an fp32 model on CUDA gets sdpa: the flash kernels reject fp32), and `cpu` elsewhere.
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import AttentionBackend, StepMetadata
+from .cpu_dense import CpuDenseBackend
+from .flash_attn import FlashAttnBackend
+from .sdpa import SdpaBackend
+from .torch_varlen import TorchVarlenBackend
+
+BACKENDS: dict[str, type[AttentionBackend]] = {
+    cls.name: cls for cls in (FlashAttnBackend, TorchVarlenBackend, SdpaBackend, CpuDenseBackend)}
+_AUTO = {"cuda": (FlashAttnBackend, TorchVarlenBackend, SdpaBackend), "cpu": (CpuDenseBackend,)}
+
+
+def select_backend(name: str, device, dtype: torch.dtype, option: str = "attn_backend") -> type[AttentionBackend]:
+    """The backend class for `name` ("auto" or one of BACKENDS) on `device` in compute `dtype`;
+    a ValueError naming `option` when the named one cannot run there."""
+    device_type = torch.device(device).type
+    if name == "auto":
+        for cls in _AUTO.get(device_type, (SdpaBackend,)):
+            if cls.unavailable(device_type, dtype) is None:
+                return cls
+        return SdpaBackend
+    if name not in BACKENDS:
+        raise ValueError(f"`{option}` must be 'auto' or one of {sorted(BACKENDS)}, got {name!r}")
+    cls = BACKENDS[name]
+    reason = cls.unavailable(device_type, dtype)
+    if reason is not None:
+        raise ValueError(f"`{option}`={name!r} cannot run on {device_type} in "
+                         f"{str(dtype).removeprefix('torch.')}: {reason}")
+    return cls
+
+
+__all__ = ["BACKENDS", "AttentionBackend", "CpuDenseBackend", "FlashAttnBackend", "SdpaBackend", "StepMetadata",
+           "TorchVarlenBackend", "select_backend"]

@@ -1,0 +1,106 @@
+"""The attention backend protocol and the per-step metadata every backend reads.
+
+A backend is one way to run causal attention, used in two places:
+
+- the roll-out engine, over a paged KV cache: `cache_shape` (the layout), `prepare` (index
+  tensors built once per step for all layers), `attend` (store this step's K/V, then attend);
+- the packed training forward (and cache-free prefill): `varlen`, causal attention over
+  sequences packed into one row and delimited by `cu_seqlens`, with autograd.
+
+`unavailable(device_type, dtype)` says why a backend cannot run somewhere (no CUDA, a dtype its
+kernel rejects, a missing package), so `select_backend` decides once, from the device and the
+compute dtype, and nothing else compares backend names.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+ALL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+
+
+@dataclass
+class StepMetadata:
+    """One engine step over the packed batch (tensors on the model's device)."""
+
+    is_prefill: bool
+    has_cached: bool  # some prompt tokens of this prefill come from shared blocks
+    block_size: int
+    scale: float  # softmax scale of the model's attention
+    q_lens: torch.Tensor  # [B] tokens computed this step per sequence
+    ctx_lens: torch.Tensor  # [B] int32 tokens in the cache per sequence after this step
+    cu_seqlens_q: torch.Tensor  # [B+1] int32
+    cu_seqlens_k: torch.Tensor  # [B+1] int32
+    max_q: int
+    max_k: int
+    slot_mapping: torch.Tensor  # [T] flat cache slot of each computed token
+    block_tables: torch.Tensor  # [B, max_blocks] int32
+    extra: object = None  # what the backend's `prepare` built for this step
+
+
+class AttentionBackend:
+    """Base class: subclasses set the class attributes and implement the five methods."""
+
+    name: ClassVar[str]
+    dtypes: ClassVar[tuple] = ALL_DTYPES  # compute dtypes the kernels accept
+    needs_cuda: ClassVar[bool] = False
+    block_size_multiple: ClassVar[int] = 1  # the paged kernel's constraint on the block size
+    default_block_size: ClassVar[int] = 16
+
+    @classmethod
+    def unavailable(cls, device_type: str, dtype: torch.dtype) -> str | None:
+        """Why this backend cannot run on `device_type` in `dtype`, or None when it can."""
+        if cls.needs_cuda and device_type != "cuda":
+            return "needs a CUDA device"
+        if dtype not in cls.dtypes:
+            names = ", ".join(str(d).removeprefix("torch.") for d in cls.dtypes)
+            return f"runs in {names} only, not {str(dtype).removeprefix('torch.')}"
+        return cls.missing_dependency()
+
+    @classmethod
+    def missing_dependency(cls) -> str | None:
+        return None
+
+    # ---- cache layout -------------------------------------------------------------------
+    def cache_shape(self, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int) -> tuple:
+        """Shape of one layer's K (and V) cache; default head-major [Hkv, blocks, block_size, D]
+        (a gather of whole blocks is then one memcpy per (head, block) row)."""
+        return (num_kv_heads, num_blocks, block_size, head_dim)
+
+    def num_blocks_of(self, layer_cache: torch.Tensor) -> int:
+        return layer_cache.shape[1]
+
+    def paged_view(self, layer_cache: torch.Tensor) -> torch.Tensor:
+        """One layer's cache as [blocks, block_size, Hkv, D] (a view, no copy)."""
+        return layer_cache.permute(1, 2, 0, 3)
+
+    # ---- engine step --------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget per-`generate` state (sequence ids restart with every call)."""
+
+    def prepare(self, meta: StepMetadata, seqs, k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
+        """Build, once per step, whatever `attend` needs for every layer (into `meta.extra`)."""
+
+    def store_kv(self, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                 meta: StepMetadata) -> None:
+        """Write the new tokens' K/V ([T, Hkv, D]) into their slots of one layer's cache."""
+        num_kv_heads, head_dim = k.shape[1], k.shape[2]
+        k_cache.view(num_kv_heads, -1, head_dim).index_copy_(1, meta.slot_mapping, k.transpose(0, 1))
+        v_cache.view(num_kv_heads, -1, head_dim).index_copy_(1, meta.slot_mapping, v.transpose(0, 1))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+               v_cache: torch.Tensor, meta: StepMetadata, layer: int) -> torch.Tensor:
+        """Store this step's k, v [T, Hkv, D], then causal attention of q [T, Hq, D] over each
+        sequence's cached context -> [T, Hq, D]."""
+        raise NotImplementedError
+
+    # ---- cache-free packed attention (training forward, prefill without cached blocks) ---
+    def varlen(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+               cu_seqlens_k: torch.Tensor, max_q: int, max_k: int, scale: float) -> torch.Tensor:
+        """Causal attention within each packed sequence: q [Tq, Hq, D], k/v [Tk, Hkv, D]; sequence
+        i is rows cu_seqlens[i]:cu_seqlens[i+1]; when a sequence has fewer queries than keys, its
+        queries are its last keys' positions (bottom-right causal). Differentiable."""
+        raise NotImplementedError

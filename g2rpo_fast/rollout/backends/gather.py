@@ -1,0 +1,138 @@
+"""Attention by gathering each sequence's K/V out of the paged cache (the portable path).
+
+Used for prefill by the SDPA and CPU backends (and by torch varlen when some prompt tokens
+come from shared blocks). The index tensors are built once per step (`GatherIndex`) for all
+layers. Prefill runs as one padded batch when padding at most doubles the attention work
+(many short, similar prompts), else as a loop over sequences (not tokens): padding
+mixed-length prompts to the longest would waste most of the attention work.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .base import StepMetadata
+
+
+@dataclass
+class GatherIndex:
+    # padded batch: [B, max_q] packed row of each padded query, [B, max_blocks] block ids,
+    # [B, max_q, keys] True where allowed, [B, max_q] True for real queries
+    q_index: torch.Tensor | None = None
+    blocks: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    valid: torch.Tensor | None = None
+    # or per sequence: (first row, end row, block ids, causal mask [q_len, keys])
+    per_seq: list | None = None
+
+
+def build_gather_index(meta: StepMetadata) -> GatherIndex:
+    if meta.is_prefill and not _padding_is_cheap(meta):
+        return GatherIndex(per_seq=_per_seq(meta))
+    dev = meta.q_lens.device
+    q_lens, ctx = meta.q_lens.long(), meta.ctx_lens.long()
+    cu = meta.cu_seqlens_q.long()
+    ar_q = torch.arange(meta.max_q, device=dev)
+    ar_k = torch.arange(meta.block_tables.shape[1] * meta.block_size, device=dev)
+    # query i of a sequence sits at position ctx - q_len + i; padded queries reuse the last
+    # real position so no row of the mask is empty
+    q_pos = torch.minimum((ctx - q_lens)[:, None] + ar_q[None, :], (ctx - 1)[:, None])
+    return GatherIndex(
+        q_index=torch.minimum(cu[:-1, None] + ar_q[None, :], (cu[1:] - 1)[:, None]),
+        blocks=meta.block_tables.long(),
+        mask=ar_k[None, None, :] <= q_pos[:, :, None],
+        valid=ar_q[None, :] < q_lens[:, None])
+
+
+def _padding_is_cheap(meta: StepMetadata) -> bool:
+    """Whether one padded batch does at most twice the attention work of the exact one."""
+    q_lens, ctx = meta.q_lens.tolist(), meta.ctx_lens.tolist()
+    padded = len(q_lens) * meta.max_q * meta.block_tables.shape[1] * meta.block_size
+    return padded <= 2 * sum(q * c for q, c in zip(q_lens, ctx))
+
+
+def _per_seq(meta: StepMetadata) -> list:
+    out = []
+    bounds = meta.cu_seqlens_q.tolist()
+    for b, (q_len, ctx) in enumerate(zip(meta.q_lens.tolist(), meta.ctx_lens.tolist())):
+        num_blocks = (ctx + meta.block_size - 1) // meta.block_size
+        blocks = meta.block_tables[b, :num_blocks].long()
+        keys = num_blocks * meta.block_size
+        # query i (position ctx - q_len + i) sees keys 0 .. ctx - q_len + i
+        mask = torch.ones(q_len, keys, dtype=torch.bool, device=blocks.device).tril(ctx - q_len)
+        out.append((bounds[b], bounds[b + 1], blocks, mask))
+    return out
+
+
+def grouped_attention(qg, kp, vp, mask, scale: float, use_sdpa: bool):
+    """qg [..., Hkv, G*q, D] over kp/vp [..., Hkv, keys, D] with a bool mask [..., G*q, keys]."""
+    if use_sdpa:
+        return F.scaled_dot_product_attention(qg, kp, vp, attn_mask=mask, scale=scale)
+    scores = torch.matmul(qg, kp.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(qg.dtype)
+    return torch.matmul(probs, vp)
+
+
+def gather_attention(q, k_cache, v_cache, index: GatherIndex, scale: float, use_sdpa: bool):
+    """Attention of the packed queries q [T, Hq, D] over a head-major layer cache."""
+    num_q_heads, head_dim = q.shape[1], q.shape[2]
+    num_kv_heads = k_cache.shape[0]
+    groups = num_q_heads // num_kv_heads
+    num_blocks = k_cache.shape[1]
+    # one row per (kv head, block): gathering whole rows along dim 0 is a plain memcpy per
+    # row, many times faster on CPU than indexing an inner dimension
+    k_rows, v_rows = k_cache.view(num_kv_heads * num_blocks, -1), v_cache.view(num_kv_heads * num_blocks, -1)
+    head_offset = torch.arange(num_kv_heads, device=q.device)[:, None] * num_blocks
+
+    def gather(rows: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+        return rows.index_select(0, (head_offset + blocks[None]).view(-1))
+    # query head h reads kv head h // groups (HF's repeat_kv): fold each group into the rows
+    if index.per_seq is not None:
+        outs = []
+        for start, end, blocks, mask in index.per_seq:
+            q_len = end - start
+            qg = q[start:end].view(q_len, num_kv_heads, groups, head_dim)
+            qg = qg.permute(1, 2, 0, 3).reshape(num_kv_heads, groups * q_len, head_dim)
+            kp = gather(k_rows, blocks).view(num_kv_heads, -1, head_dim)
+            vp = gather(v_rows, blocks).view(num_kv_heads, -1, head_dim)
+            out = grouped_attention(qg, kp, vp, mask.repeat(groups, 1), scale, use_sdpa)
+            outs.append(out.view(num_kv_heads, groups, q_len, head_dim).permute(2, 0, 1, 3))
+        return torch.cat(outs).reshape(-1, num_q_heads, head_dim)
+    b, max_q = index.q_index.shape
+    flat_blocks = index.blocks.view(-1)
+    kp = gather(k_rows, flat_blocks).view(num_kv_heads, b, -1, head_dim)  # [Hkv, B, keys, D]
+    vp = gather(v_rows, flat_blocks).view(num_kv_heads, b, -1, head_dim)
+    qg = q[index.q_index].view(b, max_q, num_kv_heads, groups, head_dim)
+    qg = qg.permute(2, 0, 3, 1, 4).reshape(num_kv_heads, b, groups * max_q, head_dim)
+    mask = index.mask[:, None].expand(b, groups, max_q, -1).reshape(b, groups * max_q, -1)
+    out = grouped_attention(qg, kp, vp, mask, scale, use_sdpa)  # [Hkv, B, groups * max_q, D]
+    out = out.view(num_kv_heads, b, groups, max_q, head_dim).permute(1, 3, 0, 2, 4)
+    return out.reshape(b, max_q, num_q_heads, head_dim)[index.valid]  # back to packed [T, Hq, D]
+
+
+def sdpa_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, scale: float):
+    """`AttentionBackend.varlen` with one SDPA call per sequence: the attention of a packed row
+    costs Σ L_i², never (Σ L_i)², and no mask wider than one sequence is ever built."""
+    bounds_q, bounds_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    groups = q.shape[1] // k.shape[1]
+    outs = []
+    for qa, qb, ka, kb in zip(bounds_q[:-1], bounds_q[1:], bounds_k[:-1], bounds_k[1:]):
+        q_len, k_len = qb - qa, kb - ka
+        if q_len == 0:
+            continue
+        qi = q[qa:qb].transpose(0, 1)[None]  # [1, Hq, L, D]
+        ki, vi = k[ka:kb].transpose(0, 1)[None], v[ka:kb].transpose(0, 1)[None]
+        if groups > 1:  # SDPA's fused CPU/CUDA kernels take equal head counts
+            ki, vi = ki.repeat_interleave(groups, dim=1), vi.repeat_interleave(groups, dim=1)
+        if q_len == k_len:
+            out = F.scaled_dot_product_attention(qi, ki, vi, is_causal=True, scale=scale)
+        else:  # fewer queries than keys: they are the last positions
+            mask = torch.ones(q_len, k_len, dtype=torch.bool, device=q.device).tril(k_len - q_len)
+            out = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask, scale=scale)
+        outs.append(out[0].transpose(0, 1))
+    if not outs:
+        return q.new_empty(q.shape[0], q.shape[1], v.shape[2])
+    return torch.cat(outs)
