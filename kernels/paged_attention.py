@@ -81,10 +81,13 @@ def paged_decode_kernel(
              out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & dim_ok[None, :])
 
 
-def block_n_for(device: torch.device) -> int:
-    """Keys per tile: 64 on a GPU (any block size works: a tile may span or split blocks);
-    128 in the interpreter (fewer, larger numpy steps)."""
-    return 64 if on_gpu(device) else 128
+def block_n_for(dtype: torch.dtype, device: torch.device) -> int:
+    """Keys per tile: 64 on a GPU (any block size works: a tile may span or split blocks), 32
+    for fp32 (IEEE fp32 dots at 64 keys spill registers at head dim 128); 128 in the
+    interpreter (fewer, larger numpy steps)."""
+    if not on_gpu(device):
+        return 128
+    return 32 if dtype == torch.float32 else 64
 
 
 def launch_paged_decode(q, k_cache, v_cache, block_tables, ctx_lens, scale):
@@ -105,7 +108,7 @@ def launch_paged_decode(q, k_cache, v_cache, block_tables, ctx_lens, scale):
         block_tables, block_tables.stride(0), ctx_lens, float(scale),
         GROUP=group, GROUP_PAD=max(MIN_DOT, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         D_PAD=max(MIN_DOT, triton.next_power_of_2(head_dim)), BLOCK_SIZE=block_size,
-        BLOCK_N=block_n_for(dev), IEEE=q.dtype == torch.float32,
+        BLOCK_N=block_n_for(q.dtype, dev), IEEE=q.dtype == torch.float32,
         DOT_F32=not on_gpu(dev), num_warps=4,
     )
     return out

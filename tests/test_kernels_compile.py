@@ -101,6 +101,23 @@ def _fused_linear(dtype, backward, bias=True, entropy=True, rows=8, vocab=300, h
     return case
 
 
+def _paged_decode(dtype, layout="head_major", group=2, head_dim=128, block_size=16):
+    """Qwen3-0.6B-shaped decode (8 KV heads, head dim 128) over the engine's head-major cache
+    (permuted view) or flash-attn's block-major one."""
+    def case():
+        from g2rpo_fast.kernels.paged_attention import launch_paged_decode
+
+        kv_heads, blocks, batch = 8, 64, 4
+        q = torch.randn(batch, kv_heads * group, head_dim).to(dtype)
+        if layout == "head_major":
+            k = torch.zeros(kv_heads, blocks, block_size, head_dim, dtype=dtype).permute(1, 2, 0, 3)
+        else:
+            k = torch.zeros(blocks, block_size, kv_heads, head_dim, dtype=dtype)
+        tables = torch.zeros(batch, 8, dtype=torch.int32)
+        launch_paged_decode(q, k, k, tables, torch.ones(batch, dtype=torch.int32), 0.088)
+    return case
+
+
 CASES = {
     # kernels/logps.py
     **{f"logps_fwd-{str(d)[6:]}": _logps_fwd(d) for d in (F32, BF16, F16)},
@@ -130,6 +147,10 @@ CASES = {
                                                                     vocab=4096),
     "fused_linear_bwd-bf16-no_bias": _fused_linear(BF16, True, bias=False),
     "fused_linear_bwd-fp32-no_bias-16_aligned_rows": _fused_linear(F32, True, bias=False, rows=2560),
+    # kernels/paged_attention.py
+    **{f"paged_decode-{str(d)[6:]}": _paged_decode(d) for d in (F32, BF16, F16)},
+    "paged_decode-bf16-flash_layout-block256": _paged_decode(BF16, "block_major", block_size=256),
+    "paged_decode-bf16-group8-head_dim64": _paged_decode(BF16, group=8, head_dim=64),
 }
 
 EXPECTED_KERNELS = {
@@ -139,6 +160,7 @@ EXPECTED_KERNELS = {
     "advantages": {"group_advantages_kernel"},
     "fused_linear_fwd": {"_fwd_kernel"},
     "fused_linear_bwd": {"_dhidden_kernel", "_dweight_kernel"},
+    "paged_decode": {"paged_decode_kernel"},
 }
 
 
@@ -239,7 +261,7 @@ def test_kernel_compiles_for_sm90(compiled, case):
     for k in result["kernels"]:
         assert k["ptx_sm90"] and k["cubin_bytes"] > 0, k
         assert k["shared"] <= k["max_shared"], f"{k['name']} needs {k['shared']} B of shared memory: {k}"
-        if case.startswith("fused_linear"):  # a spill costs local-memory traffic in the inner loop
+        if case.startswith(("fused_linear", "paged_decode")):  # a spill costs local-memory traffic in the inner loop
             assert k["n_spills"] == 0, (f"{k['name']} spills {4 * k['n_spills']} B/thread "
                                         f"at {k['n_regs']} registers: {k}")
 
