@@ -109,7 +109,7 @@ def test_varlen_without_any_causal_keyword_is_refused():
         raise AssertionError("must not be called")
 
     q, k, v, cu, n = _packed_qkv(BF16)
-    with pytest.raises(ValueError, match="attn_implementation='torch_varlen'.*causal"):
+    with pytest.raises(ValueError, match=r"attn_implementation='torch_varlen'.*causal"):
         varlen_mod.varlen_call(no_causal, q, k, v, cu, cu, n, n, 0.25)
 
 
@@ -177,7 +177,7 @@ def test_engine_refuses_an_fp32_flash_attn_configuration(model, gpu_kernels_on_c
     """Defect 1 at the engine: asking flash_attn to run fp32 compute fails at construction
     (with a ValueError naming the option), not inside the first roll-out."""
     gpu_kernels_on_cpu()
-    with pytest.raises(ValueError, match="attn_backend.*float32"):
+    with pytest.raises(ValueError, match=r"attn_backend.*float32"):
         RolloutEngine(model, attn_backend="flash_attn")
     assert RolloutEngine(model).attn_backend == "cpu"
 
@@ -188,6 +188,7 @@ def test_decode_without_flash_attn_reads_the_paged_cache_in_place(model, gpu_ker
     per layer per step. Now it is one paged-decode kernel launch per layer per step (run here in
     Triton's interpreter, as on CUDA) and no gather at all; greedy still equals HF."""
     from g2rpo_fast.kernels import paged_attention as kernel
+
     from g2rpo_fast.ops import paged_attention as op
     from g2rpo_fast.rollout.backends import gather, sdpa
 

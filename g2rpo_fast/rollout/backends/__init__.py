@@ -8,12 +8,13 @@
         attend(q, k, v, k_cache, v_cache, meta, layer) -> out   # store K/V, then attend
         varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale) -> out # cache-free, differentiable
 
-| backend        | device | dtypes      | prefill                       | decode                        | varlen (training)        |
-| -------------- | ------ | ----------- | ----------------------------- | ----------------------------- | ------------------------ |
-| `flash_attn`   | CUDA   | fp16, bf16  | flash_attn_varlen_func        | flash_attn_with_kvcache       | flash_attn_varlen_func   |
-| `torch_varlen` | CUDA   | fp16, bf16  | torch varlen_attn (gather when blocks are shared) | paged kernel | torch varlen_attn |
-| `sdpa`         | any    | all         | gather + SDPA                 | paged kernel (CUDA) / gather  | SDPA per sequence        |
-| `cpu`          | any    | all         | gather + eager math           | dense decode buffer           | SDPA per sequence        |
+| backend        | where          | prefill                          | decode                    | varlen (training)   |
+| -------------- | -------------- | -------------------------------- | ------------------------- | ------------------- |
+| `flash_attn`   | CUDA fp16/bf16 | flash_attn_varlen_func           | flash_attn_with_kvcache   | flash varlen        |
+| `torch_varlen` | CUDA fp16/bf16 | torch varlen_attn (gather if the | paged kernel              | torch varlen_attn   |
+|                |                | prompt reads shared blocks)      |                           |                     |
+| `sdpa`         | any, any dtype | gather + SDPA                    | paged kernel (CUDA)       | SDPA per sequence   |
+| `cpu`          | any, any dtype | gather + eager math              | dense decode buffer       | SDPA per sequence   |
 
 `select_backend(name, device, dtype)` is the one place a backend is chosen: "auto" takes the
 first of flash_attn, torch_varlen, sdpa that can run on a CUDA device in that compute dtype
