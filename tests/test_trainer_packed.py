@@ -22,18 +22,28 @@ def _samples():
             Sample(1, rand(2), rand(7), rand(2))]
 
 
-@pytest.mark.parametrize("attn,row_tokens", [("sdpa", 0), ("eager", 0), ("sdpa", 20)])
+@pytest.mark.parametrize("attn,row_tokens", [("sdpa", 0), ("eager", 0), ("sdpa", 20), ("varlen-sdpa", 0),
+                                             ("varlen-cpu", 0), ("varlen-sdpa", 20)])
 def test_packed_hidden_equals_per_sequence(attn, row_tokens):
-    model, _ = tiny_model_and_tokenizer(attn_implementation=attn)
+    """HF's dense block-diagonal mask (sdpa / eager) and the installed varlen attention (one
+    backend call per layer over the packed row) both equal per-sequence forwards."""
+    model, _ = tiny_model_and_tokenizer(attn_implementation=attn.removeprefix("varlen-"))
+    if attn.startswith("varlen-"):
+        from g2rpo_fast.rollout.backends import BACKENDS
+        from g2rpo_fast.trainer import packed_attention
+
+        assert packed_attention.install(model, BACKENDS[attn.removeprefix("varlen-")]())
+        assert model.config._attn_implementation == packed_attention.ATTN_IMPLEMENTATION
     samples = _samples()
     batch = pack_samples(samples, "cpu", mask_truncated=True, max_row_tokens=row_tokens)
     assert (len(batch.row_splits) > 0) == (row_tokens > 0)
     with torch.no_grad():
         packed = packed_hidden(PolicyHidden(model), batch)
         rows = []
+        reference = tiny_model_and_tokenizer(attn_implementation="eager")[0]  # same seed, same weights
         for s in samples:
             seq = torch.tensor([s.prompt_ids + s.completion_ids[:-1]])
-            h = model.model(input_ids=seq, use_cache=False).last_hidden_state[0]
+            h = reference.model(input_ids=seq, use_cache=False).last_hidden_state[0]
             p = len(s.prompt_ids)
             rows.append(h[p - 1:p - 1 + len(s.completion_ids)])
         ref = torch.cat(rows)
@@ -46,7 +56,7 @@ def test_packed_hidden_equals_per_sequence(attn, row_tokens):
         full = []
         for s in samples:
             seq = torch.tensor([s.prompt_ids + s.completion_ids])
-            logits = model(input_ids=seq, use_cache=False).logits[0, len(s.prompt_ids) - 1:-1]
+            logits = reference(input_ids=seq, use_cache=False).logits[0, len(s.prompt_ids) - 1:-1]
             full.append(torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(s.completion_ids)[:, None])[:, 0])
     torch.testing.assert_close(lp, torch.cat(full), rtol=1e-4, atol=1e-4)
 

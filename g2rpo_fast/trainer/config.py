@@ -26,6 +26,8 @@ CHOICES = {
     "lr_scheduler_type": ("constant", "constant_with_warmup", "linear", "cosine"),
     "device": ("auto", "cpu", "cuda"),
     "code_sandbox": ("auto", "bwrap", "namespace", "unsafe-process"),  # = rewards.sandbox_policy.MODES
+    "torch_dtype": ("auto", "float32", "bfloat16", "float16"),
+    "attn_implementation": ("auto", "flash_attention_2", "torch_varlen", "sdpa"),
 }
 
 
@@ -88,8 +90,15 @@ class G2RPOConfig:
     max_steps: int = _f(150, "Number of optimizer steps.")
     seed: int = _f(0, "Seed of data order, sampling and initialisation.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass.")
-    bf16: bool = _f(False, "bf16 autocast for the policy forward (CUDA only; ignored on CPU).")
+    bf16: bool = _f(False, "TRL's switch, kept for compatibility: torch_dtype decides (its auto is bfloat16 on CUDA).")
     device: str = _f("auto", "auto | cpu | cuda.")
+    torch_dtype: str = _f("auto", "Compute dtype of the training forward, roll-outs and loss matmuls: auto (bfloat16 on "
+                                  "CUDA, float32 on CPU) | float32 | bfloat16 | float16 (CUDA only). Weights and "
+                                  "AdamW state stay float32.")
+    attn_implementation: str = _f("auto", "Attention of the packed training forward and the roll-outs: auto (by "
+                                          "device and torch_dtype) | flash_attention_2 | torch_varlen | sdpa.")
+    use_liger_kernel: bool = _f(False, "Liger-Kernel RMSNorm, RoPE and SwiGLU in the policy (needs CUDA, or "
+                                       "TRITON_INTERPRET=1 on the CPU).")
     packed_row_tokens: int = _f(-1, "Cut the packed training row into forwards of at most this many tokens "
                                     "(at sequence boundaries); 0: one row; -1: auto (one row on CUDA, 512 on CPU, "
                                     "where attention over a packed row is quadratic).")

@@ -1,10 +1,12 @@
 """Padding-free policy forward: all sequences of a micro-batch packed into one row.
 
 Each sample's `prompt + completion[:-1]` is concatenated into `input_ids [1, ΣL]` with
-`position_ids` restarting at 0 per sequence and no attention mask: transformers (>= 4.53 /
-5.x) then builds a block-diagonal causal mask from the position ids (sdpa / eager / flash),
-so no token attends across sequences (tests/test_trainer_packed.py checks it against
-per-sequence forwards). The hidden states at the positions that predict completion tokens
+`position_ids` restarting at 0 per sequence and no attention mask. The trainer installs the
+varlen attention of `packed_attention.py`: each sequence attends only to itself through a
+varlen kernel and no [ΣL, ΣL] mask is ever built (`PolicyHidden` passes the row's
+`cu_seqlens`, computed once from the position ids). A model left on HF's own attention gets
+transformers' block-diagonal mask from the same position ids instead (correct, but ΣL²).
+tests/test_trainer_packed.py checks both against per-sequence forwards. The hidden states at the positions that predict completion tokens
 (guidance tokens included, as context for the loss's guidance mask) are gathered into
 `[N, H]`, the packed layout of the loss with `cu_seqlens` over completions.
 """
@@ -34,8 +36,8 @@ class PackedBatch:
 
 def pack_samples(samples, device, mask_truncated: bool = False, max_row_tokens: int = 0) -> PackedBatch:
     """`max_row_tokens > 0` cuts the packed row (at sequence boundaries) into forwards of at most
-    that many tokens: without a varlen kernel (CPU, sdpa/eager) attention over a packed row is
-    quadratic in ΣL, so bounded rows are much cheaper there. 0: one row (flash/varlen on GPU)."""
+    that many tokens (bounds the attention of a model left on HF's dense-mask attention, which
+    is quadratic in ΣL); 0: one row (the varlen attention costs Σ L_i² either way)."""
     ids, pos, gather, targets, gmask, cmask, cu = [], [], [], [], [], [], [0]
     offset, splits, row_start = 0, [], 0
     for s in samples:
@@ -93,8 +95,10 @@ class PolicyHidden(torch.nn.Module):
         self.model = model
 
     def forward(self, input_ids, position_ids):
+        from .packed_attention import packed_attention_kwargs
+
         out = decoder_of(self.model)(input_ids=input_ids, position_ids=position_ids, attention_mask=None,
-                                     use_cache=False)
+                                     use_cache=False, **packed_attention_kwargs(position_ids))
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
 

@@ -47,6 +47,7 @@ from .data import (
     validate_dataset,
     validate_dataset_for_model,
 )
+from . import packed_attention
 from .distributed import DistState, all_reduce_mean, setup_distributed
 from .policy_forward import (
     PolicyHidden,
@@ -57,6 +58,7 @@ from .policy_forward import (
     token_logps,
 )
 from .run_dir import RunSetupError, check_output_dir, delete_earlier_run
+from .runtime import resolve_runtime
 
 TIMING_KEYS = ("tokens_per_s", "step_time_s", "rollout_time_s", "train_time_s")
 
@@ -65,10 +67,12 @@ def _func_name(fn) -> str:
     return getattr(fn, "__name__", None) or type(fn).__name__
 
 
-def make_engine(model):
+def make_engine(model, runtime=None):
     from g2rpo_fast.rollout import RolloutEngine
 
-    return RolloutEngine(model)
+    if runtime is None:
+        return RolloutEngine(model)
+    return RolloutEngine(model, attn_backend=runtime.backend, dtype=runtime.compute_dtype)
 
 
 class G2RPOTrainer:
@@ -101,8 +105,12 @@ class G2RPOTrainer:
 
         check_code_sandbox(cfg.code_sandbox, self.reward_funcs + [guide_fn])  # refuses before any loading
 
-        # ---- data (every row checked before the model is loaded)
+        # ---- device, precision, attention, Liger (checked before any loading)
         self.dist: DistState = setup_distributed()
+        self.device = self._pick_device()
+        self.runtime = resolve_runtime(cfg, self.device)
+
+        # ---- data (every row checked before the model is loaded)
         self.train_dataset = train_dataset if train_dataset is not None else load_split(cfg, cfg.dataset_split, True)
         check_columns(self.train_dataset, cfg, self.reward_funcs + [guide_fn], "train dataset")
         validate_dataset(self.train_dataset, cfg, cfg.dataset_split, True,
@@ -131,9 +139,14 @@ class G2RPOTrainer:
                                        source="eval_dataset" if eval_is_given else None)
         if model is None:
             model = load_model(cfg.model_name_or_path)
-        self.device = self._pick_device()
-        self.model = model.to(self.device)
+        # fp32 master weights whatever the compute dtype (runtime.py)
+        self.model = model.to(self.device, dtype=torch.float32)
         self.tokenizer = tokenizer
+        if cfg.use_liger_kernel:
+            from g2rpo_fast.models.liger import apply_liger
+
+            apply_liger(self.model)
+        packed_attention.install(self.model, self.runtime.backend)
         self.model.train()
         if cfg.gradient_checkpointing:
             if hasattr(self.model, "activation_checkpointing_enable"):  # the transformers 5 name
@@ -142,7 +155,8 @@ class G2RPOTrainer:
                 self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(self.model.config, "use_cache"):
             self.model.config.use_cache = False  # the packed forward needs no KV cache
-        self.autocast_dtype = torch.bfloat16 if (cfg.bf16 and self.device.type == "cuda") else None
+        self.autocast_dtype = self.runtime.autocast_dtype
+        self.grad_scaler = self.runtime.grad_scaler()
         self.policy = PolicyHidden(self.model)
         self.policy_for_grad = self.policy
         if self.dist.world_size > 1:
@@ -154,7 +168,7 @@ class G2RPOTrainer:
         if cfg.beta > 0:
             self.ref_model = copy.deepcopy(self.model).eval()
             self.ref_model.requires_grad_(False)
-        self.engine = make_engine(self.model)
+        self.engine = make_engine(self.model, self.runtime)
         self.loss_fn = make_loss_fn(cfg)
         self.stop_token_ids = self._stop_ids()
 
@@ -271,8 +285,7 @@ class G2RPOTrainer:
     @torch.no_grad()
     def _logps_of(self, model, batch) -> torch.Tensor:
         hidden = packed_hidden(PolicyHidden(model), batch, self.autocast_dtype)
-        weight, bias = lm_head_params(model)
-        hidden = hidden.to(weight.dtype)
+        hidden, weight, bias = self.runtime.loss_operands(hidden, *lm_head_params(model))
         return token_logps(hidden, weight, bias, batch.token_ids, self.config.temperature)
 
     def generate_micro_batch(self, micro: int, guidance_length: int) -> dict:
@@ -339,24 +352,30 @@ class G2RPOTrainer:
             ctx = self.policy_for_grad.no_sync() if not sync and hasattr(self.policy_for_grad, "no_sync") else _Null()
             with ctx:
                 hidden = packed_hidden(self.policy_for_grad, batch, self.autocast_dtype)
-                if hidden.dtype != weight.dtype:  # bf16 autocast output; the loss wants one dtype
-                    hidden = hidden.to(weight.dtype)
+                # the loss's matmuls in the compute dtype, its accumulation in fp32 (runtime.py)
+                hidden, weight_c, bias_c = self.runtime.loss_operands(hidden, weight, bias)
                 kwargs = dict(token_ids=batch.token_ids, advantages=mb["advantages"],
                               completion_mask=batch.completion_mask, guidance_mask=batch.guidance_mask,
                               cu_seqlens=batch.cu_seqlens, old_logps=mb["old_logps"], ref_logps=mb["ref_logps"])
                 if num_items is not None:
                     kwargs["num_items_in_batch"] = num_items
-                loss, metrics = self.loss_fn(hidden, weight, bias, **kwargs)
+                loss, metrics = self.loss_fn(hidden, weight_c, bias_c, **kwargs)
                 scaled = loss if num_items is not None else loss / ga
-                scaled.backward()
+                (scaled if self.grad_scaler is None else self.grad_scaler.scale(scaled)).backward()
             sums["loss"] += float(scaled.detach())
             for key in ("kl", "clip_ratio_low", "clip_ratio_high", "clip_ratio"):
                 if key in metrics:
                     sums[key] += float(metrics[key]) / ga
         grad_norm = 0.0
+        if self.grad_scaler is not None:
+            self.grad_scaler.unscale_(self.optimizer)
         if cfg.max_grad_norm and cfg.max_grad_norm > 0:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm))
-        self.optimizer.step()
+        if self.grad_scaler is not None:
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         sums["grad_norm"] = grad_norm
@@ -371,6 +390,7 @@ class G2RPOTrainer:
         if fresh:
             self.buffer = [self.generate_micro_batch(k, guidance_length)
                            for k in range(cfg.gradient_accumulation_steps)]
+            self.engine.free_kv_cache()  # the training step's peak must not hold the roll-out cache
             self.buffer_uses = 0
             self.buffer_guidance_length = guidance_length
         t1 = time.perf_counter()
@@ -449,6 +469,7 @@ class G2RPOTrainer:
                                         temperature=temperature, top_p=cfg.top_p if temperature > 0 else 1.0,
                                         top_k=cfg.top_k if temperature > 0 else 0, seed=seeds,
                                         stop_token_ids=self.stop_token_ids)
+            self.engine.free_kv_cache()
             self.model.train(was_training)
             texts = []
             for o in outs:
