@@ -92,9 +92,9 @@ class G2RPOConfig:
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass.")
     bf16: bool = _f(False, "TRL's switch, kept for compatibility: torch_dtype decides (its auto is bfloat16 on CUDA).")
     device: str = _f("auto", "auto | cpu | cuda.")
-    torch_dtype: str = _f("auto", "Compute dtype of the training forward, roll-outs and loss matmuls: auto (bfloat16 on "
-                                  "CUDA, float32 on CPU) | float32 | bfloat16 | float16 (CUDA only). Weights and "
-                                  "AdamW state stay float32.")
+    torch_dtype: str = _f("auto", "Compute dtype of the training forward, roll-outs and loss matmuls: auto "
+                                  "(bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16 (CUDA only). "
+                                  "Weights and AdamW state stay float32.")
     attn_implementation: str = _f("auto", "Attention of the packed training forward and the roll-outs: auto (by "
                                           "device and torch_dtype) | flash_attention_2 | torch_varlen | sdpa.")
     use_liger_kernel: bool = _f(False, "Liger-Kernel RMSNorm, RoPE and SwiGLU in the policy (needs CUDA, or "

@@ -6,9 +6,10 @@ varlen attention of `packed_attention.py`: each sequence attends only to itself 
 varlen kernel and no [ΣL, ΣL] mask is ever built (`PolicyHidden` passes the row's
 `cu_seqlens`, computed once from the position ids). A model left on HF's own attention gets
 transformers' block-diagonal mask from the same position ids instead (correct, but ΣL²).
-tests/test_trainer_packed.py checks both against per-sequence forwards. The hidden states at the positions that predict completion tokens
-(guidance tokens included, as context for the loss's guidance mask) are gathered into
-`[N, H]`, the packed layout of the loss with `cu_seqlens` over completions.
+tests/test_trainer_packed.py checks both against per-sequence forwards. The hidden states at
+the positions that predict completion tokens (guidance tokens included, as context for the
+loss's guidance mask) are gathered into `[N, H]`, the packed layout of the loss with
+`cu_seqlens` over completions.
 """
 from __future__ import annotations
 

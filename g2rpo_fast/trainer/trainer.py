@@ -29,6 +29,7 @@ import torch
 
 from g2rpo_fast.data.validation import context_length_of
 
+from . import packed_attention
 from .checkpoint import (
     checkpoint_to_resume,
     clean_partial_checkpoints,
@@ -47,7 +48,6 @@ from .data import (
     validate_dataset,
     validate_dataset_for_model,
 )
-from . import packed_attention
 from .distributed import DistState, all_reduce_mean, setup_distributed
 from .policy_forward import (
     PolicyHidden,
