@@ -18,6 +18,7 @@ setup(
         "g2rpo_fast",
         "g2rpo_fast.ops",
         "g2rpo_fast.rollout",
+        "g2rpo_fast.rollout.backends",
         "g2rpo_fast.rewards",
         "g2rpo_fast.models",
         "g2rpo_fast.data",

@@ -15,6 +15,8 @@ imported by name (`rsqrt` in Liger's RMSNorm). `_interpreter_compat` supplies bo
 """
 from __future__ import annotations
 
+import triton.language as tl  # in this module's globals: the interpreter looks it up there
+
 LIGER_PARTS = dict(rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False)
 
 
@@ -32,13 +34,16 @@ def apply_liger(model) -> None:
 _COMPAT_DONE = False
 
 
+def _rsqrt(x):  # jit-decorated in _interpreter_compat, under TRITON_INTERPRET=1
+    return tl.rsqrt(x)
+
+
 def _interpreter_compat() -> None:
     global _COMPAT_DONE
     if _COMPAT_DONE:
         return
     import numpy as np
     import triton
-    import triton.language as tl
     from triton.runtime import interpreter
 
     convert = interpreter._implicit_cvt
@@ -49,12 +54,7 @@ def _interpreter_compat() -> None:
         return convert(arg)
 
     interpreter._implicit_cvt = implicit_cvt
-
-    @triton.jit
-    def rsqrt(x):
-        return tl.rsqrt(x)
-
     import liger_kernel.ops.rms_norm as rms_norm
 
-    rms_norm.rsqrt = rsqrt  # the interpreter patches tl.math, not names imported from libdevice
+    rms_norm.rsqrt = triton.jit(_rsqrt)  # the interpreter patches tl.math, not names imported from libdevice
     _COMPAT_DONE = True
