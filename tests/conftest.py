@@ -47,6 +47,19 @@ def _import_triton_for_the_interpreter():
 TRITON_READY = _import_triton_for_the_interpreter()
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped without one); run by scripts/gpu_check.sh")
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="gpu test: no CUDA device on this machine (scripts/gpu_check.sh runs it on one)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(params=["torch", "triton"])
 def backend(request, monkeypatch):
     if request.param == "torch":

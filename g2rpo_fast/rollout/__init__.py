@@ -25,18 +25,23 @@ after an optimizer step (`update_weights()` is a no-op) and no second copy of th
 exists. Any other causal LM runs a slower generic path (HF forward with a cache, one request
 at a time).
 
-Engine options: `block_size` (16; 256 with flash_attn), `max_num_seqs` (256),
-`max_num_batched_tokens` (16384 prompt tokens per prefill step), `num_kv_blocks` or
+Engine options: `block_size` (the backend's default: 16; 256 with flash_attn), `max_num_seqs`
+(256), `max_num_batched_tokens` (16384 prompt tokens per prefill step), `num_kv_blocks` or
 `kv_cache_bytes` (KV budget; default: enough for the call, capped at 4 GiB on CPU or 40 % of
-free GPU memory), `attn_backend` ("auto" | "flash_attn" | "torch_varlen" | "sdpa" | "cpu"),
-`enable_prefix_caching` (True). Full prompt blocks with identical content (the G samples of a
-group, the shared prompt of guided samples) are prefilled once and shared by reference count;
-`engine.stats` (a `RolloutStats`) counts prompt, prefilled and cached tokens of the last call.
-When KV blocks run out during decode, the newest sequence is preempted and recomputed later.
-On CPU, decode reads a dense copy of the running batch's K/V that grows by one token per step
-(rebuilt from the paged blocks only when the batch changes; at most 2 GiB, else the per-step
-gather is used), keeping each group's shared prompt prefix once.
-`engine.free_kv_cache()` releases the cache between roll-outs.
+the free GPU memory, counting what torch's allocator holds unused), `attn_backend` ("auto" |
+"flash_attn" | "torch_varlen" | "sdpa" | "cpu", or an `AttentionBackend` instance; see
+`rollout/backends/`: "auto" decides from the device and the compute dtype), `dtype` (the
+compute dtype: the model's, or bfloat16/float16 over fp32 weights, run under autocast with
+each weight cast once per call), `enable_prefix_caching` (True). Full prompt blocks with
+identical content (the G samples of a group, the shared prompt of guided samples) are
+prefilled once and shared by reference count; `engine.stats` (a `RolloutStats`) counts
+prompt, prefilled and cached tokens of the last call. When KV blocks run out during decode,
+the newest sequence is preempted and recomputed later. Decode never copies each sequence's
+context per step: flash-attn and the paged Triton kernel read the cache blocks in place; the
+CPU backend reads a dense copy of the running batch's K/V that grows by one token per step
+(rebuilt only when the batch changes), keeping each group's shared prompt prefix once.
+`engine.free_kv_cache()` releases the cache between roll-outs (the trainer does so before
+every training step).
 """
 from .engine import RolloutEngine, RolloutOutput
 from .scheduler import RolloutStats
