@@ -107,13 +107,22 @@ class RolloutEngine:
     def kv_cache_bytes_allocated(self) -> int:
         return 0 if self.runner is None else self.runner.cache_bytes()
 
+    @contextlib.contextmanager
     def _compute_context(self):
-        """Autocast to the compute dtype when the weights are stored in fp32 (one region per
-        call, so each weight is cast once per `generate` and the bf16 copies die with it)."""
-        weights = next(self.model.parameters()).dtype
-        if self.dtype == weights:
-            return contextlib.nullcontext()
-        return torch.autocast(next(self.model.parameters()).device.type, dtype=self.dtype)
+        """No autograd; and autocast to the compute dtype when the weights are stored in fp32.
+
+        One autocast region per `generate`: autocast caches each weight's 16-bit cast for the
+        region, so every weight is cast once per call and the copies are freed when it returns.
+        That cache is off under `inference_mode`, so autocast runs under `no_grad` instead
+        (else every step would cast every weight again).
+        """
+        param = next(self.model.parameters())
+        if self.dtype == param.dtype:
+            with torch.inference_mode():
+                yield
+            return
+        with torch.no_grad(), torch.autocast(param.device.type, dtype=self.dtype):
+            yield
 
     def _kv_blocks_for(self, seqs: list[Sequence]) -> int:
         if self.num_kv_blocks is not None:
@@ -190,7 +199,7 @@ class RolloutEngine:
         self.stats = RolloutStats(prompt_tokens=sum(map(len, prompts)))
         todo = [s for s in seqs if max_new_tokens > 0 and len(s) < s.max_len]
         if todo:
-            with torch.inference_mode(), self._compute_context():
+            with self._compute_context():
                 if self.packed:
                     self._generate_packed(todo, return_logprobs)
                 else:

@@ -120,9 +120,10 @@ class ModelRunner:
         return torch.tensor(input_ids, dtype=torch.long, device=dev), positions.to(dev), meta, logits_index
 
     # ---- forward ------------------------------------------------------------------------
-    @torch.inference_mode()
     def run(self, seqs: list[Sequence], is_prefill: bool) -> torch.Tensor:
-        """Run one step; returns fp32 logits [len(seqs), vocab] at each sequence's last token."""
+        """Run one step; returns fp32 logits [len(seqs), vocab] at each sequence's last token.
+        Called inside the engine's grad-free (and, for 16-bit compute over fp32 weights,
+        autocast) context."""
         input_ids, positions, meta, logits_index = self._prepare(seqs, is_prefill)
         core, dtype = self.core, self.dtype
         x = core.embed_tokens(input_ids)  # [T, hidden]

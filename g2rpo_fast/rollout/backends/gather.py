@@ -115,16 +115,18 @@ def gather_attention(q, k_cache, v_cache, index: GatherIndex, scale: float, use_
 
 def sdpa_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, scale: float):
     """`AttentionBackend.varlen` with one SDPA call per sequence: the attention of a packed row
-    costs Σ L_i², never (Σ L_i)², and no mask wider than one sequence is ever built."""
-    bounds_q, bounds_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    costs Σ L_i², never (Σ L_i)², and no mask wider than one sequence is ever built. The row is
+    cut with `split` (its backward is one concatenation; slicing each sequence would make every
+    slice's backward write a zero tensor of the whole row)."""
+    lens_q = torch.diff(cu_seqlens_q).tolist()
+    lens_k = torch.diff(cu_seqlens_k).tolist()
     groups = q.shape[1] // k.shape[1]
     outs = []
-    for qa, qb, ka, kb in zip(bounds_q[:-1], bounds_q[1:], bounds_k[:-1], bounds_k[1:]):
-        q_len, k_len = qb - qa, kb - ka
+    for qi, ki, vi in zip(q.split(lens_q), k.split(lens_k), v.split(lens_k)):
+        q_len, k_len = qi.shape[0], ki.shape[0]
         if q_len == 0:
             continue
-        qi = q[qa:qb].transpose(0, 1)[None]  # [1, Hq, L, D]
-        ki, vi = k[ka:kb].transpose(0, 1)[None], v[ka:kb].transpose(0, 1)[None]
+        qi, ki, vi = qi.transpose(0, 1)[None], ki.transpose(0, 1)[None], vi.transpose(0, 1)[None]  # [1, H, L, D]
         if groups > 1:  # SDPA's fused CPU/CUDA kernels take equal head counts
             ki, vi = ki.repeat_interleave(groups, dim=1), vi.repeat_interleave(groups, dim=1)
         if q_len == k_len:
