@@ -25,7 +25,9 @@
 # flash-attn's GitHub releases and drop it in WHEEL_DIR); without it the flash_attn checks are
 # skipped with that reason. Then carry WHEEL_DIR to the GPU machine with the checkout.
 #
-# On a machine without CUDA this says so and exits 1.
+# Exit status: 1 without CUDA (it says so), when the environment cannot be prepared, when a
+# test fails or a benchmark crashes; 0 otherwise (a benchmark stopped at its cap is reported,
+# not failed).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=${1:-wheels}
@@ -97,7 +99,8 @@ run() {
     echo
     if [ -n "$found" ]; then cat "$found"; else echo '```'; tail -n 60 "$log"; echo '```'; fi
   } >"$out"
-  [ $rc -eq 0 ] || FAILED=1
+  # a failing test or a crashing benchmark fails the check; a benchmark stopped at its cap does not
+  if [ $rc -ne 0 ] && { [ "$name" = tests ] || [ $rc -ne 124 ]; }; then FAILED=1; fi
   tail -n 3 "$log"
 }
 
@@ -109,7 +112,10 @@ run tests 210 "$RESULTS/tests_gpu.md" "$LOGS/none" "$PY" -m pytest -q -rs -p no:
 
 # ---------------------------------------------------------------------------- benchmarks
 # (bench_code_reward.py and memory_fused_linear.py measure CPU-only paths: not run here)
-run loss 75 "$RESULTS/loss_gpu.md" "$LOGS/loss/loss_*.md" "$PY" benchmarks/bench_loss.py --out "$LOGS/loss"
+# bench_loss: its GPU grid's V = 151936 column up to N = 32k (N = 131k alone needs 40 GB of logits
+# per copy and would take the whole budget)
+run loss 75 "$RESULTS/loss_gpu.md" "$LOGS/loss/loss_*.md" "$PY" benchmarks/bench_loss.py \
+  --shapes 8192x32768,8192x151936,32768x151936 --out "$LOGS/loss"
 run fused_linear 90 "$RESULTS/fused_linear_gpu.md" "$LOGS/fused_linear.md" \
   "$PY" benchmarks/bench_fused_linear.py --out "$LOGS/fused_linear.md"
 run rollout 90 "$RESULTS/rollout_gpu.md" "$LOGS/rollout.md" "$PY" benchmarks/bench_rollout.py --device cuda \

@@ -70,7 +70,7 @@ def test_engine_fp32_on_cuda_picks_a_working_backend(model):
     engine = RolloutEngine(model)
     assert engine.attn_backend == "sdpa"
     prompts = _prompts()[:4]
-    assert_greedy_matches(model, prompts, engine.generate(prompts, 12), 12)
+    assert_greedy_matches(model, prompts, engine.generate(prompts, 12), 12, tie=1e-3)  # fp32, other kernels than HF
 
 
 @pytest.mark.parametrize("name", ["flash_attn", "torch_varlen", "sdpa"])
