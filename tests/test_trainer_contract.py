@@ -224,3 +224,61 @@ def test_step_matches_float64_recomputation(tmp_path, case):
         if cfg.epsilon_high not in (None, cfg.epsilon):
             between = (ratio > 1 + cfg.epsilon) & (ratio < 1 + cfg.epsilon_high) & (adv > 0)
             assert between.any(), "no token tells epsilon_high from epsilon"
+
+
+# ---------------------------------------------------------------- the guidance controller
+def adaptive_lengths(initial, rewards, lo, hi, window, every):
+    """DESIGN.md section 7, written out: the length in force *before* each step, and after the last."""
+    length, out = initial, [initial]
+    for k, r in enumerate(rewards, start=1):
+        previous = rewards[max(0, k - 1 - window):k - 1]
+        if k % every == 0 and previous:
+            p = sum(previous) / len(previous)
+            if r > 0 and p > 0:
+                length = min(max(int(length * p / r), lo), hi)
+        out.append(length)
+    return out
+
+
+class StepScriptedReward:
+    """Returns step k's scripted values (one call per micro-batch, one micro-batch per step)."""
+
+    def __init__(self, per_step):
+        self.__name__ = "step_scripted_reward"
+        self.per_step, self.calls = per_step, 0
+
+    def __call__(self, prompts, completions, **kwargs):
+        values = self.per_step[self.calls]
+        self.calls += 1
+        assert len(values) == len(completions)
+        return values
+
+
+def constant_reward(prompts, completions, **kwargs):
+    return [1.0] * len(completions)
+
+
+@pytest.mark.parametrize("guide_in_reward_funcs", [True, False], ids=["guide-weighted-in-total", "guide-apart"])
+def test_guidance_controller_follows_the_guidance_reward(tmp_path, guide_in_reward_funcs):
+    """The controller sees the step mean of `guidance_reward` (not the total reward), applies the
+    rule every `guidance_update_every` steps, and the length it sets is what guided roll-outs get."""
+    step_means = [0.5, 0.25, 0.2, 0.7, 0.1, 0.3]
+    guide = StepScriptedReward([[m - 0.05, m + 0.05] for m in step_means])
+    solution = "0123456789" * 4
+    data = Dataset.from_list([{"prompt": f"Q{i}:", "solution": solution} for i in range(4)])
+    funcs = [guide, constant_reward] if guide_in_reward_funcs else [constant_reward]
+    trainer = make_trainer(tmp_path, funcs, dataset=data, reward_weights=[0.5, 1.0][:len(funcs)],
+                           guidance_reward=guide, guidance_schedule="adaptive", num_generations=2,
+                           per_device_train_batch_size=2, max_completion_length=2, max_steps=len(step_means),
+                           guidance_initial_length=8, guidance_min_length=1, guidance_max_length=30,
+                           guidance_window=2, guidance_update_every=2, learning_rate=0.0)
+    rec = record(trainer)
+    history = trainer.train()
+    want = adaptive_lengths(8, step_means, 1, 30, window=2, every=2)
+    assert len(set(want)) >= 3  # the script moves the length both ways
+    assert [h["guidance_length"] for h in history] == want[:-1]
+    assert [h["guidance_length_next"] for h in history] == want[1:]
+    solution_ids = trainer.tokenizer.encode(solution, add_special_tokens=False)
+    for length, rollout in zip(want, rec.rollouts):  # one roll-out per step
+        guided, unguided = rollout.inputs
+        assert guided == unguided + solution_ids[:length]

@@ -204,7 +204,9 @@ class G2RPOConfig:
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             if f.name == "reward_funcs":
-                v = [x if isinstance(x, str) else getattr(x, "__name__", repr(x)) for x in v]
+                v = [_callable_name(x) for x in v]
+            elif f.name == "guidance_reward":  # validate() accepts a callable here too
+                v = _callable_name(v)
             out[f.name] = v
         return out
 
@@ -347,6 +349,10 @@ def _finite_weight(index: int, value) -> float:
     if w is None or not math.isfinite(w):
         raise ValueError(f"`reward_weights`[{index}] must be a finite number, got {value!r}")
     return w
+
+
+def _callable_name(x):
+    return x if isinstance(x, str) else getattr(x, "__name__", repr(x))
 
 
 def default_config_path() -> str:
