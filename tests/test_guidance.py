@@ -79,3 +79,53 @@ def test_bad_reward_and_kind():
         g.update(float("nan"))
     with pytest.raises(ValueError, match="guidance_schedule"):
         make_guidance_schedule("sometimes", initial_length=1, max_length=2)
+
+
+@pytest.mark.parametrize("make,name", [
+    (lambda: AdaptiveGuidance(4, 8, min_length=-1), "min_length"),
+    (lambda: AdaptiveGuidance(4, -1), "max_length"),
+    (lambda: AdaptiveGuidance(-1, 8, min_length=0), "initial_length"),
+    (lambda: AdaptiveGuidance(2.5, 8), "initial_length"),  # not an int
+    (lambda: AdaptiveGuidance(True, 8), "initial_length"),  # a bool is no length
+    (lambda: AdaptiveGuidance(4, 8, window=1.5), "window"),
+    (lambda: AdaptiveGuidance(4, 8, update_every=0), "update_every"),
+    (lambda: FixedGuidance(-1), "initial_length"),
+    (lambda: LinearGuidance(-1, 0, 3), "initial_length"),
+    (lambda: LinearGuidance(4, -1, 3), "final_length"),
+    (lambda: LinearGuidance(4, 0, 0), "total_steps"),
+])
+def test_every_bad_argument_is_named_exactly(make, name):
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        make()
+
+
+def test_boundary_values_are_accepted():
+    assert AdaptiveGuidance(0, 0, min_length=0).update(0.5) == 0  # all bounds may be 0
+    g = AdaptiveGuidance(5, 5, min_length=5)  # min == initial == max
+    g.update(1.0)
+    assert g.update(0.1) == 5
+    assert FixedGuidance(0).length == 0
+    lin = LinearGuidance(6, 0, total_steps=1)
+    assert lin.length == 6 and lin.update(0.3) == 0
+
+
+def test_defaults_are_designs():
+    """DESIGN.md: AdaptiveGuidance(initial_length, max_length, min_length=1, window=2, update_every=1);
+    `make_guidance_schedule` has the same defaults."""
+    rewards = [0.4, 0.2, 0.1, 0.8, 0.3]
+    want = spec_lengths(6, rewards, 1, 40, window=2, every=1)
+    g, h = AdaptiveGuidance(6, 40), make_guidance_schedule("adaptive", initial_length=6, max_length=40)
+    assert [g.update(r) for r in rewards] == want == [h.update(r) for r in rewards]
+    low = AdaptiveGuidance(2, 40)
+    low.update(0.1)
+    assert low.update(100.0) == 1  # clamped to the default min_length=1
+    low2 = make_guidance_schedule("adaptive", initial_length=2, max_length=40)
+    low2.update(0.1)
+    assert low2.update(100.0) == 1
+    lin = make_guidance_schedule("linear", initial_length=8, max_length=8)  # final 0 after 1 step
+    assert lin.length == 8 and lin.update(0.5) == 0
+
+
+def test_linear_through_the_factory():
+    lin = make_guidance_schedule("linear", initial_length=8, max_length=8, final_length=2, total_steps=3)
+    assert [lin.update(0.5) for _ in range(4)] == [6, 4, 2, 2]
