@@ -107,6 +107,7 @@ def test_boundary_values_are_accepted():
     assert FixedGuidance(0).length == 0
     lin = LinearGuidance(6, 0, total_steps=1)
     assert lin.length == 6 and lin.update(0.3) == 0
+    assert LinearGuidance(0, 4, total_steps=2).update(0.3) == 2  # a rising schedule from 0
 
 
 def test_defaults_are_designs():

@@ -70,9 +70,11 @@ def test_shared_prompt_is_computed_once(model):
     assert rows == 40 + 7 * 8
     _, rows = generate(RolloutEngine(model, enable_prefix_caching=False), model, group, 1)
     assert rows == 8 * 40
-    outs, rows = generate(RolloutEngine(model), model, group, 5)
-    assert rows == 40 + 7 * 8 + 8 * 4  # + one row per sequence per decode step
-    assert outs == [hf_greedy(model, prompt, 5)] * 8
+    engine = RolloutEngine(model)
+    outs, rows = generate(engine, model, group, 12)  # decode crosses into a third block
+    assert rows == 40 + 7 * 8 + 8 * 11  # + one row per sequence per decode step
+    assert engine.stats.preemptions == 0
+    assert outs == [hf_greedy(model, prompt, 12)] * 8
 
 
 def test_prompt_an_exact_multiple_of_the_block_size(model):
@@ -141,6 +143,7 @@ def test_block_reference_counts_on_cache_hits():
     bm.allocate(b)
     assert b.block_table == [0, 1, 3] and b.num_cached_tokens == 8
     assert refs(bm) == [2, 2, 1, 1, 0, 0, 0, 0]
+    assert bm.num_cached_prefix_tokens(seq(range(9), 9)) == 8
     c = seq(range(8), 2)  # exact multiple: its last block holds the last token, so not shared
     assert bm.num_cached_prefix_tokens(c) == 4
     bm.allocate(c)
@@ -184,6 +187,7 @@ def test_no_sharing_without_prefix_caching():
     bm.allocate(b)
     assert b.num_cached_tokens == 0 and set(a.block_table).isdisjoint(b.block_table)
     assert refs(bm) == [1] * 6
+    assert bm.num_cached_prefix_tokens(seq(range(9), 2)) == 0
 
 
 def test_a_block_is_shared_only_under_the_same_prefix():
@@ -203,3 +207,57 @@ def test_hits_follow_the_whole_prefix_chain():
     for s in (x, y, z):
         bm.allocate(s)
     assert z.num_cached_tokens == 8 and z.block_table[:2] == x.block_table[:2]
+
+
+def test_a_reused_block_is_not_found_under_its_old_prefix():
+    """Block 1 held [3 4] after [1 2]; it is handed to Y, which puts [3 4] there after another
+    prefix. A later [1 2 3 4 ...] must not get it back: same tokens, other context."""
+    bm = BlockManager(num_blocks=5, block_size=2)
+    x = seq([1, 2, 3, 4, 9])
+    bm.allocate(x)
+    assert x.block_table == [0, 1, 2]
+    bm.deallocate(x)  # free, oldest first: 3 4 2 1 0
+    y = seq([5, 6, 7, 7, 8, 8, 3, 4], 1)
+    bm.allocate(y)
+    assert y.block_table == [3, 4, 2, 1]
+    bm.deallocate(y)
+    z = seq([1, 2, 3, 4, 9], 2)
+    bm.allocate(z)
+    assert z.block_table[0] == 0 and z.num_cached_tokens == 2  # block 1 is recomputed, not reused
+
+
+def test_no_hit_after_a_miss():
+    """The runner computes a prefill from the first uncached token on, so a cached block after an
+    uncached one cannot be used: here [1 2]'s cache entry is gone while [3 4]'s (after [1 2]) is not."""
+    bm = BlockManager(num_blocks=6, block_size=2)
+    x = seq([1, 2, 3, 4, 5])
+    bm.allocate(x)  # blocks 0 1 2; holds [3 4] after [1 2] in block 1
+    p = seq([1, 2], 1)  # a block-multiple prompt: computes [1 2] itself (block 3), the newest entry
+    bm.allocate(p)
+    bm.deallocate(p)
+    w = seq([8] * 6, 2)
+    bm.allocate(w)  # takes 4 5 3: [1 2]'s entry (block 3) is gone
+    bm.deallocate(w)
+    z = seq([1, 2, 3, 4, 5], 3)
+    assert bm.num_cached_prefix_tokens(z) == 0
+    bm.allocate(z)
+    assert z.num_cached_tokens == 0 and 1 not in z.block_table
+
+
+def test_allocation_and_append_at_exact_capacity():
+    bm = BlockManager(num_blocks=3, block_size=4)
+    full = seq(range(12))
+    assert bm.can_allocate(full)  # needs exactly the 3 free blocks
+    bm.allocate(seq(range(8)))
+    s = seq(range(4), 1)
+    bm.allocate(s)
+    assert not bm.needs_block(s)  # 4 tokens, one block of 4
+    s.append(7, None)
+    assert bm.needs_block(s) and bm.can_append(s) is False
+    bm2 = BlockManager(num_blocks=3, block_size=4)
+    t = seq(range(8))
+    bm2.allocate(t)  # one block left
+    t.append(7, None)
+    assert bm2.needs_block(t) and bm2.can_append(t)
+    bm2.may_append(t)
+    assert len(t.block_table) == 3 and bm2.num_free_blocks == 0
