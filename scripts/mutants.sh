@@ -20,7 +20,7 @@ target_files() {
   case $1 in
     guidance) echo "g2rpo_fast/guidance.py" ;;
     block_manager) echo "g2rpo_fast/rollout/block_manager.py" ;;
-    loss) echo "g2rpo_fast/ops/grpo_loss.py g2rpo_fast/ops/loss_inputs.py g2rpo_fast/loss.py g2rpo_fast/fused_linear_loss.py" ;;
+    loss) echo "g2rpo_fast/ops/grpo_loss.py g2rpo_fast/ops/loss_inputs.py" ;;
     ops) echo "g2rpo_fast/ops/advantages.py g2rpo_fast/ops/reference.py g2rpo_fast/ops/layout.py" ;;
     trainer) echo "g2rpo_fast/trainer/trainer.py g2rpo_fast/trainer/policy_forward.py g2rpo_fast/trainer/composition.py" ;;
     *) echo "unknown target $1 (guidance block_manager loss ops trainer)" >&2; exit 2 ;;
@@ -31,7 +31,7 @@ target_tests() {
   case $1 in
     guidance) echo "tests/test_guidance.py tests/test_trainer_contract.py" ;;
     block_manager) echo "tests/test_rollout_sharing.py tests/test_rollout.py::test_prefix_sharing_shares_blocks" ;;
-    loss) echo "tests/test_loss_contract.py tests/test_loss.py tests/test_loss_bad_input.py tests/test_fused_linear_loss.py" ;;
+    loss) echo "tests/test_loss_contract.py tests/test_loss_bad_input.py" ;;
     ops) echo "tests/test_ops_advantages.py tests/test_loss_contract.py tests/test_loss.py" ;;
     trainer) echo "tests/test_trainer_contract.py tests/test_composition.py tests/test_trainer_packed.py" ;;
   esac

@@ -66,6 +66,14 @@ CASES = {
     "token_ids_on_other_device": (lambda a: a.update(token_ids=a["token_ids"].to("meta")), "token_ids"),
     "rewards_on_other_device": (lambda a: a.update(rewards=a["rewards"].to("meta")), "rewards"),
     "num_items_not_positive": (lambda a: a.update(num_items_in_batch=0), "num_items_in_batch"),
+    "guidance_mask_on_other_device": (lambda a: a.update(guidance_mask=torch.zeros(B, T, device="meta")),
+                                      "guidance_mask"),
+    "old_on_other_device": (lambda a: a.update(old_logps=torch.zeros(B, T, device="meta")), "old_logps"),
+    "advantages_on_other_device": (lambda a: a.update(rewards=None, advantages=torch.zeros(B, device="meta")),
+                                   "advantages"),
+    "advantages_integer": (lambda a: a.update(rewards=None, advantages=torch.zeros(B, dtype=torch.long)),
+                           "advantages"),
+    "rewards_integer": (lambda a: a.update(rewards=torch.tensor([1, 0, 1, 1])), "rewards"),
 }
 
 PACKED_CASES = {
@@ -120,6 +128,7 @@ def test_good_packed_input_is_accepted(backend):
         (dict(epsilon_low=-0.1), "epsilon_low"),
         (dict(epsilon_high=float("nan")), "epsilon_high"),
         (dict(delta=0.5), "delta"),
+        (dict(delta=1.0), "delta"),  # a cap at 1 would freeze every ratio: must exceed 1
         (dict(temperature=0.0), "temperature"),
         (dict(max_completion_length=0), "max_completion_length"),
     ],

@@ -36,23 +36,27 @@ def make_batch(seed=0, lengths=(6, 4, 5, 3), vocab=40, guide=(2, 0, 3, 0), t=6, 
 
 
 def written_out(batch, loss_type, level, beta, eps_low, eps_high, temperature, guidance_loss, num_items=None,
-                max_len=None):
-    """(loss, metrics) from the formulas, one sequence at a time, in float64."""
+                max_len=None, delta=None):
+    """(loss, metrics) from the formulas, one sequence at a time, in float64. Without old log-probs
+    the ratio is exp(logp - logp.detach()); without reference log-probs there is no KL term."""
     logits = batch["logits"]
     per_seq, weights, stats = [], [], {"low": [], "high": [], "kl": [], "between": []}
     for i in range(logits.shape[0]):
-        n = int(batch["completion_mask"][i].sum())
+        n = int(batch["completion_mask"][i].sum()) if "completion_mask" in batch else logits.shape[1]
         logp = torch.log_softmax(logits[i, :n] / temperature, -1).gather(1, batch["token_ids"][i, :n, None])[:, 0]
-        old, ref, a = batch["old_logps"][i, :n], batch["ref_logps"][i, :n], float(batch["advantages"][i])
+        old = batch["old_logps"][i, :n] if "old_logps" in batch else logp.detach()
+        ref = batch["ref_logps"][i, :n] if "ref_logps" in batch else None
+        a = float(batch["advantages"][i])
         w = torch.ones(n, dtype=torch.float64)
-        if guidance_loss == "mask":
+        if guidance_loss == "mask" and "guidance_mask" in batch:
             w = w - batch["guidance_mask"][i, :n]
         if level == "token":
             ratio = torch.exp(logp - old)
         else:  # GSPO: exp of the weighted mean log-ratio of the sequence, the same for all its tokens
             ratio = torch.exp(((logp - old) * w).sum() / w.sum().clamp(min=1)).expand(n)
-        loss = -torch.minimum(ratio * a, ratio.clamp(1 - eps_low, 1 + eps_high) * a)
-        kl = torch.exp(ref - logp) - (ref - logp) - 1
+        unclipped = ratio if delta is None else ratio.clamp(max=delta)  # two-sided clipping
+        loss = -torch.minimum(unclipped * a, ratio.clamp(1 - eps_low, 1 + eps_high) * a)
+        kl = torch.exp(ref - logp) - (ref - logp) - 1 if ref is not None else torch.zeros_like(logp)
         per_seq.append(loss + beta * kl)
         weights.append(w)
         # a clipped branch is taken: below 1-eps_low with A < 0, above 1+eps_high with A > 0
@@ -64,8 +68,10 @@ def written_out(batch, loss_type, level, beta, eps_low, eps_high, temperature, g
         loss = sum((L * w).sum() / w.sum().clamp(min=1) for L, w in zip(per_seq, weights)) / len(per_seq)
     else:
         total = sum((L * w).sum() for L, w in zip(per_seq, weights))
+        if loss_type == "dapo" and num_items is None:
+            loss_type = "bnpo"  # dapo without a global count is bnpo over the call's tokens
         denom = {"bnpo": sum(w.sum() for w in weights), "dapo": num_items,
-                 "dr_grpo": len(per_seq) * (max_len or 0)}[loss_type]
+                 "dr_grpo": len(per_seq) * (max_len or logits.shape[1])}[loss_type]
         loss = total / denom
     w_all = torch.cat(weights)
     wmean = lambda xs: float((torch.cat(xs) * w_all).sum() / w_all.sum())
@@ -88,7 +94,7 @@ def compare(batch, device, want_metrics=True, dtype=torch.float64, **opts):
     common = dict(beta=opts.get("beta", 0.0), eps_low=opts.get("epsilon_low", 0.2),
                   eps_high=opts.get("epsilon_high", 0.2), temperature=opts.get("temperature", 1.0),
                   guidance_loss=opts.get("guidance_loss", "mask"), num_items=opts.get("num_items_in_batch"),
-                  max_len=opts.get("max_completion_length"))
+                  max_len=opts.get("max_completion_length"), delta=opts.get("delta"))
     x = batch["logits"].clone().requires_grad_()
     want_loss, want_metrics_ = written_out(dict(batch, logits=x), opts.get("loss_type", "grpo"),
                                            opts.get("importance_sampling_level", "token"), **common)
@@ -130,6 +136,36 @@ def test_gspo_sequence_ratio_matches_written_formula(backend, device, small_tile
     assert abs(float(seq) - float(tok)) > 1e-3
 
 
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_optional_inputs_left_out(loss_type):
+    """No old / reference log-probs, no masks, no global token count: ratio 1, no KL, every token
+    weighted; dapo falls back to bnpo; dr_grpo's normaliser is the padded length."""
+    batch = make_batch(seed=4)
+    for k in ("old_logps", "ref_logps", "completion_mask", "guidance_mask"):
+        batch.pop(k)
+    metrics = compare(batch, "cpu", loss_type=loss_type)
+    assert metrics["kl"] == 0 and metrics["clip_ratio"] == 0
+
+
+@pytest.mark.parametrize("level", ["token", "sequence"])
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_one_weighted_token_and_two_sided_clipping(loss_type, level):
+    """A single sequence with one weighted token (normalisers equal to 1) and `delta` capping the
+    unclipped ratio of a negative-advantage token."""
+    batch = make_batch(seed=5, lengths=(3,), guide=(2,), t=3)
+    batch["advantages"] = torch.tensor([-1.0], dtype=torch.float64)
+    batch["old_logps"] = batch["old_logps"] - 0.8  # ratio e^0.8 > delta on the weighted token
+    compare(batch, "cpu", loss_type=loss_type, importance_sampling_level=level, delta=1.5, beta=0.1,
+            num_items_in_batch=1.0, max_completion_length=1)
+    # delta bites: without it the loss differs
+    x = batch["logits"].clone()
+    common = dict(beta=0.1, eps_low=0.2, eps_high=0.2, temperature=1.0, guidance_loss="mask", num_items=1.0,
+                  max_len=1)
+    capped, _ = written_out(dict(batch, logits=x), loss_type, level, delta=1.5, **common)
+    free, _ = written_out(dict(batch, logits=x), loss_type, level, **common)
+    assert abs(float(capped) - float(free)) > 1e-2
+
+
 def test_clip_ratio_metrics_count_the_clipped_branch():
     """Hand-checkable: ratios exp(old offset) with A = +1 / -1, eps_low=0.2, eps_high=0.3."""
     logits = torch.zeros(2, 4, 3, dtype=torch.float64)  # uniform: logp = -log 3 everywhere
@@ -146,6 +182,11 @@ def test_clip_ratio_metrics_count_the_clipped_branch():
     assert metrics["clip_ratio_low"] == pytest.approx(1 / 7)
     assert metrics["clip_ratio"] == pytest.approx(2 / 7)
     assert metrics["kl"] == pytest.approx(0.0, abs=1e-12)
+    # a zero advantage never counts as clipped; with epsilon 0 a ratio of exactly 1 is not clipped
+    zero = dict(batch, advantages=torch.tensor([0.0, 0.0], dtype=torch.float64))
+    assert run_module(zero, "cpu", epsilon_low=0.2, epsilon_high=0.3)[2]["clip_ratio"] == 0
+    exact = dict(batch, old_logps=torch.full((2, 4), float(logp), dtype=torch.float64))
+    assert run_module(exact, "cpu", epsilon_low=0.0, epsilon_high=0.0)[2]["clip_ratio"] == 0
 
 
 def test_default_advantage_eps_is_designs(backend, device):
@@ -161,3 +202,8 @@ def test_default_advantage_eps_is_designs(backend, device):
     from_rewards = run_module(dict(batch, rewards=rewards.cpu(), group_size=2), device)
     with_advantages = run_module(dict(batch, advantages=want), device)
     torch.testing.assert_close(from_rewards[1], with_advantages[1], atol=1e-9, rtol=1e-6)
+    # `scale_rewards` reaches the advantages the loss computes from rewards; [S, 1] advantages work too
+    centred = (r - r.mean(1, keepdim=True)).flatten()
+    no_scale = run_module(dict(batch, rewards=rewards.cpu(), group_size=2), device, scale_rewards="none")
+    column = run_module(dict(batch, advantages=centred[:, None]), device)
+    torch.testing.assert_close(no_scale[1], column[1], atol=1e-12, rtol=1e-9)
