@@ -112,6 +112,13 @@ def test_cu_seqlens_float_and_padded_mix(backend):
         g.G2RPOLoss()(**padded)
 
 
+def test_cu_seqlens_on_other_device(backend):
+    inputs = packed(good_inputs(), [0, 5, 10, 15, 20])
+    inputs["cu_seqlens"] = inputs["cu_seqlens"].to("meta")
+    with pytest.raises(ValueError, match="`cu_seqlens`"):
+        g.G2RPOLoss()(**inputs)
+
+
 def test_good_packed_input_is_accepted(backend):
     loss, _ = g.G2RPOLoss(beta=0.04)(**packed(good_inputs(), [0, 5, 10, 15, 20]))
     assert torch.isfinite(loss)

@@ -154,12 +154,13 @@ def test_one_weighted_token_and_two_sided_clipping(loss_type, level):
     unclipped ratio of a negative-advantage token."""
     batch = make_batch(seed=5, lengths=(3,), guide=(2,), t=3)
     batch["advantages"] = torch.tensor([-1.0], dtype=torch.float64)
-    batch["old_logps"] = batch["old_logps"] - 0.8  # ratio e^0.8 > delta on the weighted token
-    compare(batch, "cpu", loss_type=loss_type, importance_sampling_level=level, delta=1.5, beta=0.1,
+    logp = torch.log_softmax(batch["logits"], -1).gather(-1, batch["token_ids"][..., None])[..., 0]
+    batch["old_logps"] = logp - 0.6  # ratio e^0.6 = 1.82 > delta = 1.5 on the weighted token
+    compare(batch, "cpu", loss_type=loss_type, importance_sampling_level=level, delta=1.5, beta=1.0,
             num_items_in_batch=1.0, max_completion_length=1)
     # delta bites: without it the loss differs
     x = batch["logits"].clone()
-    common = dict(beta=0.1, eps_low=0.2, eps_high=0.2, temperature=1.0, guidance_loss="mask", num_items=1.0,
+    common = dict(beta=1.0, eps_low=0.2, eps_high=0.2, temperature=1.0, guidance_loss="mask", num_items=1.0,
                   max_len=1)
     capped, _ = written_out(dict(batch, logits=x), loss_type, level, delta=1.5, **common)
     free, _ = written_out(dict(batch, logits=x), loss_type, level, **common)
