@@ -28,6 +28,7 @@ CHOICES = {
     "code_sandbox": ("auto", "bwrap", "namespace", "unsafe-process"),  # = rewards.sandbox_policy.MODES
     "torch_dtype": ("auto", "float32", "bfloat16", "float16"),
     "attn_implementation": ("auto", "flash_attention_2", "torch_varlen", "sdpa"),
+    "prefix_shared_forward": ("auto", "true", "false"),
 }
 
 
@@ -102,6 +103,10 @@ class G2RPOConfig:
     packed_row_tokens: int = _f(-1, "Cut the packed training row into forwards of at most this many tokens "
                                     "(at sequence boundaries); 0: one row; -1: auto (one row on CUDA, 512 on CPU, "
                                     "where attention over a packed row is quadratic).")
+    prefix_shared_forward: str = _f("auto", "Training and old/ref log-prob forwards compute each group's prompt once "
+                                            "(its completions attend to it) instead of num_generations times: auto "
+                                            "(on for Llama/Qwen2/Qwen3 without sliding-window layers, else off with "
+                                            "one notice) | true (refused where unsupported) | false.")
 
     # ---- rewards
     reward_funcs: list = _f(["accuracy"], "Reward function names (built-in or 'module:function').")
@@ -145,6 +150,8 @@ class G2RPOConfig:
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         """Every field's type and range, then the cross-field rules; `ValueError` naming the field."""
+        if isinstance(self.prefix_shared_forward, bool):  # YAML's `true` / `false`
+            self.prefix_shared_forward = str(self.prefix_shared_forward).lower()
         for f in dataclasses.fields(self):
             _check_field(self, f)
         for name, choices in CHOICES.items():

@@ -65,6 +65,8 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout=
         raise ValueError(f"attn_implementation={ATTN_IMPLEMENTATION!r} has no attention dropout")
     from g2rpo_fast.rollout.backends import SdpaBackend
 
+    from .prefix_shared_attention import gather_shared_keys
+
     backend = getattr(module, _BACKEND_ATTR, None) or SdpaBackend()
     batch, num_q_heads, q_len, head_dim = query.shape
     k_len = key.shape[2]
@@ -83,6 +85,7 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout=
     q = query.transpose(1, 2).reshape(batch * q_len, num_q_heads, head_dim).to(dtype)
     k = key.transpose(1, 2).reshape(batch * k_len, -1, head_dim).to(dtype)
     v = value.transpose(1, 2).reshape(batch * k_len, -1, head_dim).to(dtype)
+    k, v = gather_shared_keys(k, v, kwargs)  # a prefix-shared row: each completion's keys behind its prompt's
     out = backend.varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale)
     return out.view(batch, q_len, num_q_heads, head_dim), None
 

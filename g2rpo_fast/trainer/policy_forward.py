@@ -29,6 +29,7 @@ class PackedBatch:
     completion_mask: torch.Tensor  # [N] 0 on tokens of masked (truncated) completions
     cu_seqlens: torch.Tensor  # [S+1] int32 offsets of each completion in the N tokens
     row_splits: tuple = ()  # sequence-boundary offsets in ΣL where the row is cut into forwards
+    shared_prefix: object = None  # group_packing.SharedPrefixLayout when each group's prompt is in the row once
 
     @property
     def num_tokens(self) -> int:
@@ -95,11 +96,14 @@ class PolicyHidden(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, position_ids):
+    def forward(self, input_ids, position_ids, attention_kwargs=None):
+        """`attention_kwargs`: the varlen metadata of the row (default: sequences delimited by
+        the position ids; a prefix-shared row brings its own, `prefix_shared_attention.py`)."""
         from .packed_attention import packed_attention_kwargs
 
+        kwargs = attention_kwargs if attention_kwargs is not None else packed_attention_kwargs(position_ids)
         out = decoder_of(self.model)(input_ids=input_ids, position_ids=position_ids, attention_mask=None,
-                                     use_cache=False, **packed_attention_kwargs(position_ids))
+                                     use_cache=False, **kwargs)
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
 
@@ -109,11 +113,16 @@ def packed_hidden(policy, batch: PackedBatch, autocast_dtype=None) -> torch.Tens
     bounds = [0, *batch.row_splits, batch.input_ids.shape[1]]
     rows = []
     for a, b in itertools.pairwise(bounds):
+        kwargs = None
+        if batch.shared_prefix is not None:
+            from .prefix_shared_attention import attention_kwargs
+
+            kwargs = attention_kwargs(batch.shared_prefix, a, b, batch.input_ids.device)
         if autocast_dtype is not None:
             with torch.autocast(device_type, dtype=autocast_dtype):
-                rows.append(policy(batch.input_ids[:, a:b], batch.position_ids[:, a:b])[0])
+                rows.append(policy(batch.input_ids[:, a:b], batch.position_ids[:, a:b], kwargs)[0])
         else:
-            rows.append(policy(batch.input_ids[:, a:b], batch.position_ids[:, a:b])[0])
+            rows.append(policy(batch.input_ids[:, a:b], batch.position_ids[:, a:b], kwargs)[0])
     hidden = rows[0] if len(rows) == 1 else torch.cat(rows, dim=0)
     return hidden.index_select(0, batch.gather_index)
 

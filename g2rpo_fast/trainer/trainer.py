@@ -49,6 +49,7 @@ from .data import (
     validate_dataset_for_model,
 )
 from .distributed import DistState, all_reduce_mean, setup_distributed
+from .group_packing import pack_groups
 from .policy_forward import (
     PolicyHidden,
     lm_head_params,
@@ -57,6 +58,7 @@ from .policy_forward import (
     packed_hidden,
     token_logps,
 )
+from .prefix_shared_attention import resolve_prefix_sharing
 from .run_dir import RunSetupError, check_output_dir, delete_earlier_run
 from .runtime import resolve_runtime
 
@@ -146,7 +148,8 @@ class G2RPOTrainer:
             from g2rpo_fast.models.liger import apply_liger
 
             apply_liger(self.model)
-        packed_attention.install(self.model, self.runtime.backend)
+        varlen_installed = packed_attention.install(self.model, self.runtime.backend)
+        self.prefix_shared = resolve_prefix_sharing(cfg.prefix_shared_forward, self.model, varlen_installed)
         self.model.train()
         if cfg.gradient_checkpointing:
             if hasattr(self.model, "activation_checkpointing_enable"):  # the transformers 5 name
@@ -317,7 +320,8 @@ class G2RPOTrainer:
         rewards = torch.tensor(total, dtype=torch.float32)
         advantages = group_advantages(rewards, cfg.num_generations, cfg.scale_rewards)
         row_tokens = cfg.packed_row_tokens if cfg.packed_row_tokens >= 0 else (0 if self.device.type == "cuda" else 512)
-        batch = pack_samples(samples, self.device, cfg.mask_truncated_completions, row_tokens)
+        pack = pack_groups if self.prefix_shared else pack_samples  # each group's prompt once, or per sample
+        batch = pack(samples, self.device, cfg.mask_truncated_completions, row_tokens)
         mb = {"samples": samples, "batch": batch, "advantages": advantages.to(self.device), "rewards": total,
               "per_func": per_func, "guide": guide, "old_logps": None, "ref_logps": None}
         if cfg.num_iterations > 1:
