@@ -122,6 +122,8 @@ run rollout 90 "$RESULTS/rollout_gpu.md" "$LOGS/rollout.md" "$PY" benchmarks/ben
   --dtype bfloat16 --preset qwen3-0.6b --new-tokens 1024 --repeats 2 --out "$LOGS/rollout"
 run packed_forward 60 "$RESULTS/packed_forward_gpu.md" "$LOGS/packed_forward.md" \
   "$PY" benchmarks/bench_packed_forward.py --out "$LOGS/packed_forward.md"
+run prefix_shared 60 "$RESULTS/prefix_shared_gpu.md" "$LOGS/prefix_shared.md" \
+  "$PY" benchmarks/bench_prefix_shared.py --repeats 3 --out "$LOGS/prefix_shared.md"
 run engine_memory 30 "$RESULTS/engine_memory_gpu.md" "$LOGS/engine_memory.md" \
   "$PY" benchmarks/memory_engine_dtype.py --out "$LOGS/engine_memory.md"
 

@@ -100,6 +100,37 @@ def test_varlen_training_attention_on_cuda(name):
         torch.testing.assert_close(p.grad, q.grad, atol=5e-2, rtol=1e-1, msg=n)
 
 
+@pytest.mark.parametrize("name", ["flash_attn", "torch_varlen", "sdpa"])
+def test_prefix_shared_forward_on_cuda(name):
+    """The prefix-shared row (each prompt once; completions read it through gathered K/V with
+    fewer queries than keys, bottom-right causal in the real varlen kernels) gives the hidden
+    states and gradients of the per-sample packed row, bf16 autocast, two prompt lengths."""
+    from g2rpo_fast.trainer.composition import Sample
+    from g2rpo_fast.trainer.group_packing import pack_groups
+    from g2rpo_fast.trainer.policy_forward import pack_samples, packed_hidden
+
+    _needs(name)
+    model, _ = tiny_model_and_tokenizer(hidden_size=128, layers=2)
+    model = model.to(CUDA)
+    assert packed_attention.install(model, BACKENDS[name]())
+    g = torch.Generator().manual_seed(3)
+    rand = lambda n: torch.randint(4, 90, (n,), generator=g).tolist()
+    samples = []
+    for k, prompt_len in enumerate((300, 41)):
+        prompt = rand(prompt_len)
+        samples += [Sample(k, prompt, rand(5) if i < 2 else [], rand(n)) for i, n in enumerate((70, 1, 130, 9))]
+    outs, grads = [], []
+    for pack in (pack_samples, pack_groups):
+        model.zero_grad(set_to_none=True)
+        hidden = packed_hidden(PolicyHidden(model), pack(samples, CUDA), BF16)
+        hidden.float().square().mean().backward()
+        outs.append(hidden.float())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    torch.testing.assert_close(outs[1], outs[0], atol=5e-2, rtol=5e-2)
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], atol=5e-2, rtol=1e-1, msg=n)
+
+
 def test_varlen_training_memory_is_linear_on_cuda():
     """Peak CUDA memory of one packed forward + backward: ΣL = 64k tokens < 2.5x ΣL = 32k."""
     model, _ = tiny_model_and_tokenizer(hidden_size=256, layers=2)
