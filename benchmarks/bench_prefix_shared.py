@@ -187,13 +187,16 @@ def main():
     ap.add_argument("--group-size", type=int, default=8, help="G (num_generations)")
     ap.add_argument("--groups", type=int, default=1, help="groups (prompts) per micro-batch")
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--vocab", type=int, default=None, help="vocabulary size (default: the model's above)")
     ap.add_argument("--row-tokens", type=int, default=-1, help="packed_row_tokens (-1: the trainer's auto)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     dtype = torch.bfloat16 if cuda else torch.float32
-    shape = GPU_MODEL if cuda else CPU_MODEL
+    shape = dict(GPU_MODEL if cuda else CPU_MODEL)
+    if args.vocab:
+        shape["vocab_size"] = args.vocab
     row_tokens = args.row_tokens if args.row_tokens >= 0 else (0 if cuda else 512)
     from g2rpo_fast.rollout.backends import select_backend
     from g2rpo_fast.trainer import packed_attention
