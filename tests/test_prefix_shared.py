@@ -21,7 +21,7 @@ from g2rpo_fast.rollout.backends import torch_varlen as varlen_mod
 from g2rpo_fast.trainer import packed_attention
 from g2rpo_fast.trainer.composition import Sample
 from g2rpo_fast.trainer.config import G2RPOConfig
-from g2rpo_fast.trainer.group_packing import SharedPrefixLayout, pack_groups
+from g2rpo_fast.trainer.group_packing import pack_groups
 from g2rpo_fast.trainer.policy_forward import (
     PolicyHidden,
     lm_head_params,
@@ -67,7 +67,7 @@ def test_group_layout_matches_per_sample_packing():
     assert gather[:8] == [8, 9, 10, 11, 12, 13, 14, 15]
     assert gather[lens[0]:lens[0] + 2] == [8, 16]
     assert [row[i] for i in gather[1:8]] == samples[0].completion_ids[:7]
-    assert shared.shared_prefix == SharedPrefixLayout(((0, 9, (7, 6, 0, 3)), (first, 4, (4, 1, 5, 1))))
+    assert shared.shared_prefix == ((0, 9, (7, 6, 0, 3)), (first, 4, (4, 1, 5, 1)))
 
 
 def test_row_split_between_groups():
@@ -78,7 +78,7 @@ def test_row_split_between_groups():
 
 def test_attention_kwargs_by_hand():
     """Queries: the prompt, then each completion; keys: the prompt in front of each completion."""
-    layout = SharedPrefixLayout(((0, 3, (2, 0, 1)), (6, 2, (1,))))
+    layout = ((0, 3, (2, 0, 1)), (6, 2, (1,)))
     kw = attention_kwargs(layout, 0, 9, "cpu")
     assert kw["cu_seq_lens_q"].tolist() == [0, 3, 5, 6, 8, 9]
     assert kw["cu_seq_lens_k"].tolist() == [0, 3, 8, 12, 14, 17]
@@ -256,7 +256,7 @@ def test_prompt_gradient_sums_every_completion_of_its_group():
         _ = (_sequence_logps(model64, [s], 1.0) * weights[start:start + n].double()).sum().backward()
         start += n
     handle.remove()
-    for members, (offset, prompt_len, _) in zip((range(0, 4), range(4, 8)), batch.shared_prefix.groups):
+    for members, (offset, prompt_len, _) in zip((range(0, 4), range(4, 8)), batch.shared_prefix):
         expected = torch.stack([per_seq[i].grad[0, :prompt_len] for i in members]).sum(0)
         assert expected.abs().max() > 0
         torch.testing.assert_close(shared[offset:offset + prompt_len].double(), expected, rtol=1e-4, atol=1e-6)

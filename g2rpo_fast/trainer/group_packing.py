@@ -14,28 +14,22 @@ gathered `[N, H]` hidden states, the completion tokens, masks and `cu_seqlens` a
 of `pack_samples` (same order, same N): the loss cannot tell the two layouts apart.
 
 Attention cannot be read off the position ids any more (every completion restarts at P): the
-layout (`SharedPrefixLayout`) says which keys each segment of the row sees, and
-`prefix_shared_attention.attention_kwargs` turns it into varlen metadata for a forward.
+batch's `shared_prefix` layout says which keys each segment of the row sees, and
+`prefix_shared_attention.attention_kwargs` turns it into varlen metadata for a forward. The
+layout is plain data (per group: row offset of its prompt, prompt length, lengths of its
+completion segments `c_i[:-1]`), so a checkpoint saves it as it saves the tensors.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 
 from .policy_forward import PackedBatch
 
 
-@dataclass(frozen=True)
-class SharedPrefixLayout:
-    """Per group, in row order: (row offset of its prompt, prompt length, lengths of its
-    completion segments `c_i[:-1]`). Plain ints, so it pickles with a checkpoint's buffer."""
-
-    groups: tuple[tuple[int, int, tuple[int, ...]], ...]
-
-    def groups_in(self, start: int, end: int) -> list[tuple[int, int, tuple[int, ...]]]:
-        """The groups of the row slice [start, end) (slices are cut at group boundaries)."""
-        return [g for g in self.groups if start <= g[0] < end]
+def groups_in(layout, start: int, end: int) -> list[tuple[int, int, tuple[int, ...]]]:
+    """The groups of `layout` (a `PackedBatch.shared_prefix`) in the row slice [start, end)
+    (the row is cut at group boundaries only)."""
+    return [g for g in layout if start <= g[0] < end]
 
 
 def group_runs(samples) -> list[list]:
@@ -94,5 +88,5 @@ def pack_groups(samples, device, mask_truncated: bool = False, max_row_tokens: i
         completion_mask=torch.tensor(cmask, dtype=torch.float32, device=device),
         cu_seqlens=torch.tensor(cu, dtype=torch.int32, device=device),
         row_splits=tuple(splits),
-        shared_prefix=SharedPrefixLayout(tuple(layout)),
+        shared_prefix=tuple(layout),
     )

@@ -29,7 +29,7 @@ class PackedBatch:
     completion_mask: torch.Tensor  # [N] 0 on tokens of masked (truncated) completions
     cu_seqlens: torch.Tensor  # [S+1] int32 offsets of each completion in the N tokens
     row_splits: tuple = ()  # sequence-boundary offsets in ΣL where the row is cut into forwards
-    shared_prefix: object = None  # group_packing.SharedPrefixLayout when each group's prompt is in the row once
+    shared_prefix: tuple | None = None  # each group's prompt once in the row: its layout (group_packing.py)
 
     @property
     def num_tokens(self) -> int:

@@ -35,7 +35,9 @@ def attention_kwargs(layout, start: int, end: int, device) -> dict:
     """Decoder keyword arguments for the row slice [start, end) of a prefix-shared batch:
     cu_seqlens over the query segments and over the gathered keys, and the gather index."""
     q_lens, k_lens, runs = [], [], []  # runs: (first row index, length) of contiguous keys
-    for offset, prompt_len, segments in layout.groups_in(start, end):
+    from .group_packing import groups_in
+
+    for offset, prompt_len, segments in groups_in(layout, start, end):
         prompt = (offset - start, prompt_len)
         q_lens.append(prompt_len)
         k_lens.append(prompt_len)
