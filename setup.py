@@ -1,10 +1,67 @@
 """Install g2rpo_fast.
 
 The Triton kernel sources live in the top-level ``kernels/`` folder (design card) and are
-installed as the subpackage ``g2rpo_fast.kernels``. A plain install needs no CUDA toolkit:
-the native build in ``CMakeLists.txt`` is optional and separate.
+installed as the subpackage ``g2rpo_fast.kernels``.
+
+The C++ CPU kernels (``kernels/cpu``) are built into ``g2rpo_fast._C`` through CMake
+(``CMakeLists.txt``), as vLLM's setup.py does, when CMake, a C++ compiler and torch are all
+present in the build environment (so install with ``--no-build-isolation``; pip's isolated build
+has no torch). Otherwise the install goes on without them and the ops use their PyTorch path
+(``g2rpo_fast._native`` warns once at import). ``G2RPO_FAST_NATIVE=0`` skips the build;
+``G2RPO_FAST_NATIVE=1`` makes a missing tool an error instead of a skip.
 """
-from setuptools import setup
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+
+def native_build_blocker():
+    """Why the C++ kernels cannot be built here, or None when they can."""
+    if os.environ.get("G2RPO_FAST_NATIVE") == "0":
+        return "G2RPO_FAST_NATIVE=0"
+    if shutil.which("cmake") is None:
+        return "no cmake on PATH"
+    if not any(shutil.which(c) for c in (os.environ.get("CXX", "c++"), "g++", "clang++")):
+        return "no C++ compiler on PATH"
+    if importlib.util.find_spec("torch") is None:
+        return "torch is not importable in the build environment (install with --no-build-isolation)"
+    return None
+
+
+class CMakeExtension(Extension):
+    def __init__(self, name):
+        super().__init__(name, sources=[])
+
+
+class CMakeBuild(build_ext):
+    """Configure and build CMakeLists.txt, writing the library where setuptools expects it."""
+
+    def build_extension(self, ext):
+        out_dir = os.path.dirname(os.path.abspath(self.get_ext_fullpath(ext.name)))
+        source_dir = os.path.dirname(os.path.abspath(__file__))
+        # A fixed folder (not setuptools' per-run temp dir): reinstalling rebuilds only what changed.
+        build_dir = os.path.join(source_dir, "build", "native")
+        configure = ["cmake", "-S", source_dir, "-B", build_dir, "-DCMAKE_BUILD_TYPE=Release",
+                     f"-DPython3_EXECUTABLE={sys.executable}", f"-DG2RPO_OUTPUT_DIR={out_dir}"]
+        if shutil.which("ninja") and not os.path.exists(os.path.join(build_dir, "Makefile")):
+            configure += ["-G", "Ninja"]
+        jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL") or str(os.cpu_count() or 1)
+        subprocess.run(configure, check=True)
+        subprocess.run(["cmake", "--build", build_dir, "-j", jobs], check=True)
+
+
+_BLOCKER = native_build_blocker()
+if _BLOCKER is not None:
+    if os.environ.get("G2RPO_FAST_NATIVE") == "1":
+        raise SystemExit(f"g2rpo_fast: G2RPO_FAST_NATIVE=1 but the C++ kernels cannot be built: {_BLOCKER}")
+    print(f"g2rpo_fast: not building the C++ CPU kernels ({_BLOCKER}); the ops will use their PyTorch path",
+          file=sys.stderr)
+NATIVE = {} if _BLOCKER else {"ext_modules": [CMakeExtension("g2rpo_fast._C")], "cmdclass": {"build_ext": CMakeBuild}}
 
 setup(
     name="g2rpo_fast",
@@ -46,4 +103,5 @@ setup(
         "gpu": ["liger-kernel>=0.6", "flash-attn>=2.6"],
     },
     entry_points={"console_scripts": ["g2rpo-fast=g2rpo_fast.cli:main"]},
+    **NATIVE,
 )

@@ -76,7 +76,7 @@ if AVAILABLE:
     @torch.library.register_fake("g2rpo_fast::fused_linear_logps_bwd")
     def _fused_linear_logps_bwd_fake(hidden, weight, bias, ids, lse, grad, temperature, need_hidden, need_weight,
                                      need_bias):
-        none = hidden.new_empty((0,))
-        return (hidden.new_empty(hidden.shape) if need_hidden else none,
-                weight.new_empty(weight.shape) if need_weight else none,
-                bias.new_empty(bias.shape) if (need_bias and bias is not None) else none)
+        none = lambda: hidden.new_empty((0,))  # a fresh one each: outputs may not alias
+        return (hidden.new_empty(hidden.shape) if need_hidden else none(),
+                weight.new_empty(weight.shape) if need_weight else none(),
+                bias.new_empty(bias.shape) if (need_bias and bias is not None) else none())

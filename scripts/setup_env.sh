@@ -26,12 +26,15 @@ fi
 # triton: kept when torch brought one (CUDA builds); else the registry's (CPU runs use TRITON_INTERPRET=1).
 "$PY" -c 'import triton' 2>/dev/null || "${PIP[@]}" "triton>=3.2"
 
-if [ -n "$EXTRAS" ]; then
-  "${PIP[@]}" -e ".[$EXTRAS]"
-else
-  "${PIP[@]}" -e .
-fi
-echo "environment ready: $VENV ($("$PY" -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'))"
+# The C++ CPU kernels (g2rpo_fast._C) build through CMake inside this editable install, against
+# the venv's torch: hence no build isolation (pip's isolated build env has no torch), and a
+# setuptools whose bdist_wheel is built in. No cmake or C++ compiler: the install skips them.
+"$PY" -c 'import setuptools, sys; sys.exit(tuple(map(int, setuptools.__version__.split(".")[:2])) < (70, 1))' \
+  2>/dev/null || "${PIP[@]}" "setuptools>=70.1"
+start=$(date +%s)
+"${PIP[@]}" --no-build-isolation -e ".${EXTRAS:+[$EXTRAS]}"
+native=$("$PY" -W ignore -c 'from g2rpo_fast import _native as n; print(n.cpu_capability() or "not built")')
+echo "environment ready: $VENV ($("$PY" -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'); C++ kernels: $native; install $(($(date +%s) - start)) s)"
 # The code reward runs completions under bubblewrap (else user namespaces, else it refuses).
 command -v bwrap >/dev/null 2>&1 || echo "note: bubblewrap is not installed; for the code reward's sandbox:" \
   "apt-get install bubblewrap (Debian/Ubuntu) or dnf install bubblewrap (Fedora)" >&2
