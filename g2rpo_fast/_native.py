@@ -80,3 +80,49 @@ if AVAILABLE:
         return (hidden.new_empty(hidden.shape) if need_hidden else none(),
                 weight.new_empty(weight.shape) if need_weight else none(),
                 bias.new_empty(bias.shape) if (need_bias and bias is not None) else none())
+
+
+# ----------------------------------------------------------------------------- launchers
+# Drop-ins for the Triton launchers (kernels/logps.py, kernels/grpo_loss.py,
+# kernels/fused_linear.py): same arguments, same outputs (None where those give None), so the
+# existing autograd Functions in g2rpo_fast/ops can call either by device.
+
+def launch_logps_fwd(logits2d, ids, inv_t, with_entropy):
+    """As `kernels.logps.launch_logps_fwd`: (logp, rowmax, logsum, entropy|None), fp32 [N]."""
+    logp, rowmax, logsum, entropy = torch.ops.g2rpo_fast.logps_fwd(logits2d, ids, float(inv_t), bool(with_entropy))
+    return logp, rowmax, logsum, (entropy if with_entropy else None)
+
+
+def launch_logps_bwd(logits2d, ids, grad_rows, rowmax, logsum, inv_t, out=None):
+    """As `kernels.logps.launch_logps_bwd`; `out` is None or the logits buffer itself (in place)."""
+    grad_rows = grad_rows.contiguous()
+    if out is None:
+        return torch.ops.g2rpo_fast.logps_bwd(logits2d, ids, grad_rows, rowmax, logsum, float(inv_t))
+    if out is not logits2d:
+        raise ValueError("`out` must be None or the logits tensor itself (in-place backward)")
+    torch.ops.g2rpo_fast.logps_bwd_(logits2d, ids, grad_rows, rowmax, logsum, float(inv_t))
+    return logits2d
+
+
+def launch_g2rpo_loss_fwd(logits2d, ids, coef, adv_tok, old, ref, *, inv_t, beta, eps_low, eps_high, delta):
+    """As `kernels.grpo_loss.launch_g2rpo_loss_fwd`: logp, rowmax, logsum, c·L, c·dL/dlogp, kl, low, high."""
+    return torch.ops.g2rpo_fast.g2rpo_loss_fwd(logits2d, ids, coef, adv_tok, old, ref, float(inv_t), float(beta),
+                                               float(eps_low), float(eps_high),
+                                               None if delta is None else float(delta))
+
+
+def fused_linear_forward(hidden, weight, bias, token_ids, temperature, return_entropy):
+    """As `kernels.fused_linear.forward`: (logps, lse, entropy|None), fp32 [N]."""
+    logps, lse, entropy = torch.ops.g2rpo_fast.fused_linear_logps_fwd(hidden, weight, bias, token_ids,
+                                                                       float(temperature), bool(return_entropy))
+    return logps, lse, (entropy if return_entropy else None)
+
+
+def fused_linear_backward(hidden, weight, bias, token_ids, lse, grad_logps, temperature, need_hidden, need_weight,
+                          need_bias):
+    """As `kernels.fused_linear.backward`: (d_hidden, d_weight, d_bias), None where not needed."""
+    need_bias = bool(need_bias) and bias is not None
+    d_h, d_w, d_b = torch.ops.g2rpo_fast.fused_linear_logps_bwd(
+        hidden, weight, bias, token_ids, lse, grad_logps.to(torch.float32).contiguous(), float(temperature),
+        bool(need_hidden), bool(need_weight), need_bias)
+    return (d_h if need_hidden else None, d_w if need_weight else None, d_b if need_bias else None)
