@@ -3,6 +3,9 @@
 Candidates, all on the same inputs in one run:
   * g2rpo_fast      `G2RPOLoss` (fused Triton kernel on CUDA; PyTorch reference on the CPU,
                     or the kernel in Triton's interpreter with --interpret)
+  * native_cpp      CPU: the C++ kernels (`torch.ops.g2rpo_fast`, built into g2rpo_fast._C) inside
+                    the same autograd Function as the Triton path (`fused_g2rpo_loss`, launchers
+                    swapped for `g2rpo_fast._native`'s), i.e. what `G2RPOLoss` runs once wired
   * liger           liger-kernel's `triton_grpo_loss` (CUDA, or the interpreter with --interpret)
   * trl_eager       TRL's formula in eager PyTorch (materialised fp32 log_softmax)
   * compiled_ref    `torch.compile` of our reference (per_token_logps_ref + g2rpo_loss_from_logps)
@@ -11,8 +14,12 @@ Also reported: effective bandwidth = minimal logits traffic (read in forward, re
 write in backward: 3·N·V·itemsize bytes) ÷ time, its fraction of the HBM peak on known GPUs,
 and the bf16 log-prob max error of our path against fp32 log-probs of the same values.
 
+On the CPU the candidates run interleaved (one timed step of each per round, the order rotating),
+with the same thread count (--threads) for all, and the machine's load average is recorded:
+on a shared machine this keeps a burst of load from landing on one candidate only.
+
 Usage:
-  python benchmarks/bench_loss.py                       # CUDA grid, or a small CPU shape
+  python benchmarks/bench_loss.py                       # CUDA grid, or the CPU grid of issue 14
   python benchmarks/bench_loss.py --interpret           # CPU: add the Triton paths (tiny shape)
   python benchmarks/bench_loss.py --shapes 8192x151936  # custom N x V
 Writes benchmarks/results/loss_<device>.md and .json.
@@ -45,6 +52,11 @@ def parse_args():
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--interpret", action="store_true", help="CPU: also run the Triton paths in the interpreter")
     p.add_argument("--skip", default="", help="comma-separated candidates to skip")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for every candidate")
+    p.add_argument("--large-only", default="native_cpp,compiled_ref",
+                   help="CPU: candidates run at shapes with N·V > --large-elems (the eager ones need ~4 fp32 "
+                        "copies of the logits)")
+    p.add_argument("--large-elems", type=float, default=4e8)
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     return p.parse_args()
 
@@ -104,6 +116,33 @@ def cand_liger(inp):
     return inp["logits_full"], step
 
 
+def cand_native(inp):
+    """The fused-loss autograd Function of the Triton path, on the C++ kernels."""
+    from unittest import mock
+
+    from g2rpo_fast.kernels import grpo_loss, logps
+
+    from g2rpo_fast import _native
+    from g2rpo_fast.ops.grpo_loss import LossOptions
+    from g2rpo_fast.ops.grpo_loss_triton import fused_g2rpo_loss
+    from g2rpo_fast.ops.loss_inputs import prepare_loss_inputs
+
+    if not _native.AVAILABLE:
+        raise RuntimeError(f"g2rpo_fast._C is not built ({_native.LOAD_ERROR})")
+    opts = LossOptions(**OPTS)
+
+    def step(x):
+        with mock.patch.object(grpo_loss, "launch_g2rpo_loss_fwd", _native.launch_g2rpo_loss_fwd), \
+                mock.patch.object(logps, "launch_logps_bwd", _native.launch_logps_bwd):
+            li = prepare_loss_inputs(opts, inp["ids"], x.shape[-1], x.device, advantages=inp["adv"],
+                                     completion_mask=inp["mask"], old_logps=inp["old"], ref_logps=inp["ref"])
+            loss, _ = fused_g2rpo_loss(x, li, opts)
+            loss.backward()
+        return loss
+
+    return inp["logits_full"][:, :-1].contiguous(), step
+
+
 def trl_loss(logits, ids, mask, adv, old, ref):
     """TRL GRPOTrainer's loss (token level, bnpo): fp32 log_softmax materialised."""
     logps = torch.log_softmax(logits.float() / OPTS["temperature"], dim=-1).gather(-1, ids[..., None]).squeeze(-1)
@@ -147,7 +186,8 @@ def cand_compiled(inp):
     return inp["logits_full"][:, :-1].contiguous(), step
 
 
-CANDIDATES = {"g2rpo_fast": cand_ours, "liger": cand_liger, "trl_eager": cand_trl, "compiled_ref": cand_compiled}
+CANDIDATES = {"g2rpo_fast": cand_ours, "native_cpp": cand_native, "liger": cand_liger, "trl_eager": cand_trl,
+              "compiled_ref": cand_compiled}
 
 
 # ---------------------------------------------------------------------------------- timing
@@ -180,6 +220,32 @@ def measure(name, inp, device, warmup, repeats):
     peak = (torch.cuda.max_memory_allocated() - base) if device.type == "cuda" else None
     del x, logits, step
     return statistics.median(times), peak
+
+
+def measure_interleaved(names, inp, warmup, repeats):
+    """CPU: {name: (median seconds, None) or an exception}; one step of each candidate per round."""
+    state, times, out = {}, {}, {}
+    for name in names:
+        try:
+            logits, step = CANDIDATES[name](inp)
+            x = logits.detach().requires_grad_()
+            for _ in range(warmup):  # compiles, first-touch of buffers
+                x.grad = None
+                step(x)
+            state[name], times[name] = (x, step), []
+        except Exception as e:
+            out[name] = e
+    for r in range(repeats):
+        live = list(state)
+        for name in live[r % len(live):] + live[:r % len(live)] if live else []:
+            x, step = state[name]
+            x.grad = None
+            t0 = time.perf_counter()
+            step(x)
+            times[name].append(time.perf_counter() - t0)
+    for name in state:
+        out[name] = (statistics.median(times[name]), None)
+    return out
 
 
 def bf16_logp_error(n, v, device):
@@ -220,31 +286,49 @@ def main():
     args = parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     on_cpu = device.type == "cpu"
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.shapes:
         shapes = [tuple(int(s) for s in sh.lower().split("x")) for sh in args.shapes.split(",")]
     elif on_cpu:
-        shapes = [(16, 512)] if args.interpret else [(256, 2048)]
+        # issue 14's CPU grid; at V = 151936 N is 1k and 4k (not 8k): the eager candidates would
+        # need ~20 GB at 8k, more than this shared machine can give (--large-only runs the rest)
+        shapes = [(16, 512)] if args.interpret else [(1024, 32_768), (8192, 32_768), (1024, 151_936),
+                                                     (4096, 151_936)]
     else:
         shapes = [(n, v) for v in (32_768, 151_936) for n in (8_192, 32_768, 131_072)]
-    warmup = args.warmup if args.warmup is not None else (2 if on_cpu else 3)
-    repeats = args.repeats if args.repeats is not None else (10 if on_cpu else 20)
+    warmup = args.warmup if args.warmup is not None else (1 if on_cpu else 3)
+    repeats = args.repeats if args.repeats is not None else (5 if on_cpu else 20)
     names = list(CANDIDATES)
     if on_cpu and not args.interpret:
         names.remove("liger")  # a Triton kernel: only in the interpreter on the CPU
+    if not on_cpu or args.interpret:
+        names.remove("native_cpp")  # the C++ kernels are CPU kernels
     names = [n for n in names if n not in args.skip.split(",")]
 
     tag, dev_name = device_tag(device)
-    rows = []
+    rows, loads = [], []
     for n, v in shapes:
         inp = make_inputs(n, v, args.seq_len, device)
         itemsize = inp["logits_full"].element_size()
         traffic = 3 * inp["n"] * v * itemsize
-        for name in names:
+        shape_names = names
+        if on_cpu and n * v > args.large_elems:
+            shape_names = [c for c in names if c in args.large_only.split(",")]
+        load_before = os.getloadavg()
+        interleaved = measure_interleaved(shape_names, inp, warmup, repeats) if on_cpu else None
+        loads.append(dict(N=inp["n"], V=v, load_before=load_before, load_after=os.getloadavg()))
+        for name in shape_names:
             label = name
             if name == "g2rpo_fast":
                 label += " (triton)" if (not on_cpu or args.interpret) else " (torch reference)"
             try:
-                sec, peak = measure(name, inp, device, warmup, repeats)
+                if interleaved is not None:
+                    if isinstance(interleaved[name], Exception):
+                        raise interleaved[name]
+                    sec, peak = interleaved[name]
+                else:
+                    sec, peak = measure(name, inp, device, warmup, repeats)
                 bw = traffic / sec
                 frac = next((bw / peak_bw for k, peak_bw in HBM_PEAK.items() if k in dev_name), None)
                 rows.append(dict(candidate=label, N=inp["n"], V=v, ms=sec * 1e3, peak_mib=None if peak is None
@@ -262,8 +346,12 @@ def main():
     command = "python " + " ".join([os.path.relpath(__file__, Path(__file__).parent.parent)] + sys.argv[1:])
     if args.interpret:
         command = "TRITON_INTERPRET=1 " + command
+    if on_cpu:
+        from g2rpo_fast import _native
+
+        dev_name += f", {torch.get_num_threads()} torch threads, C++ kernels: {_native.cpu_capability()}"
     result = dict(device=dev_name, device_tag=tag, versions=versions(), command=command, dtype="bfloat16",
-                  options=OPTS, seq_len=args.seq_len, warmup=warmup, repeats=repeats, rows=rows,
+                  options=OPTS, seq_len=args.seq_len, warmup=warmup, repeats=repeats, rows=rows, load=loads,
                   bf16_logp_max_err_vs_fp32=bf16_vs_fp32, bf16_logp_max_err_vs_fp64=bf16_vs_fp64,
                   bf16_error_shape=[err_n, err_v])
     out = Path(args.out)
@@ -293,22 +381,30 @@ def to_markdown(r, on_cpu):
     ]
     if on_cpu:
         lines += [
-            "**No GPU was available in this session.** These CPU numbers only prove that the benchmark "
-            "runs; the GPU goals (g2rpo_fast ≥ 1.3× faster than Liger's `triton_grpo_loss`, ≥ 85% of the "
-            "HBM roofline) are **unmeasured**. Run `python benchmarks/bench_loss.py` on a GPU to measure them. "
-            "The machine has few cores shared with other jobs, so CPU timings are noisy; with `--interpret` the "
-            "Triton rows time Triton's Python interpreter, not the kernels.",
+            "CPU goal (issue 14): `native_cpp` (the C++ kernels) at least as fast as `compiled_ref` "
+            "(`torch.compile` of the reference). Candidates run interleaved with the same thread count; "
+            "the machine is shared with other jobs, so its load average during each shape is listed below. "
+            "The GPU goals (Triton vs Liger's `triton_grpo_loss`, HBM roofline) need a GPU run. With "
+            "`--interpret` the Triton rows time Triton's Python interpreter, not the kernels.",
             "",
         ]
+    compiled = {(row["N"], row["V"]): row["ms"] for row in r["rows"] if row["candidate"] == "compiled_ref"}
     lines += [
-        "| candidate | N | V | fwd+bwd ms | peak MiB | GB/s (3·N·V·2 B) | HBM roofline | note |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| candidate | N | V | fwd+bwd ms | vs compiled_ref | peak MiB | GB/s (3·N·V·2 B) | HBM roofline | note |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for row in r["rows"]:
+        c = compiled.get((row["N"], row["V"]))
+        speedup = f"{c / row['ms']:.2f}×" if (c and row["ms"]) else "—"
         lines.append(
-            f"| {row['candidate']} | {row['N']} | {row['V']} | {fmt(row['ms'], '.2f')} | {fmt(row['peak_mib'], '.0f')} "
+            f"| {row['candidate']} | {row['N']} | {row['V']} | {fmt(row['ms'], '.2f')} | {speedup} "
+            f"| {fmt(row['peak_mib'], '.0f')} "
             f"| {fmt(row['bandwidth_gbs'], '.3g')} | {fmt(row['roofline'] and 100 * row['roofline'], '.0f')}"
             f"{'%' if row['roofline'] else ''} | {row['error'] or ''} |")
+    if r.get("load"):
+        lines += ["", "Load average (1/5/15 min) before → after each shape: " + "; ".join(
+            f"N={x['N']} V={x['V']}: {'/'.join(f'{a:.1f}' for a in x['load_before'])} → "
+            f"{'/'.join(f'{a:.1f}' for a in x['load_after'])}" for x in r["load"])]
     n, vv = r["bf16_error_shape"]
     lines += [
         "",
