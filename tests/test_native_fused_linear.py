@@ -2,9 +2,8 @@
 float64: log-probs, entropy, lse and the gradients of hidden, weight and bias.
 
 Ground truth: `per_token_logps_ref` in float64 on `hidden @ weight.T + bias` (the inputs as their
-dtype rounds them) and autograd. Shapes cross the kernel's tiles: more than 4096 vocabulary
-columns (two column chunks, the last one ragged), more rows than one row chunk, and for bf16 a
-hidden size big enough that the fp32 copy of the weight is taken in several chunks.
+dtype rounds them) and autograd. Shapes cross the kernel's tiles (several column chunks and row
+chunks, ragged last ones) and, for bf16, chunks of the fp32 weight copy.
 """
 from __future__ import annotations
 
@@ -19,9 +18,10 @@ pytestmark = pytest.mark.skipif(not _native.AVAILABLE,
 ops = torch.ops.g2rpo_fast
 
 GRAD_TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}  # max error / max |grad|, in the input dtype
-SHAPES = {  # (N, H, V)
-    "two_column_chunks": (300, 16, 4096 + 37),  # fp32 tiles: 256 rows x 4096 columns
-    "wide_hidden": (40, 2048, 1100),  # bf16: weight converted 1024 rows at a time
+SHAPES = {  # (N, H, V) and the tiles kernels/cpu/fused_linear.cpp picks for them
+    "rows_and_columns": (1100, 8, 300),  # 1024 x 256 tiles: 2 x 2, both ragged
+    "columns": (300, 16, 4096 + 37),  # 300 x 873 tiles: 5 column chunks, the last ragged
+    "wide_hidden": (40, 4096, 1100),  # bf16: the fp32 weight copy is taken 1024 rows at a time
     "tiny": (3, 5, 7),
 }
 
@@ -76,7 +76,7 @@ def test_fused_linear_matches_float64(shape, temperature, bias, dtype):
 
 
 def test_only_the_requested_gradients_are_computed():
-    hidden, weight, b, ids, grad = make(*SHAPES["two_column_chunks"], torch.float32, True, seed=1)
+    hidden, weight, b, ids, grad = make(*SHAPES["rows_and_columns"], torch.float32, True, seed=1)
     _, lse, _ = ops.fused_linear_logps_fwd(hidden, weight, b, ids, 1.0, False)
     _, _, _, dh64, dw64, db64 = truth(hidden, weight, b, ids, grad, 1.0)
     d_h, d_w, d_b = ops.fused_linear_logps_bwd(hidden, weight, b, ids, lse, grad, 1.0, False, True, False)
