@@ -352,6 +352,7 @@ def main():
         dev_name += f", {torch.get_num_threads()} torch threads, C++ kernels: {_native.cpu_capability()}"
     result = dict(device=dev_name, device_tag=tag, versions=versions(), command=command, dtype="bfloat16",
                   options=OPTS, seq_len=args.seq_len, warmup=warmup, repeats=repeats, rows=rows, load=loads,
+                  large_elems=args.large_elems if on_cpu else None, large_only=args.large_only,
                   bf16_logp_max_err_vs_fp32=bf16_vs_fp32, bf16_logp_max_err_vs_fp64=bf16_vs_fp64,
                   bf16_error_shape=[err_n, err_v])
     out = Path(args.out)
@@ -401,6 +402,11 @@ def to_markdown(r, on_cpu):
             f"| {fmt(row['peak_mib'], '.0f')} "
             f"| {fmt(row['bandwidth_gbs'], '.3g')} | {fmt(row['roofline'] and 100 * row['roofline'], '.0f')}"
             f"{'%' if row['roofline'] else ''} | {row['error'] or ''} |")
+    if r.get("large_elems") and any(row["N"] * row["V"] > r["large_elems"] for row in r["rows"]):
+        lines += ["", f"Shapes with N·V > {r['large_elems']:.0e} run only {r['large_only'].replace(',', ', ')}: "
+                  "the eager candidates hold ~4 fp32 copies of the logits, more memory than this shared "
+                  "machine can give at those sizes (so V = 151936 runs at N = 1k for all, and N = 4k instead "
+                  "of 8k for the rest)."]
     if r.get("load"):
         lines += ["", "Load average (1/5/15 min) before → after each shape: " + "; ".join(
             f"N={x['N']} V={x['V']}: {'/'.join(f'{a:.1f}' for a in x['load_before'])} → "
