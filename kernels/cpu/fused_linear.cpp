@@ -29,9 +29,10 @@ namespace g2rpo_fast::cpu::CPU_CAPABILITY {
 
 namespace {
 
-// fp32 logit tile: at most 16 MiB, and at most 1/16 of the [N, V] logits it stands for.
-constexpr int64_t kMaxTileElems = int64_t{1} << 22;
-constexpr int64_t kMinTileElems = int64_t{1} << 18;
+// fp32 logit tile: 1/16 of the [N, V] logits it stands for, within [4 MiB, 64 MiB]. Big tiles
+// mean few GEMM calls and parallel regions, i.e. few thread barriers (costly on a loaded CPU).
+constexpr int64_t kMaxTileElems = int64_t{1} << 24;
+constexpr int64_t kMinTileElems = int64_t{1} << 20;
 constexpr int64_t kWeightChunkElems = int64_t{1} << 22;  // fp32 copy of a bf16 weight chunk: 16 MiB
 constexpr int64_t kMinCols = 256, kMaxCols = 4096;
 
