@@ -1,9 +1,10 @@
 """Extra peak host memory of log-probs + backward: plain logits vs fused_linear_logps (CPU path).
 
 Each variant runs in its own subprocess (so peaks never mix): it imports everything, warms up
-on a tiny shape, allocates the inputs, reads its RSS (the baseline), then runs forward +
-backward once. The figure is the whole-process peak RSS (`resource.getrusage(...).ru_maxrss`)
-minus that baseline, i.e. every byte the op needed beyond its inputs, gradients included.
+(on a tiny shape; `compiled` on the real one, so that compiling is not measured), allocates the
+inputs, resets the kernel's peak-RSS mark (`/proc/self/clear_refs`), reads its RSS (the
+baseline), then runs forward + backward once. The figure is the peak RSS (`VmHWM`) minus that
+baseline, i.e. every byte the op needed beyond its inputs, gradients included.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/memory_fused_linear.py \\
         --out benchmarks/results/fused_linear_memory_cpu.md
@@ -14,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -23,7 +23,21 @@ VARIANTS = {
     "plain": "log_softmax(h @ W.T) + gather + backward (materialised [N, V] logits)",
     "fused": "g2rpo_fast.ops.fused_linear_logps (chunked PyTorch path) + backward",
     "native": "the same op on the C++ kernels (torch.ops.g2rpo_fast, g2rpo_fast._C) + backward",
+    "compiled": "torch.compile of the chunked PyTorch path + backward",
 }
+
+
+def peak_rss_bytes():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def reset_peak_rss():
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # Linux: reset the peak-RSS mark to the current RSS
 
 
 def rss_bytes():
@@ -48,11 +62,13 @@ def run_variant(name, n, h, v, dtype_name):
             raise SystemExit(f"g2rpo_fast._C is not built ({_native.LOAD_ERROR})")
         fused_linear._impls = lambda triton_path: (_native.fused_linear_forward, _native.fused_linear_backward)
 
+    logps_fn = torch.compile(fused_linear_logps) if name == "compiled" else fused_linear_logps
+
     def step(hidden, weight, ids):
         if name == "plain":
             logps = torch.log_softmax((hidden @ weight.T).float(), -1).gather(-1, ids[:, None]).squeeze(-1)
         else:
-            logps = fused_linear_logps(hidden, weight, ids)
+            logps = logps_fn(hidden, weight, ids)
         logps.sum().backward()
 
     def inputs(n_, v_):
@@ -62,17 +78,16 @@ def run_variant(name, n, h, v, dtype_name):
         ids = torch.randint(0, v_, (n_,), generator=g)
         return hidden, weight, ids
 
-    step(*inputs(64, 512))  # warm-up: lazy imports, thread pools
+    step(*(inputs(n, v) if name == "compiled" else inputs(64, 512)))  # warm-up: imports, pools, compiling
     hidden, weight, ids = inputs(n, v)
+    reset_peak_rss()
     base = rss_bytes()
-    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     t0 = time.perf_counter()
     step(hidden, weight, ids)
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss_bytes()
     assert hidden.grad is not None and weight.grad is not None
-    return {"variant": name, "baseline": base, "peak": peak, "peak_before": peak_before, "extra": peak - base,
-            "seconds": seconds}
+    return {"variant": name, "baseline": base, "peak": peak, "extra": peak - base, "seconds": seconds}
 
 
 def main():
@@ -125,9 +140,9 @@ def main():
                     f"Python {platform.python_version()}; every variant in its own subprocess; load average "
                     f"{'/'.join(f'{x:.1f}' for x in os.getloadavg())} at the end (times are indicative only, "
                     f"see bench_fused_linear.py for speed).\n\n")
-            f.write("Extra peak = whole-process peak RSS (`ru_maxrss`) minus the RSS after the inputs are "
-                    "allocated (after a tiny warm-up run); it includes the gradients (hidden: N·H·4 B, "
-                    "weight: V·H·4 B) that both variants return.\n\n")
+            f.write("Extra peak = peak RSS (`VmHWM`, reset after the warm-up and the inputs) minus the RSS "
+                    "then; it includes the gradients (hidden: N·H·4 B, weight: V·H·4 B) that every variant "
+                    "returns.\n\n")
             f.write(report + "\n")
 
 

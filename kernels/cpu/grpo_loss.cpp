@@ -7,58 +7,14 @@
 // coefficient c_t (section 6; computed by the caller from the masks). A row with c_t == 0
 // (padding, masked guidance) reads nothing and writes zeros. The backward is `logps_bwd` with
 // grad = grad_out · c_t·dL_t/dlogp_t / T.
-//
-// Derivatives follow PyTorch's conventions, like the reference autograd: `clamp` passes the
-// gradient on the closed interval, `minimum` splits it in half on a tie.
 #include <ATen/ops/zeros.h>
 
 #include "common.h"
+#include "g2rpo_terms.h"
 #include "ops.h"
 
 namespace g2rpo_fast::cpu::CPU_CAPABILITY {
 
-namespace {
-
-struct Surrogate {
-  float beta, clip_lo, clip_hi, delta;
-  bool has_old, has_ref, use_kl, has_delta;
-};
-
-struct TokenTerms {
-  float loss, dloss, kl, low, high;
-};
-
-// L_t and dL_t/dlogp_t of one token (scalar fp32, the same operations as the Triton kernel).
-inline TokenTerms token_terms(const Surrogate& p, float logp, float a, float old, float ref) {
-  const float ratio = p.has_old ? std::exp(logp - old) : 1.f;  // exp(logp - logp.detach())
-  float unclipped = ratio, d_unclipped = ratio;
-  if (p.has_delta) {
-    unclipped = std::min(ratio, p.delta);
-    d_unclipped = ratio <= p.delta ? ratio : 0.f;
-  }
-  const float clipped = std::min(std::max(ratio, p.clip_lo), p.clip_hi);
-  const float d_clipped = (ratio >= p.clip_lo && ratio <= p.clip_hi) ? ratio : 0.f;
-  const float u = unclipped * a, v = clipped * a;
-  const float share_u = u < v ? 1.f : (u == v ? 0.5f : 0.f);
-  TokenTerms out;
-  out.loss = -std::min(u, v);
-  out.dloss = -(share_u * a * d_unclipped + (1.f - share_u) * a * d_clipped);
-  out.kl = 0.f;
-  if (p.has_ref) {
-    const float diff = ref - logp;
-    const float e = std::exp(diff);
-    out.kl = e - diff - 1.f;
-    if (p.use_kl) {
-      out.loss += p.beta * out.kl;
-      out.dloss += p.beta * (1.f - e);
-    }
-  }
-  out.low = (ratio < p.clip_lo && a < 0.f) ? 1.f : 0.f;
-  out.high = (ratio > p.clip_hi && a > 0.f) ? 1.f : 0.f;
-  return out;
-}
-
-}  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 g2rpo_loss_fwd(const at::Tensor& logits, const at::Tensor& ids, const at::Tensor& coef, const at::Tensor& advantages,
@@ -77,14 +33,8 @@ g2rpo_loss_fwd(const at::Tensor& logits, const at::Tensor& ids, const at::Tensor
   }
   float *logp = o[0], *rowmax = o[1], *logsum = o[2], *loss = o[3], *dlogp = o[4], *kl = o[5], *low = o[6],
         *high = o[7];
-  const Surrogate p{static_cast<float>(beta),
-                    1.f - static_cast<float>(epsilon_low),
-                    1.f + static_cast<float>(epsilon_high),
-                    delta ? static_cast<float>(*delta) : 1.f,
-                    old_logps.has_value(),
-                    ref_logps.has_value(),
-                    ref_logps.has_value() && beta != 0.0,
-                    delta.has_value()};
+  const Surrogate p = Surrogate::make(beta, epsilon_low, epsilon_high, delta, old_logps.has_value(),
+                                      ref_logps.has_value());
   const float inv_t = static_cast<float>(inv_temperature);
   const float* c = coef.data_ptr<float>();
   const float* adv = advantages.data_ptr<float>();

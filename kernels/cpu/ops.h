@@ -37,6 +37,16 @@
       const at::Tensor& hidden, const at::Tensor& weight, const std::optional<at::Tensor>& bias,         \
       const at::Tensor& ids, const at::Tensor& lse, const at::Tensor& grad, double temperature,          \
       bool need_hidden, bool need_weight, bool need_bias);                                               \
+  /* (logp, c·L, kl, low, high) fp32 [N] and the gradients of Σ c·L (d_hidden, d_weight, d_bias) */       \
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,         \
+             at::Tensor>                                                                                 \
+  fused_linear_g2rpo_loss(const at::Tensor& hidden, const at::Tensor& weight,                            \
+                          const std::optional<at::Tensor>& bias, const at::Tensor& ids,                  \
+                          const at::Tensor& coef, const at::Tensor& advantages,                          \
+                          const std::optional<at::Tensor>& old_logps,                                    \
+                          const std::optional<at::Tensor>& ref_logps, double temperature, double beta,   \
+                          double epsilon_low, double epsilon_high, std::optional<double> delta,          \
+                          bool need_hidden, bool need_weight, bool need_bias);                           \
   }
 
 G2RPO_DECLARE_CPU_KERNELS(DEFAULT)

@@ -169,6 +169,20 @@ void logps_bwd_(const at::Tensor& logits, const at::Tensor& ids, const at::Tenso
   logps_bwd_into(logits, ids, grad, rowmax, logsum, inv_temperature, logits);
 }
 
+// The per-token loss inputs of the fused losses: c_t, advantages, old/ref log-probs, options.
+void check_loss_rows(int64_t n, const at::Tensor& coef, const at::Tensor& advantages,
+                     const std::optional<at::Tensor>& old_logps, const std::optional<at::Tensor>& ref_logps,
+                     double beta, double epsilon_low, double epsilon_high, std::optional<double> delta) {
+  check_rows(coef, n, "coef");
+  check_rows(advantages, n, "advantages");
+  if (old_logps) check_rows(*old_logps, n, "old_logps");
+  if (ref_logps) check_rows(*ref_logps, n, "ref_logps");
+  TORCH_CHECK_VALUE(beta >= 0 && epsilon_low >= 0 && epsilon_high >= 0,
+                    "`beta`, `epsilon_low` and `epsilon_high` must be >= 0, got ", beta, ", ", epsilon_low, ", ",
+                    epsilon_high);
+  TORCH_CHECK_VALUE(!delta || *delta > 1, "`delta` must be None or > 1, got ", delta ? *delta : 0.0);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 g2rpo_loss_fwd(const at::Tensor& logits, const at::Tensor& ids, const at::Tensor& coef, const at::Tensor& advantages,
                const std::optional<at::Tensor>& old_logps, const std::optional<at::Tensor>& ref_logps,
@@ -176,15 +190,8 @@ g2rpo_loss_fwd(const at::Tensor& logits, const at::Tensor& ids, const at::Tensor
                std::optional<double> delta) {
   const int64_t n = check_logits(logits);
   check_ids(ids, n);
-  check_rows(coef, n, "coef");
-  check_rows(advantages, n, "advantages");
-  if (old_logps) check_rows(*old_logps, n, "old_logps");
-  if (ref_logps) check_rows(*ref_logps, n, "ref_logps");
+  check_loss_rows(n, coef, advantages, old_logps, ref_logps, beta, epsilon_low, epsilon_high, delta);
   check_temperature(inv_temperature, "inv_temperature");
-  TORCH_CHECK_VALUE(beta >= 0 && epsilon_low >= 0 && epsilon_high >= 0,
-                    "`beta`, `epsilon_low` and `epsilon_high` must be >= 0, got ", beta, ", ", epsilon_low, ", ",
-                    epsilon_high);
-  TORCH_CHECK_VALUE(!delta || *delta > 1, "`delta` must be None or > 1, got ", delta ? *delta : 0.0);
   G2RPO_DISPATCH(g2rpo_loss_fwd, logits, ids, coef, advantages, old_logps, ref_logps, inv_temperature, beta,
                  epsilon_low, epsilon_high, delta)
 }
@@ -212,6 +219,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_logps_bwd(
                  need_bias)
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+fused_linear_g2rpo_loss(const at::Tensor& hidden, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                        const at::Tensor& ids, const at::Tensor& coef, const at::Tensor& advantages,
+                        const std::optional<at::Tensor>& old_logps, const std::optional<at::Tensor>& ref_logps,
+                        double temperature, double beta, double epsilon_low, double epsilon_high,
+                        std::optional<double> delta, bool need_hidden, bool need_weight, bool need_bias) {
+  const int64_t n = check_linear(hidden, weight, bias);
+  check_ids(ids, n);
+  check_loss_rows(n, coef, advantages, old_logps, ref_logps, beta, epsilon_low, epsilon_high, delta);
+  check_temperature(temperature, "temperature");
+  G2RPO_DISPATCH(fused_linear_g2rpo_loss, hidden, weight, bias, ids, coef, advantages, old_logps, ref_logps,
+                 temperature, beta, epsilon_low, epsilon_high, delta, need_hidden, need_weight, need_bias)
+}
+
 }  // namespace
 }  // namespace g2rpo_fast::cpu
 
@@ -231,6 +252,11 @@ TORCH_LIBRARY(g2rpo_fast, m) {
   m.def("fused_linear_logps_bwd(Tensor hidden, Tensor weight, Tensor? bias, Tensor ids, Tensor lse, Tensor grad,"
         " float temperature, bool need_hidden, bool need_weight, bool need_bias)"
         " -> (Tensor d_hidden, Tensor d_weight, Tensor d_bias)");
+  m.def("fused_linear_g2rpo_loss(Tensor hidden, Tensor weight, Tensor? bias, Tensor ids, Tensor coef,"
+        " Tensor advantages, Tensor? old_logps, Tensor? ref_logps, float temperature, float beta,"
+        " float epsilon_low, float epsilon_high, float? delta, bool need_hidden, bool need_weight, bool need_bias)"
+        " -> (Tensor logp, Tensor loss, Tensor kl, Tensor low, Tensor high, Tensor d_hidden, Tensor d_weight,"
+        " Tensor d_bias)");
   // Which kernel copy runs (DEFAULT, AVX2, AVX512): for tests and benchmark records.
   m.def("cpu_capability() -> str", &g2rpo_fast::cpu::capability_name);
 }
@@ -243,6 +269,7 @@ TORCH_LIBRARY_IMPL(g2rpo_fast, CPU, m) {
   m.impl("g2rpo_loss_fwd", &g2rpo_loss_fwd);
   m.impl("fused_linear_logps_fwd", &fused_linear_logps_fwd);
   m.impl("fused_linear_logps_bwd", &fused_linear_logps_bwd);
+  m.impl("fused_linear_g2rpo_loss", &fused_linear_g2rpo_loss);
 }
 
 // `import g2rpo_fast._C` loads this library, which runs the registrations above.
