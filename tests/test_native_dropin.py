@@ -104,3 +104,9 @@ def test_fused_linear_function(native_launchers, dtype):
     for got, want in zip(leaves, ref):
         assert got.grad.dtype == dtype
         assert (got.grad.double() - want.grad).abs().max() / want.grad.abs().max() < tol
+
+
+def test_in_place_launcher_only_writes_into_the_logits_themselves():
+    x, ids, z = torch.randn(3, 9), torch.zeros(3, dtype=torch.long), torch.zeros(3)
+    with pytest.raises(ValueError, match="out"):
+        _native.launch_logps_bwd(x, ids, z, z, z, 1.0, out=torch.empty(3, 9))
