@@ -2,9 +2,10 @@
 
 Launchers ask `on_gpu(device)` to choose the compiled kernel and its CUDA launch parameters
 (tile sizes, `num_warps`, flags), `sm_count(device)` to size grids, and launch through
-`run(kernel, grid, ...)`. Inside `compile_only()` those answers are the GPU ones for CPU
-tensors too, and `run` compiles the kernel for the target (TTIR -> TTGIR -> LLVM IR -> PTX ->
-cubin, with Triton's bundled ptxas) instead of launching it. So calling the real launchers with
+`run(kernel, grid, ...)`, which makes the tensors' device the current one for the launch.
+Inside `compile_only()` those answers are the GPU ones for CPU tensors too, and `run` compiles
+the kernel for the target (TTIR -> TTGIR -> LLVM IR -> PTX -> cubin, with Triton's bundled
+ptxas) instead of launching it. So calling the real launchers with
 small CPU tensors compiles exactly what a GPU launch would, and catches what only the real
 compiler rejects (Triton's interpreter accepts more). No CUDA driver is needed: Triton asks its
 driver only for the target, the device index and the stream, which `compile_only` answers.
@@ -48,10 +49,27 @@ def sm_count(device: torch.device) -> int:
     return 1
 
 
+def launch_device(args) -> torch.device | None:
+    """The device of a launch: that of its first tensor argument."""
+    return next((a.device for a in args if isinstance(a, torch.Tensor)), None)
+
+
+def device_guard(device: torch.device | None):
+    """Make `device` the current CUDA device for a launch. Triton launches on the *current*
+    device (its driver asks torch for it), not on the one its tensors live on: a model on
+    cuda:1 in a process whose current device is cuda:0 would otherwise read cuda:1 memory from
+    a cuda:0 kernel (an illegal memory access)."""
+    if device is None or device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.cuda.device(device)
+
+
 def run(kernel, grid, *args, **kwargs):
-    """`kernel[grid](*args, **kwargs)`, or, under `compile_only()`, compile it for the target."""
+    """`kernel[grid](*args, **kwargs)` on its tensors' device, or, under `compile_only()`,
+    compile it for the target. Every launcher launches through here."""
     if _SESSION is None:
-        return kernel[grid](*args, **kwargs)
+        with device_guard(launch_device(args)):
+            return kernel[grid](*args, **kwargs)
     _SESSION.kernels.add(kernel)
     compiled = kernel.warmup(*args, grid=grid, **kwargs)
     _SESSION.compiled.append((kernel.fn.__name__, compiled))

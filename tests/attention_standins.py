@@ -46,42 +46,41 @@ def _packed(q, k, v, cu_q, cu_k, scale, causal=True):
     return torch.cat(outs)
 
 
-def _paged_keys(cache, table, length):
-    """The first `length` tokens of one sequence from a [blocks, block_size, H, D] cache."""
-    bs = cache.shape[1]
-    pos = torch.arange(length)
-    return cache[table.long()[pos // bs], pos % bs]
-
-
-def make_flash_attn():
-    """A stand-in `flash_attn` module: flash_attn_varlen_func and flash_attn_with_kvcache."""
+def make_flash_attn(calls: list | None = None):
+    """A stand-in `flash_attn` module with `flash_attn_varlen_func` (bottom-right causal when a
+    sequence has fewer queries than keys, as flash-attn >= 2.1). `calls`, when given, gets the
+    (query rows, key rows) of every call."""
 
     def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
                                softmax_scale=None, causal=False, block_table=None, **unused):
         _check_half(q, k, v)
+        if block_table is not None:
+            raise NotImplementedError("stand-in: the paged (block_table) prefill is not used by g2rpo_fast")
+        lens_q, lens_k = torch.diff(cu_seqlens_q).tolist(), torch.diff(cu_seqlens_k).tolist()
+        if max(lens_q) != max_seqlen_q or max(lens_k) != max_seqlen_k:
+            raise RuntimeError("stand-in: max_seqlen_q/max_seqlen_k do not match cu_seqlens")
+        if calls is not None:
+            calls.append((q.shape[0], k.shape[0]))
         scale = softmax_scale if softmax_scale is not None else 1 / math.sqrt(q.shape[-1])
-        if block_table is None:
-            return _packed(q, k, v, cu_seqlens_q, cu_seqlens_k, scale, causal)
-        outs, bq, bk = [], cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
-        for i in range(len(bq) - 1):
-            keys = _paged_keys(k, block_table[i], bk[i + 1] - bk[i])
-            values = _paged_keys(v, block_table[i], bk[i + 1] - bk[i])
-            outs.append(causal_attention(q[bq[i]:bq[i + 1]], keys, values, scale, causal))
-        return torch.cat(outs)
+        return _packed(q, k, v, cu_seqlens_q, cu_seqlens_k, scale, causal)
 
-    def flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=None, block_table=None, softmax_scale=None,
-                                causal=False, **unused):
-        _check_half(q, k_cache, v_cache)
-        scale = softmax_scale if softmax_scale is not None else 1 / math.sqrt(q.shape[-1])
-        outs = []
-        for b, length in enumerate(cache_seqlens.tolist()):
-            keys = _paged_keys(k_cache, block_table[b], length)
-            values = _paged_keys(v_cache, block_table[b], length)
-            outs.append(causal_attention(q[b], keys, values, scale, causal))
-        return torch.stack(outs)  # [B, 1, Hq, D]
+    return types.SimpleNamespace(flash_attn_varlen_func=flash_attn_varlen_func)
 
-    return types.SimpleNamespace(flash_attn_varlen_func=flash_attn_varlen_func,
-                                 flash_attn_with_kvcache=flash_attn_with_kvcache)
+
+def pretend_cuda(monkeypatch, capability=(9, 0)):
+    """Answer torch's CUDA capability queries on a machine without CUDA: `capability` for every
+    device, or a dict {device index: capability} (index None = the current device, 0)."""
+    import torch.cuda
+
+    table = capability if isinstance(capability, dict) else None
+
+    def get_device_capability(device=None):
+        if table is None:
+            return capability
+        index = torch.device(device).index if device is not None else None
+        return table[0 if index is None else index]
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", get_device_capability)
 
 
 def _varlen_checked(query, key, value, cu_seq_q, cu_seq_k, scale, causal, gqa_allowed):

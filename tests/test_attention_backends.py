@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from attention_standins import VARLEN_SIGNATURES, causal_attention, make_flash_attn
+from attention_standins import VARLEN_SIGNATURES, causal_attention, make_flash_attn, pretend_cuda
 from greedy import assert_greedy_matches
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
@@ -44,6 +44,7 @@ def _prompts():
 @pytest.mark.parametrize("dtype", [F32, BF16, F16])
 def test_auto_picks_a_backend_that_runs_in_the_dtype(monkeypatch, device, dtype, flash, varlen):
     """Defect 1: an fp32 model on CUDA must not get flash_attn / torch_varlen (fp16/bf16 kernels)."""
+    pretend_cuda(monkeypatch, (9, 0))
     monkeypatch.setattr(flash_mod, "has_flash_attn", lambda: flash)
     monkeypatch.setattr(varlen_mod, "has_torch_varlen", lambda: varlen)
     cls = B.select_backend("auto", device, dtype)
@@ -65,15 +66,92 @@ def test_auto_picks_a_backend_that_runs_in_the_dtype(monkeypatch, device, dtype,
     ("nope", "cpu", F32, "must be 'auto' or one of"),
 ])
 def test_named_backend_that_cannot_run_is_refused(monkeypatch, name, device, dtype, reason):
+    pretend_cuda(monkeypatch, (9, 0))
     monkeypatch.setattr(flash_mod, "has_flash_attn", lambda: True)
     with pytest.raises(ValueError, match=rf"`attn_backend`.*{reason}"):
         B.select_backend(name, device, dtype)
 
 
 def test_flash_attn_missing_is_named(monkeypatch):
+    pretend_cuda(monkeypatch, (9, 0))
     monkeypatch.setattr(flash_mod, "has_flash_attn", lambda: False)
     with pytest.raises(ValueError, match="flash-attn package is not installed"):
         B.select_backend("flash_attn", "cuda", BF16, option="attn_implementation")
+
+
+@pytest.mark.parametrize("capability,expected", [((7, 0), "sdpa"), ((7, 5), "sdpa"), ((8, 0), "flash_attn"),
+                                                 ((9, 0), "flash_attn")])
+@pytest.mark.parametrize("dtype", [BF16, F16])
+def test_auto_needs_ampere_for_the_flash_kernels(monkeypatch, capability, expected, dtype):
+    """flash-attention 2 (and torch's varlen, flash inside) needs sm80+: a V100/T4 gets sdpa."""
+    pretend_cuda(monkeypatch, capability)
+    monkeypatch.setattr(flash_mod, "has_flash_attn", lambda: True)
+    monkeypatch.setattr(varlen_mod, "has_torch_varlen", lambda: True)
+    assert B.select_backend("auto", "cuda", dtype).name == expected
+    if expected == "sdpa":
+        for name in ("flash_attn", "torch_varlen"):
+            with pytest.raises(ValueError, match=rf"`attn_backend`='{name}'.*sm80.*sm{capability[0]}{capability[1]}"):
+                B.select_backend(name, "cuda", dtype)
+
+
+def test_capability_is_asked_of_the_model_device(monkeypatch):
+    """Two GPUs of different generations in one process: the answer is the tensors' device's."""
+    pretend_cuda(monkeypatch, {0: (9, 0), 1: (7, 5)})
+    monkeypatch.setattr(flash_mod, "has_flash_attn", lambda: True)
+    assert B.select_backend("auto", torch.device("cuda", 0), BF16).name == "flash_attn"
+    assert B.select_backend("auto", torch.device("cuda", 1), BF16).name == "sdpa"
+    assert B.select_backend("auto", "cuda:1", F16).name == "sdpa"
+
+
+@pytest.fixture
+def fake_flash_package(tmp_path, monkeypatch):
+    """Put a package named flash_attn with the given __init__ source first on sys.path; the
+    import cache of the backend is cleared before and after. Each import of it appends a line
+    to `imports.log` in its folder."""
+    import sys
+
+    def install(source: str):
+        pkg = tmp_path / "flash_attn"
+        pkg.mkdir()
+        log = tmp_path / "imports.log"
+        (pkg / "__init__.py").write_text(f"open({str(log)!r}, 'a').write('import\\n')\n" + source)
+        monkeypatch.syspath_prepend(str(tmp_path))
+        monkeypatch.delitem(sys.modules, "flash_attn", raising=False)
+        flash_mod._import_flash_attn.cache_clear()
+        return log
+
+    yield install
+    sys.modules.pop("flash_attn", None)
+    flash_mod._import_flash_attn.cache_clear()
+
+
+def test_unimportable_flash_attn_is_not_selected(monkeypatch, fake_flash_package):
+    """An installed flash-attn built for another torch raises ImportError ("undefined symbol") on
+    import: `auto` must skip it, and asking for it names the option and the import error."""
+    log = fake_flash_package('raise ImportError("/x/flash_attn_2_cuda.so: undefined symbol: _ZN3c104cuda9SetDevice")')
+    pretend_cuda(monkeypatch, (9, 0))
+    monkeypatch.setattr(varlen_mod, "has_torch_varlen", lambda: True)
+    assert not flash_mod.has_flash_attn()
+    assert B.select_backend("auto", "cuda", BF16).name == "torch_varlen"
+    with pytest.raises(ValueError, match=r"`attn_implementation`='flash_attn'.*does not import.*undefined symbol"):
+        B.select_backend("flash_attn", "cuda", BF16, option="attn_implementation")
+    with pytest.raises(ImportError, match="undefined symbol"):
+        flash_mod.load_flash_attn()
+    assert log.read_text().count("import") == 1, "flash_attn is imported once per process, not per query"
+
+
+def test_flash_attn_without_the_varlen_function_is_refused(monkeypatch, fake_flash_package):
+    fake_flash_package("__version__ = '1.0.9'\n")
+    pretend_cuda(monkeypatch, (9, 0))
+    with pytest.raises(ValueError, match=r"flash-attn 1\.0\.9 has no flash_attn_varlen_func"):
+        B.select_backend("flash_attn", "cuda", BF16)
+
+
+def test_importable_flash_attn_is_selected_and_loaded(monkeypatch, fake_flash_package):
+    fake_flash_package("def flash_attn_varlen_func(*args, **kwargs):\n    return 'called'\n")
+    pretend_cuda(monkeypatch, (8, 6))
+    assert B.select_backend("auto", "cuda", BF16).name == "flash_attn"
+    assert flash_mod.load_flash_attn().flash_attn_varlen_func() == "called"
 
 
 # ---------------------------------------------------------------------------- varlen kernels
@@ -118,7 +196,6 @@ def gpu_kernels_on_cpu(monkeypatch):
     """Let the CUDA-only backends run on the CPU with stand-in kernels (only those differ)."""
     def use(varlen_version="2.11"):
         monkeypatch.setattr(B.FlashAttnBackend, "needs_cuda", False)
-        monkeypatch.setattr(B.FlashAttnBackend, "block_size_multiple", 1)  # small blocks: tiny test model
         monkeypatch.setattr(B.TorchVarlenBackend, "needs_cuda", False)
         monkeypatch.setattr(flash_mod, "has_flash_attn", lambda: True)
         monkeypatch.setattr(flash_mod, "load_flash_attn", make_flash_attn)
@@ -171,6 +248,39 @@ def test_engine_gpu_backends_on_cpu_bf16(model, gpu_kernels_on_cpu, name, versio
     assert engine.stats.cached_prefill_tokens > 0
     assert engine.runner.k_cache.dtype == BF16
     assert_greedy_matches(model, prompts, outs, 10, autocast_dtype=BF16, tie=0.05)
+
+
+@pytest.mark.parametrize("prompt_lens", [(120, 100), (250, 17)])
+def test_flash_attn_group_shares_its_prompt(model, gpu_kernels_on_cpu, monkeypatch, prompt_lens):
+    """Under flash_attn the G samples of a group share their prompt's KV for GRPO-length prompts
+    (they used to share only whole 256-token pages before the last prompt token: nothing below
+    257 tokens). Counted at the model: each group's prompt is computed once, plus the tokens
+    after its last full 16-token block once per other sample; the prefill's varlen calls read
+    the shared blocks as keys in front of the new queries (fewer query rows than key rows);
+    greedy output still equals HF generate."""
+    from test_rollout_sharing import rows_at_the_model
+
+    gpu_kernels_on_cpu()
+    calls = []
+    monkeypatch.setattr(flash_mod, "load_flash_attn", lambda: make_flash_attn(calls))
+    g = torch.Generator().manual_seed(7)
+    group_size, new_tokens = 4, 5
+    groups = [torch.randint(0, VOCAB, (n,), generator=g).tolist() for n in prompt_lens]
+    prompts = [p for p in groups for _ in range(group_size)]
+    engine = RolloutEngine(model, attn_backend="flash_attn", dtype=BF16)
+    assert engine.block_size == 16
+    with rows_at_the_model(model) as rows:
+        outs = engine.generate(prompts, new_tokens)
+    shared = [(n - 1) // 16 * 16 for n in prompt_lens]  # full blocks before the last prompt token
+    prefill = sum(n + (group_size - 1) * (n - s) for n, s in zip(prompt_lens, shared))
+    assert rows[0] == prefill + len(prompts) * (new_tokens - 1)
+    assert engine.stats.cached_prefill_tokens == (group_size - 1) * sum(shared)
+    assert any(q_rows < k_rows for q_rows, k_rows in calls), "no prefill read cached keys"
+    assert_greedy_matches(model, prompts, outs, new_tokens, autocast_dtype=BF16, tie=0.05)
+    with rows_at_the_model(model) as rows:  # the count does tell: without the prefix cache
+        RolloutEngine(model, attn_backend="flash_attn", dtype=BF16, enable_prefix_caching=False).generate(
+            prompts, new_tokens)
+    assert rows[0] == group_size * sum(prompt_lens) + len(prompts) * (new_tokens - 1)
 
 
 def test_engine_refuses_an_fp32_flash_attn_configuration(model, gpu_kernels_on_cpu):

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from .backends import AttentionBackend, select_backend
+from .backends.base import supports_bf16
 from .block_manager import BlockManager
 from .model_runner import ModelRunner, supports_packed_forward
 from .sampler import sample
@@ -59,9 +60,12 @@ class RolloutEngine:
         param = next(model.parameters())
         device = param.device
         self.dtype = _compute_dtype(dtype, param.dtype)
+        if self.dtype == torch.bfloat16 and not supports_bf16(device):
+            raise ValueError(f"`dtype`: {device} has no native bfloat16 (it needs compute capability sm80+): "
+                             f"use float16 or float32 there")
         if isinstance(attn_backend, AttentionBackend):
             backend = attn_backend
-            reason = type(backend).unavailable(device.type, self.dtype)
+            reason = type(backend).unavailable(device, self.dtype)
             if reason is not None:
                 raise ValueError(f"`attn_backend`={backend.name!r} cannot run here: {reason}")
         else:
@@ -71,9 +75,6 @@ class RolloutEngine:
             block_size = backend.default_block_size
         if not _is_int(block_size) or block_size <= 0:
             raise ValueError(f"block_size must be a positive int, got {block_size!r}")
-        if block_size % backend.block_size_multiple:
-            raise ValueError(f"block_size must be a multiple of {backend.block_size_multiple} for the "
-                             f"{backend.name} paged KV cache, got {block_size}")
         for name, value in (("max_num_seqs", max_num_seqs), ("max_num_batched_tokens", max_num_batched_tokens)):
             if not _is_int(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")

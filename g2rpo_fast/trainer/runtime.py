@@ -1,6 +1,7 @@
 """How a run computes, decided once from the config and the device: precision, attention, Liger.
 
-Mixed-precision policy (`torch_dtype`; `auto` = bfloat16 on CUDA, float32 on the CPU):
+Mixed-precision policy (`torch_dtype`; `auto` = bfloat16 on a CUDA GPU with native bf16
+(compute capability sm80+, Ampere and newer), float32 on older GPUs and on the CPU):
 - the weights the optimizer updates and AdamW's state are fp32 (the "master" weights);
 - the training forward runs under `torch.autocast(compute dtype)`: matmuls and attention in
   bf16/fp16, norms and softmax statistics in fp32 as autocast and HF's modules decide;
@@ -12,6 +13,12 @@ Mixed-precision policy (`torch_dtype`; `auto` = bfloat16 on CUDA, float32 on the
   in fp32 (the kernels' contract); the weight's gradient flows back to the fp32 master;
 - old/reference log-probs are computed the same way, so the ratio is exactly 1 before an update.
 With float16 a `torch.amp.GradScaler` scales the loss (fp16 gradients underflow otherwise).
+
+Why `auto` is float32, not float16, before sm80: models pre-trained in bf16 (Qwen, Llama) can
+overflow fp16's range in their activations, which loss scaling does not prevent; fp16 stays one
+explicit `torch_dtype: float16` away. bfloat16 asked for explicitly on such a GPU is refused (the
+Triton kernels' bf16 dots need sm80; torch would emulate it slowly). Attention backends check
+the device themselves (`AttentionBackend.unavailable`: flash kernels need sm80).
 """
 from __future__ import annotations
 
@@ -59,13 +66,18 @@ def interpreting() -> bool:
 
 
 def resolve_compute_dtype(config, device: torch.device) -> torch.dtype:
+    from g2rpo_fast.rollout.backends.base import supports_bf16
+
     name = config.torch_dtype
     if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return torch.bfloat16 if device.type == "cuda" and supports_bf16(device) else torch.float32
     dtype = DTYPES[name]
     if dtype == torch.float16 and device.type != "cuda":
         raise ValueError("`torch_dtype`=float16 needs a CUDA device (the CPU has no fast, exact fp16 matmul); "
                          "use bfloat16 or float32 on the CPU")
+    if dtype == torch.bfloat16 and not supports_bf16(device):
+        raise ValueError(f"`torch_dtype`=bfloat16 needs a GPU of compute capability sm80+ (Ampere); {device} is "
+                         f"older: use float16 (with loss scaling) or float32")
     return dtype
 
 
@@ -88,7 +100,7 @@ def resolve_runtime(config, device: torch.device) -> Runtime:
     dtype = resolve_compute_dtype(config, device)
     name = ATTN_BACKENDS[config.attn_implementation]
     if name != "auto":
-        reason = BACKENDS[name].unavailable(device.type, dtype)
+        reason = BACKENDS[name].unavailable(device, dtype)
         if reason is not None:
             raise ValueError(f"`attn_implementation`={config.attn_implementation!r} cannot run on {device.type} "
                              f"with torch_dtype {str(dtype).removeprefix('torch.')}: {reason}")

@@ -7,9 +7,9 @@ A backend is one way to run causal attention, used in two places:
 - the packed training forward (and cache-free prefill): `varlen`, causal attention over
   sequences packed into one row and delimited by `cu_seqlens`, with autograd.
 
-`unavailable(device_type, dtype)` says why a backend cannot run somewhere (no CUDA, a dtype its
-kernel rejects, a missing package), so `select_backend` decides once, from the device and the
-compute dtype, and nothing else compares backend names.
+`unavailable(device, dtype)` says why a backend cannot run somewhere (no CUDA, a GPU older than
+its kernel needs, a dtype its kernel rejects, a missing or broken package), so `select_backend`
+decides once, from the device and the compute dtype, and nothing else compares backend names.
 """
 from __future__ import annotations
 
@@ -20,6 +20,23 @@ import torch
 
 ALL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 HALF_DTYPES = (torch.bfloat16, torch.float16)
+AMPERE = (8, 0)  # flash-attention 2 (and torch's varlen, flash inside) and native bf16 need sm80+
+
+
+def cuda_capability(device) -> tuple[int, int]:
+    """(major, minor) of a CUDA device; of the current one when `device` has no index."""
+    device = torch.device(device)
+    return tuple(torch.cuda.get_device_capability(device if device.index is not None else None))
+
+
+def supports_bf16(device) -> bool:
+    """Whether `device` computes in bf16 natively: always on the CPU; on CUDA sm80+ (ROCm: always).
+    The rule of `torch.cuda.is_bf16_supported(including_emulation=False)`, asked of `device`
+    itself (that function reads the current device only)."""
+    device = torch.device(device)
+    if device.type != "cuda" or torch.version.hip:
+        return True
+    return cuda_capability(device) >= AMPERE
 
 
 @dataclass
@@ -47,14 +64,21 @@ class AttentionBackend:
     name: ClassVar[str]
     dtypes: ClassVar[tuple] = ALL_DTYPES  # compute dtypes the kernels accept
     needs_cuda: ClassVar[bool] = False
-    block_size_multiple: ClassVar[int] = 1  # the paged kernel's constraint on the block size
+    min_capability: ClassVar[tuple | None] = None  # the CUDA compute capability its kernels need
     default_block_size: ClassVar[int] = 16
 
     @classmethod
-    def unavailable(cls, device_type: str, dtype: torch.dtype) -> str | None:
-        """Why this backend cannot run on `device_type` in `dtype`, or None when it can."""
-        if cls.needs_cuda and device_type != "cuda":
+    def unavailable(cls, device, dtype: torch.dtype) -> str | None:
+        """Why this backend cannot run on `device` (a torch.device or a string such as "cuda:1")
+        in `dtype`, or None when it can."""
+        device = torch.device(device)
+        if cls.needs_cuda and device.type != "cuda":
             return "needs a CUDA device"
+        if cls.min_capability and device.type == "cuda" and not torch.version.hip:
+            have = cuda_capability(device)
+            if have < cls.min_capability:
+                need = "sm{}{}".format(*cls.min_capability)
+                return f"needs a GPU of compute capability {need} or newer (Ampere); this one is sm{have[0]}{have[1]}"
         if dtype not in cls.dtypes:
             names = ", ".join(str(d).removeprefix("torch.") for d in cls.dtypes)
             return f"runs in {names} only, not {str(dtype).removeprefix('torch.')}"

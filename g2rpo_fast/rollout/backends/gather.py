@@ -5,6 +5,9 @@ come from shared blocks). The index tensors are built once per step (`GatherInde
 layers. Prefill runs as one padded batch when padding at most doubles the attention work
 (many short, similar prompts), else as a loop over sequences (not tokens): padding
 mixed-length prompts to the longest would waste most of the attention work.
+
+`context_slots` / `gather_context` serve the flash_attn backend instead: they read each
+sequence's whole context back from the cache as packed K/V rows for one varlen kernel call.
 """
 from __future__ import annotations
 
@@ -138,3 +141,22 @@ def sdpa_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, scale: float):
     if not outs:
         return q.new_empty(q.shape[0], q.shape[1], v.shape[2])
     return torch.cat(outs)
+
+
+def context_slots(meta: StepMetadata) -> torch.Tensor:
+    """Flat cache slot of every context token of every sequence (positions 0 .. ctx-1, sequence
+    after sequence: the key rows of `cu_seqlens_k`), [Σ ctx] int64 on the cache's device."""
+    ctx = meta.ctx_lens.long()
+    total = int(meta.cu_seqlens_k[-1])
+    seq = torch.repeat_interleave(torch.arange(ctx.numel(), device=ctx.device), ctx, output_size=total)
+    pos = torch.arange(total, device=ctx.device) - meta.cu_seqlens_k.long()[:-1][seq]
+    bs = meta.block_size
+    return meta.block_tables.long()[seq, pos // bs] * bs + pos % bs
+
+
+def gather_context(layer_cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """K (or V) of `slots` from a head-major layer cache [Hkv, blocks, block_size, D], as the
+    contiguous packed [len(slots), Hkv, D] that varlen kernels take."""
+    num_kv_heads, head_dim = layer_cache.shape[0], layer_cache.shape[-1]
+    rows = layer_cache.view(num_kv_heads, -1, head_dim).index_select(1, slots)
+    return rows.transpose(0, 1).contiguous()

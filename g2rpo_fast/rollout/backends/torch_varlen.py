@@ -1,6 +1,6 @@
 """`torch_varlen`: PyTorch's own varlen flash attention (`torch.nn.attention.varlen.varlen_attn`).
 
-CUDA only, fp16/bf16 only (it is flash-attention inside). Used for prefill without cached
+CUDA sm80+ only, fp16/bf16 only (it is flash-attention inside). Used for prefill without cached
 blocks and for the training forward; prefill that reads shared prompt blocks gathers them
 (see gather.py) and decode reads the paged cache in place (`ops.paged_decode_attention`),
 both inherited from the SDPA backend.
@@ -20,7 +20,7 @@ import importlib.util
 import inspect
 import math
 
-from .base import HALF_DTYPES
+from .base import AMPERE, HALF_DTYPES
 from .sdpa import SdpaBackend
 
 
@@ -71,6 +71,7 @@ class TorchVarlenBackend(SdpaBackend):
     name = "torch_varlen"
     dtypes = HALF_DTYPES
     needs_cuda = True
+    min_capability = AMPERE  # flash-attention inside
 
     @classmethod
     def missing_dependency(cls):
