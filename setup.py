@@ -103,7 +103,9 @@ setup(
         # wheel on CPU machines and keeps the CUDA build that a GPU machine already has.
         "torch>=2.5",
         "triton>=3.2",
-        "transformers>=4.51",
+        # 4.53.1: transformers.masking_utils with its packed-sequence detection, which the packed
+        # training forward uses (g2rpo_fast/trainer/packed_attention.py, MIN_TRANSFORMERS)
+        "transformers>=4.53.1",
         "datasets>=2.19",
         "numpy",
         "pyyaml",

@@ -130,3 +130,37 @@ def test_peak_memory_linear_in_row_length():
     assert large < 2.5 * small, {"16k": small, "32k": large}
     dense_small, dense_large = _extra_peak_bytes(2048, "sdpa"), _extra_peak_bytes(4096, "sdpa")
     assert dense_large > 2.5 * dense_small, {"dense 2k": dense_small, "dense 4k": dense_large}
+
+
+def test_setup_pins_the_transformers_the_code_needs():
+    """setup.py's minimum is the version whose masking_utils has what packed_attention uses."""
+    import importlib.metadata
+    import pathlib
+    import re
+
+    from packaging.version import Version
+
+    setup = (pathlib.Path(__file__).parents[1] / "setup.py").read_text()
+    assert re.findall(r'"transformers>=([\d.]+)"', setup) == [packed_attention.MIN_TRANSFORMERS]
+    assert Version(importlib.metadata.version("transformers")) >= Version(packed_attention.MIN_TRANSFORMERS)
+    packed_attention.masking_utils()  # the installed one has it
+
+
+@pytest.mark.parametrize("missing", ["find_packed_sequence_indices", "module"])
+def test_too_old_transformers_is_named(monkeypatch, missing):
+    """transformers 4.53.0 (no packed-row detection) or 4.52 (no masking_utils at all): an
+    ImportError naming the requirement, before any model is touched."""
+    import sys
+
+    import transformers
+    from transformers import masking_utils
+
+    if missing == "module":
+        monkeypatch.setitem(sys.modules, "transformers.masking_utils", None)
+        monkeypatch.delattr(transformers, "masking_utils", raising=False)
+    else:
+        monkeypatch.delattr(masking_utils, missing)
+    model, _ = tiny_model_and_tokenizer()
+    need = rf"transformers>={packed_attention.MIN_TRANSFORMERS}.*installed: transformers"
+    with pytest.raises(ImportError, match=need):
+        packed_attention.install(model, BACKENDS["cpu"]())

@@ -1,12 +1,16 @@
 """Liger-Kernel's RMSNorm, RoPE and SwiGLU on the policy at runtime (`use_liger_kernel`, TRL's name).
 
 `apply_liger(model)` patches the model *instance* the way TRL does
-(`liger_kernel.transformers._apply_liger_kernel_to_instance`): its RMSNorm modules (Qwen3's
-q/k norms included) and MLPs get Liger's fused Triton forward/backward; RoPE is Liger's
+(`liger_kernel.transformers._apply_liger_kernel_to_instance`): its decoder RMSNorms (input,
+post-attention, final) and MLPs get Liger's fused Triton forward/backward; RoPE is Liger's
 `liger_rotary_pos_emb`, which Liger installs module-wide for the model's family (every model
-of that family in the process then uses it). Liger's loss kernels are not used: the loss is
-ours. The roll-out engine calls the same norm and MLP modules, so it runs the patched kernels
-too; its RoPE is its own (a packed [T, H, D] layout).
+of that family in the process then uses it). Qwen3's per-head q/k norms are patched on the
+instance only by liger-kernel >= 0.8.5; 0.6.0-0.8.4 leave them HF's Qwen3RMSNorm (their
+module-wide class swap reaches only models built afterwards). Liger has no public per-module
+patch, so nothing here adds one: the q/k norms are two small [T, H, D] norms per layer.
+Liger's loss kernels are not used: the loss is ours. The roll-out engine calls the same norm
+and MLP modules, so it runs the patched kernels too; its RoPE is its own (a packed [T, H, D]
+layout).
 
 On the CPU Liger's kernels run only in Triton's interpreter (TRITON_INTERPRET=1, for tests),
 which in triton 3.9 lacks two things compiled Triton has: float scalar arguments as fp32

@@ -16,7 +16,10 @@ and attention work grow as ΣL². Here one attention function is registered unde
   then silently drop real padding masks too.) With a padding mask (e.g. `generate` on a padded
   batch) the mask is HF's `sdpa_mask` and attention is HF's SDPA: exact, just not varlen.
 
-Models with sliding-window layers keep their own attention (`install` returns False).
+Models with sliding-window layers keep their own attention (`install` returns False), and then
+rely on transformers' own packed-row detection (`find_packed_sequence_indices`, 4.53.1).
+Hence `MIN_TRANSFORMERS`: `masking_utils` appeared in 4.53.0, that detection in 4.53.1 (4.53.0
+would attend across the packed sequences of such a model without a word).
 """
 from __future__ import annotations
 
@@ -24,6 +27,25 @@ import torch
 
 ATTN_IMPLEMENTATION = "g2rpo_varlen"
 _BACKEND_ATTR = "_g2rpo_attention_backend"
+MIN_TRANSFORMERS = "4.53.1"  # keep equal to setup.py's pin (tests/test_training_attention.py checks)
+
+
+def masking_utils():
+    """`transformers.masking_utils` with what the packed forward needs, or an ImportError that
+    names the requirement."""
+    try:
+        from transformers import masking_utils as module
+
+        for name in ("AttentionMaskInterface", "sdpa_mask", "find_packed_sequence_indices"):
+            getattr(module, name)
+    except (ImportError, AttributeError) as exc:
+        import transformers
+
+        raise ImportError(f"g2rpo_fast's packed training forward needs transformers>={MIN_TRANSFORMERS} "
+                          f"(transformers.masking_utils with find_packed_sequence_indices); installed: "
+                          f"transformers {transformers.__version__} ({exc}). "
+                          f"Upgrade: pip install 'transformers>={MIN_TRANSFORMERS}'") from exc
+    return module
 
 
 def cu_seqlens_from_position_ids(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -94,17 +116,15 @@ def varlen_mask(*args, **kwargs):
     """No mask unless a padding mask was given (then HF's SDPA mask)."""
     if kwargs.get("attention_mask") is None:
         return None
-    from transformers.masking_utils import sdpa_mask
-
-    return sdpa_mask(*args, **kwargs)
+    return masking_utils().sdpa_mask(*args, **kwargs)
 
 
 def register() -> None:
+    mask_interface = masking_utils().AttentionMaskInterface
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(ATTN_IMPLEMENTATION, varlen_attention_forward)
-    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, varlen_mask)
+    mask_interface.register(ATTN_IMPLEMENTATION, varlen_mask)
 
 
 def has_sliding_window_layers(config) -> bool:
