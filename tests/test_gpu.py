@@ -1,16 +1,23 @@
 """CUDA-only checks (`gpu` marker; skipped without a CUDA device, see conftest.py).
 
 What the CPU suite cannot run: every engine backend's real kernels in bf16 against HF
-`generate`, the packed training attention's real varlen kernels and their memory, the trainer
-in bf16 with the Triton loss and with Liger, fp16 with loss scaling, and resume. The ops'
-own tests (test_ops_*.py, test_loss.py, test_fused_linear*.py) run their Triton path on CUDA
-by themselves; scripts/gpu_check.sh runs them next to this file.
+`generate` and their prefix sharing, the packed training attention's real varlen kernels and
+their memory, the trainer in bf16 with the Triton loss and with Liger (against the unpatched
+model), fp16 with loss scaling, resume against an uninterrupted run, and kernels on a second
+GPU. The ops' own tests (test_ops_*.py, test_loss.py, test_fused_linear*.py) run their Triton
+path on CUDA by themselves; scripts/gpu_check.sh runs them next to this file.
 """
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 from greedy import assert_greedy_matches
+from test_rollout_sharing import rows_at_the_model
 from test_trainer import make_config, read_metrics, strip_timing
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
@@ -45,7 +52,7 @@ def model():
 def _prompts():
     g = torch.Generator().manual_seed(1)
     rand = lambda n: torch.randint(0, VOCAB, (n,), generator=g).tolist()
-    shared = rand(300)  # more than one 256-token flash-attn block: prefill reads shared blocks
+    shared = rand(100)  # a GRPO-length prompt: its six full 16-token blocks are shared
     return [rand(n) for n in (1, 9, 40, 257)] + [shared, shared, shared + rand(7), shared + rand(60)]
 
 
@@ -63,6 +70,25 @@ def test_engine_backend_matches_hf_generate_bf16(model, name):
     bf16_model.load_state_dict({k: v.to(BF16) for k, v in model.state_dict().items()})
     outs = RolloutEngine(bf16_model, attn_backend=name).generate(prompts, 24)
     assert_greedy_matches(bf16_model, prompts, outs, 24, tie=0.05)
+
+
+@pytest.mark.parametrize("name", ["flash_attn", "torch_varlen", "sdpa"])
+def test_group_computes_its_prompt_once_on_cuda(model, name):
+    """G = 8 samples of one 100-token prompt (and of a 250-token one): counted at the model, the
+    prompt is computed once per group plus, per other sample, the tokens after its last full
+    16-token block; greedy still equals HF generate."""
+    _needs(name)
+    g = torch.Generator().manual_seed(2)
+    lengths, group_size, new_tokens = (100, 250), 8, 8
+    groups = [torch.randint(0, VOCAB, (n,), generator=g).tolist() for n in lengths]
+    prompts = [p for p in groups for _ in range(group_size)]
+    engine = RolloutEngine(model, attn_backend=name, dtype=BF16)
+    with rows_at_the_model(model) as rows:
+        outs = engine.generate(prompts, new_tokens)
+    shared = [(n - 1) // 16 * 16 for n in lengths]
+    prefill = sum(n + (group_size - 1) * (n - k) for n, k in zip(lengths, shared))
+    assert rows[0] == prefill + len(prompts) * (new_tokens - 1)
+    assert_greedy_matches(model, prompts, outs, new_tokens, autocast_dtype=BF16, tie=0.05)
 
 
 def test_engine_fp32_on_cuda_picks_a_working_backend(model):
@@ -197,44 +223,156 @@ def test_trainer_fp16_with_loss_scaling(tmp_path):
     assert all(torch.isfinite(torch.tensor(m["loss"])) for m in history)
 
 
+def _liger_child(device: str, dtype_name: str = "bfloat16") -> dict:
+    """Run in a fresh process: Liger installs its RoPE module-wide, so the unpatched references
+    are computed first. One packed forward + loss + backward of the tiny Qwen3 three ways: fp32
+    (the truth), bf16 autocast unpatched (bf16's own error), bf16 autocast with Liger.
+    (`device`/`dtype_name` let the same code run on the CPU in Triton's interpreter, in fp16:
+    the interpreter mis-computes Liger's bf16 SwiGLU.)"""
+    import copy
+
+    from g2rpo_fast.models.liger import apply_liger
+    from g2rpo_fast.trainer.policy_forward import PolicyHidden, lm_head_params
+
+    torch.manual_seed(0)
+    model, _ = tiny_model_and_tokenizer(seed=3, hidden_size=128, layers=2)
+    model = model.to(device).train()
+    packed_attention.install(model, BACKENDS["sdpa"]())
+    lengths = [37, 5, 120, 64]
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, 90, (1, sum(lengths)), generator=g).to(device)
+    pos = torch.cat([torch.arange(n) for n in lengths])[None].to(device)
+    targets = torch.randint(4, 90, (sum(lengths),), generator=g).to(device)
+
+    def loss_and_grads(m, dtype):
+        m.zero_grad(set_to_none=True)
+        with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32):
+            logits = PolicyHidden(m)(ids, pos)[0] @ lm_head_params(m)[0].T
+        loss = torch.nn.functional.cross_entropy(logits.float(), targets)
+        loss.backward()
+        return float(loss.detach()), {n: p.grad.double().clone() for n, p in m.named_parameters()}
+
+    dtype = getattr(torch, dtype_name)
+    truth = loss_and_grads(model, torch.float32)
+    plain = loss_and_grads(model, dtype)
+    patched = copy.deepcopy(model)
+    apply_liger(patched)
+    liger = loss_and_grads(patched, dtype)
+
+    def rel(grads):
+        return {n: float((grads[n] - t).norm() / t.norm().clamp_min(1e-30)) for n, t in truth[1].items()}
+
+    return {"mlp": patched.model.layers[0].mlp._get_name(), "loss": [truth[0], plain[0], liger[0]],
+            "plain_grad_err": rel(plain[1]), "liger_grad_err": rel(liger[1])}
+
+
+def _child_result(fn_name: str, *args, env=None) -> dict:
+    code = (f"import sys, json; sys.path.insert(0, {os.path.dirname(__file__)!r}); "
+            f"import test_gpu as t; print(json.dumps(t.{fn_name}(*{args!r})))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=540,
+                          env=dict(os.environ, **(env or {})))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_liger_matches_the_unpatched_model():
+    """use_liger_kernel's kernels (RMSNorm, RoPE, SwiGLU) give the unpatched model's loss and
+    gradients in bf16. Tolerance: Liger's error against fp32 may be at most twice plain bf16's
+    own error against fp32, plus a relative slack of one bf16 ulp (2^-8) per gradient and 1e-3
+    on the loss (a mean over 226 tokens, whose bf16 error is ~1e-4): a wrong kernel is off by
+    O(1) in the gradients (a RoPE with the sign of sin flipped: 1.08, against 0.002 for plain
+    16-bit; measured on the CPU in fp16, `_liger_child("cpu", "float16")` under TRITON_INTERPRET=1)."""
+    result = _child_result("_liger_child", "cuda")
+    assert result["mlp"] == "LigerSwiGLUMLP"
+    truth, plain, liger = result["loss"]
+    ulp = 2.0 ** -8
+    assert abs(liger - truth) <= 2 * abs(plain - truth) + 1e-3 * abs(truth), result["loss"]
+    for name, err in result["liger_grad_err"].items():
+        assert err <= 2 * result["plain_grad_err"][name] + ulp, (name, err, result["plain_grad_err"][name])
+
+
 def test_trainer_with_liger(tmp_path):
-    """use_liger_kernel: the policy's norms and MLPs run Liger's kernels, and a training step's
-    loss equals the unpatched trainer's on the same roll-outs within bf16 noise."""
-    plain = _trainer(tmp_path, "plain", max_steps=2)
+    """use_liger_kernel through the trainer: the policy's MLPs are Liger's and training runs."""
     liger = _trainer(tmp_path, "liger", max_steps=2, use_liger_kernel=True)
     assert liger.model.model.layers[0].mlp._get_name() == "LigerSwiGLUMLP"  # the instance is patched
-    a, b = plain.train(), liger.train()
-    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in b)
-    assert a[0]["reward"] == pytest.approx(b[0]["reward"], abs=0.2)  # same seeds; bf16 may flip a few tokens
+    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in liger.train())
 
 
-def test_resume_on_cuda(tmp_path):
-    """A run dies during step 4; resuming from checkpoint-2 restores weights and optimizer state
-    bit for bit and repeats step 3 exactly as the dead run did it (same roll-outs, rewards and
-    loss: forwards are deterministic; only gradients may differ in the last bits, flash-attn's
-    backward being non-deterministic, so an uninterrupted run is not the reference here)."""
-    crashed = _trainer(tmp_path, "run", max_steps=4, save_steps=2)
-    step_fn = crashed.training_step
-    state_after_two = {}
+def _resume_child(root: str, device: str) -> dict:
+    """Run in a fresh process with CUBLAS_WORKSPACE_CONFIG set and deterministic algorithms on
+    (flash-attn's backward adds atomically, so the backend is sdpa): an uninterrupted 4-step run,
+    and a run that dies during step 4 resumed from checkpoint-2."""
+    import pathlib
+    import warnings
 
-    def crash_after_three():
-        if crashed.step == 2:
-            state_after_two.update({k: v.detach().clone() for k, v in crashed.model.state_dict().items()})
-        if crashed.step == 3:
-            raise KeyboardInterrupt
-        return step_fn()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    tmp = pathlib.Path(root)
+    kw = dict(max_steps=4, save_steps=2, attn_implementation="sdpa", device=device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        straight = _trainer(tmp, "straight", **kw)
+        straight.train()
+        crashed = _trainer(tmp, "crashed", **kw)
+        step_fn = crashed.training_step
 
-    crashed.training_step = crash_after_three
-    with pytest.raises(KeyboardInterrupt):
-        crashed.train()
-    dead_rows = strip_timing(read_metrics(crashed.config))
-    resumed = _trainer(tmp_path, "run", max_steps=4, save_steps=2)
-    resumed.load(str(tmp_path / "run" / "checkpoint-2"))
-    for k, v in resumed.model.state_dict().items():
-        assert torch.equal(v, state_after_two[k]), k
-    resumed = _trainer(tmp_path, "run", max_steps=4, save_steps=2)
-    resumed.train(resume_from_checkpoint=True)
-    rows = strip_timing(read_metrics(resumed.config))
-    assert len(dead_rows) == 3 and len(rows) == 4 and rows[:2] == dead_rows[:2]
-    for key in ("reward", "accuracy", "advantage_std", "guidance_length", "completion_length", "loss"):
-        assert rows[2][key] == dead_rows[2][key], key
+        def crash_in_step_four():
+            if crashed.step == 3:
+                raise KeyboardInterrupt
+            return step_fn()
+
+        crashed.training_step = crash_in_step_four
+        try:
+            crashed.train()
+        except KeyboardInterrupt:
+            pass
+        rows_before_resume = len(read_metrics(crashed.config))
+        resumed = _trainer(tmp, "crashed", **kw)  # fresh model and trainer
+        resumed.train(resume_from_checkpoint=True)
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    return {"straight": strip_timing(read_metrics(straight.config)),
+            "resumed": strip_timing(read_metrics(resumed.config)), "rows_before_resume": rows_before_resume,
+            "unequal_weights": [k for k in a if not torch.equal(a[k], b[k])],
+            "nondeterministic": sorted({str(w.message)[:200] for w in caught if "determinis" in str(w.message)})}
+
+
+def test_resume_on_cuda_matches_uninterrupted(tmp_path):
+    """Resume from checkpoint-2 after a crash in step 4 gives the uninterrupted run's metrics
+    (roll-outs, rewards, loss) and final weights bit for bit, as on the CPU (test_trainer.py)."""
+    result = _child_result("_resume_child", str(tmp_path), "cuda", env={"CUBLAS_WORKSPACE_CONFIG": ":4096:8"})
+    assert result["rows_before_resume"] == 3
+    assert len(result["straight"]) == 4
+    note = f"non-deterministic ops seen: {result['nondeterministic']}"
+    assert result["resumed"] == result["straight"], note
+    assert not result["unequal_weights"], (result["unequal_weights"], note)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices (a kernel on cuda:1 while "
+                    "cuda:0 is current)")
+def test_kernels_on_a_second_gpu():
+    """Every Triton launcher with its tensors on cuda:1 while cuda:0 is the current device gives
+    what it gives on cuda:0 (before the launch guard: an illegal memory access)."""
+    import g2rpo_fast as g
+
+    torch.cuda.set_device(0)
+
+    def run_all(dev):
+        gen = torch.Generator().manual_seed(0)
+        logits = torch.randn(64, 1000, generator=gen).to(dev, BF16)
+        ids = torch.randint(0, 1000, (64,), generator=gen).to(dev)
+        hidden = torch.randn(64, 128, generator=gen).to(dev, BF16).requires_grad_()
+        weight = torch.randn(1000, 128, generator=gen).to(dev, BF16).requires_grad_()
+        logps = g.ops.per_token_logps(logits, ids)
+        fused = g.ops.fused_linear_logps(hidden, weight, ids)
+        fused.sum().backward()
+        adv = g.ops.group_advantages(torch.randn(16, generator=gen).to(dev), 4)
+        return [t.detach().float().cpu() for t in (logps, fused, hidden.grad, weight.grad, adv)]
+
+    for a, b in zip(run_all(torch.device("cuda", 0)), run_all(torch.device("cuda", 1))):
+        assert torch.equal(a, b)
+    assert torch.cuda.current_device() == 0
+    model = Qwen3ForCausalLM(Qwen3Config(vocab_size=VOCAB, hidden_size=128, intermediate_size=256,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         head_dim=32, max_position_embeddings=512)).to("cuda:1").eval()
+    prompts = _prompts()[:4]
+    outs = RolloutEngine(model, attn_backend="sdpa", dtype=BF16).generate(prompts, 12)  # paged decode kernel
+    assert_greedy_matches(model, prompts, outs, 12, autocast_dtype=BF16, tie=0.05)
