@@ -7,7 +7,8 @@ around every launch. On the CPU this file checks both halves of that:
 
 1. every launcher (logps forward/backward, the G2RPO loss, fused linear forward/backward,
    group advantages, paged decode) launches *inside* the guard, entered with the device of
-   its tensors (Triton's interpreter runs the kernels; the guard is spied on);
+   its tensors (the guard is spied on; Triton's interpreter runs the kernels on the CPU, the
+   compiled kernels run on a GPU when there is one);
 2. for a CUDA tensor, the guard makes that tensor's device current during the launch and
    restores the previous one after (`torch.cuda.device` replaced by a recorder, the tensor a
    CPU tensor reporting cuda:1, the kernel a stub: nothing runs on a GPU).
@@ -21,10 +22,12 @@ import contextlib
 
 import pytest
 import torch
-from conftest import TRITON_READY
+from conftest import HAS_CUDA, TRITON_READY
 from g2rpo_fast.kernels import aot
 from triton.runtime.interpreter import InterpretedFunction
+from triton.runtime.jit import JITFunction
 
+DEVICE = torch.device("cuda", 0) if HAS_CUDA else torch.device("cpu")
 pytestmark = pytest.mark.skipif(not TRITON_READY, reason="triton was imported before conftest without "
                                 "TRITON_INTERPRET=1: its library cannot run in the interpreter")
 
@@ -45,14 +48,15 @@ def launches(monkeypatch):
         finally:
             state["guard"] = previous
 
-    real_run = InterpretedFunction.run
-
-    def spy_run(self, *args, **kwargs):
-        seen.append((self.fn.__name__, state["guard"]))
-        return real_run(self, *args, **kwargs)
+    def spy(real_run):
+        def run(self, *args, **kwargs):
+            seen.append((self.fn.__name__, state["guard"]))
+            return real_run(self, *args, **kwargs)
+        return run
 
     monkeypatch.setattr(aot, "device_guard", spy_guard)
-    monkeypatch.setattr(InterpretedFunction, "run", spy_run)
+    for cls in (InterpretedFunction, JITFunction):  # interpreted on the CPU, compiled on a GPU
+        monkeypatch.setattr(cls, "run", spy(cls.run))
     return seen
 
 
@@ -61,21 +65,25 @@ def _launch_every_kernel():
 
     g = torch.Generator().manual_seed(0)
     n, vocab, hidden = 5, 40, 16
-    logits = torch.randn(n, vocab, generator=g)
-    ids = torch.randint(0, vocab, (n,), generator=g)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g).to(DEVICE)
+
+    logits = randn(n, vocab)
+    ids = torch.randint(0, vocab, (n,), generator=g).to(DEVICE)
+    ones = torch.ones(n, device=DEVICE)
     _, rowmax, logsum, _ = logps.launch_logps_fwd(logits, ids, 1.0, True)
-    logps.launch_logps_bwd(logits, ids, torch.ones(n), rowmax, logsum, 1.0)
-    ones = torch.ones(n)
+    logps.launch_logps_bwd(logits, ids, ones, rowmax, logsum, 1.0)
     grpo_loss.launch_g2rpo_loss_fwd(logits, ids, ones, ones, None, None, inv_t=1.0, beta=0.0, eps_low=0.2,
                                     eps_high=0.2, delta=None)
-    h, w = torch.randn(n, hidden, generator=g), torch.randn(vocab, hidden, generator=g)
+    h, w = randn(n, hidden), randn(vocab, hidden)
     _, lse, _ = fused_linear.forward(h, w, None, ids, 1.0, False)
-    fused_linear.backward(h, w, None, ids, lse, torch.ones(n), 1.0, True, True, False)
-    advantages.launch_group_advantages(torch.randn(8, generator=g), 4, "group", 1e-4)
-    q = torch.randn(2, 4, 16, generator=g)
-    cache = torch.randn(3, 16, 2, 16, generator=g)
-    paged_attention.launch_paged_decode(q, cache, cache, torch.tensor([[0, 1], [2, 0]], dtype=torch.int32),
-                                        torch.tensor([20, 5], dtype=torch.int32), 0.25)
+    fused_linear.backward(h, w, None, ids, lse, ones, 1.0, True, True, False)
+    advantages.launch_group_advantages(randn(8), 4, "group", 1e-4)
+    cache = randn(3, 16, 2, 16)
+    paged_attention.launch_paged_decode(randn(2, 4, 16), cache, cache,
+                                        torch.tensor([[0, 1], [2, 0]], dtype=torch.int32, device=DEVICE),
+                                        torch.tensor([20, 5], dtype=torch.int32, device=DEVICE), 0.25)
 
 
 EXPECTED_KERNELS = {"logps_fwd_kernel", "logps_bwd_kernel", "g2rpo_loss_fwd_kernel", "_fwd_kernel",
@@ -85,7 +93,7 @@ EXPECTED_KERNELS = {"logps_fwd_kernel", "logps_bwd_kernel", "g2rpo_loss_fwd_kern
 def test_every_launcher_launches_inside_the_device_guard(launches):
     _launch_every_kernel()
     assert {name for name, _ in launches} == EXPECTED_KERNELS
-    unguarded = [name for name, device in launches if device != torch.device("cpu")]
+    unguarded = [name for name, device in launches if device != DEVICE]
     assert not unguarded, f"launched outside the guard of their tensors' device: {unguarded}"
 
 
