@@ -90,13 +90,53 @@ def test_greedy_other_backends_and_tight_kv(models):
     assert engine.stats.preemptions > 0
 
 
-def test_generic_path_matches_hf(models):
-    model = get_model(models, "gpt2")
+def _count_forwards(model):
+    calls = []
+    handle = model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(1), with_kwargs=True)
+    return calls, handle
+
+
+@pytest.mark.parametrize("family", ["gpt2", "qwen2_sliding"])
+def test_generic_path_matches_hf_in_batches(models, family):
+    """The generic path (other families; sliding-window layers) decodes left-padded batches: one
+    forward per step for all requests, not one per request per step; greedy equals HF generate
+    token for token, with requests of different lengths and some stopping early."""
+    if family == "gpt2":
+        model = get_model(models, "gpt2")
+    else:
+        torch.manual_seed(0)
+        model = Qwen2ForCausalLM(Qwen2Config(use_sliding_window=True, sliding_window=8, max_window_layers=0,
+                                             **COMMON)).eval()
     engine = RolloutEngine(model)
     assert not engine.packed
-    prompts = _prompts()[:4]
-    for p, o in zip(prompts, engine.generate(prompts, 6)):
-        assert o.token_ids == hf_greedy(model, p, 6)
+    prompts = _prompts()
+    new_tokens = 10
+    ref = [hf_greedy(model, p, new_tokens) for p in prompts]
+    calls, handle = _count_forwards(model)
+    try:
+        outs = engine.generate(prompts, new_tokens)
+    finally:
+        handle.remove()
+    assert [o.token_ids for o in outs] == ref
+    assert len(calls) == new_tokens  # one batch: a prefill and new_tokens - 1 decode steps
+    stop = ref[3][2]  # request 3 stops at its third token; others whose greedy path has it stop earlier
+    outs = RolloutEngine(model, max_num_seqs=4).generate(prompts, new_tokens, stop_token_ids=[stop])
+    for o, r in zip(outs, ref):
+        expected = r[:r.index(stop) + 1] if stop in r else r
+        assert o.token_ids == expected and o.finish_reason == ("stop" if stop in r else "length")
+
+
+def test_generic_path_sampling_does_not_depend_on_the_batch(models):
+    """Each request samples from its own seeded generator: alone or in a batch of others of
+    different lengths, the same seed gives the same completion and log-probs."""
+    model = get_model(models, "gpt2")
+    prompts = _prompts()[:6]
+    together = RolloutEngine(model).generate(prompts, 8, temperature=1.0, seed=[11 + i for i in range(6)],
+                                             return_logprobs=True)
+    for i, p in enumerate(prompts):
+        alone = RolloutEngine(model).generate([p], 8, temperature=1.0, seed=[11 + i], return_logprobs=True)[0]
+        assert alone.token_ids == together[i].token_ids
+        assert alone.logprobs == pytest.approx(together[i].logprobs, abs=1e-4)
 
 
 def hf_sampling_probs(logits, temperature, top_k, top_p):

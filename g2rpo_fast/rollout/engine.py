@@ -234,29 +234,55 @@ class RolloutEngine:
             self.runner.reset_decode_state()  # its memory is per call
 
     def _generate_generic(self, seqs: list[Sequence], return_logprobs: bool) -> None:
-        """Any other causal LM: one request at a time through the HF forward with its cache."""
+        """Any other causal LM (other families, sliding-window layers): HF's own forward with a
+        `DynamicCache`, over left-padded batches as HF `generate` builds them (attention mask,
+        position ids from it). Prompts are batched by length, at most `max_num_seqs` per batch and
+        about `max_num_batched_tokens` padded prompt tokens; each request samples from its own
+        generator, so its completion does not depend on the batch it lands in."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        try:
+            batch, width = [], 0
+            for s in sorted(seqs, key=len, reverse=True):
+                if batch and (len(batch) == self.max_num_seqs
+                              or (len(batch) + 1) * width > self.max_num_batched_tokens):
+                    self._generic_batch(batch, return_logprobs)
+                    batch = []
+                if not batch:
+                    width = len(s)
+                batch.append(s)
+            self._generic_batch(batch, return_logprobs)
+        finally:
+            model.train(was_training)
+
+    def _generic_batch(self, batch: list[Sequence], return_logprobs: bool) -> None:
         from transformers import DynamicCache
 
         model = self.model
         cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
         try:
-            for s in seqs:
-                try:
-                    cache = DynamicCache(config=model.config)
-                except TypeError:
-                    cache = DynamicCache()
-                ids = torch.tensor([s.token_ids], device=device)
-                self.stats.prefill_tokens += ids.shape[1]
-                while True:
-                    out = model(input_ids=ids, use_cache=True, **{cache_kw: cache})
-                    tokens, logprobs = sample(out.logits[:, -1].float(), [s], return_logprobs)
-                    s.append(tokens[0], None if logprobs is None else logprobs[0])
-                    self.stats.generated_tokens += 1
-                    if s.is_done():
-                        break
-                    ids = torch.tensor([[tokens[0]]], device=device)
-        finally:
-            model.train(was_training)
+            cache = DynamicCache(config=model.config)
+        except TypeError:
+            cache = DynamicCache()
+        width = max(len(s) for s in batch)
+        pad = 0  # any id: padded positions are masked out
+        ids = torch.tensor([[pad] * (width - len(s)) + s.token_ids for s in batch], device=device)
+        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in batch], device=device)
+        self.stats.prefill_tokens += sum(len(s) for s in batch)
+        while True:
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]  # HF generate's rule
+            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                        **{cache_kw: cache})
+            live = [i for i, s in enumerate(batch) if not s.is_done()]
+            tokens, logprobs = sample(out.logits[live, -1].float(), [batch[i] for i in live], return_logprobs)
+            for j, i in enumerate(live):
+                batch[i].append(tokens[j], None if logprobs is None else logprobs[j])
+            self.stats.generated_tokens += len(live)
+            if all(s.is_done() for s in batch):
+                return
+            # finished rows keep decoding a pad token (their outputs are ignored): the cache
+            # stays one rectangular batch
+            ids = torch.tensor([[pad if s.is_done() else s.token_ids[-1]] for s in batch], device=device)
+            mask = torch.cat([mask, mask.new_ones(len(batch), 1)], dim=1)
