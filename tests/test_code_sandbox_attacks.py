@@ -99,9 +99,12 @@ for fd in range(3, 64):  # forge: write whatever was found, and success words, e
 print("VISIBLE_PIDS", len(pids), "FOUND", found[:3], flush=True)
 os._exit(0)
 '''
-    result = attack(code, sandbox_backend, test=test)
+    # A generous timeout: the attack reads every readable page it can see, which is slow on a
+    # loaded machine, and a kill before it prints would hide what it found (a flaky pass).
+    result = attack(code, sandbox_backend, test=test, timeout=30.0)
     visible = re.search(r"VISIBLE_PIDS (\d+)", result.output)
-    assert visible and int(visible.group(1)) <= 3  # only the sandbox's own processes
+    assert visible, f"the attack did not get to report what it saw: {result}"
+    assert int(visible.group(1)) <= 3  # only the sandbox's own processes
     assert token not in result.output
 
 
@@ -205,7 +208,7 @@ def test_host_files_are_invisible_and_unwritable(sandbox_backend, tmp_path):
             "    try:\n        open(target, 'w').write('x')\n"
             "    except OSError as exc:\n        print('blocked', exc)\n"
             f"try:\n    exec(open({str(solution)!r}).read())\nexcept OSError:\n    exec({WRONG!r})\n")
-    result = attack(code, sandbox_backend)
+    result = attack(code, sandbox_backend, timeout=30.0)  # generous: it must get to print
     assert "VISIBLE []" in result.output
     for target in targets:
         assert not os.path.exists(target)
