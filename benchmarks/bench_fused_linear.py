@@ -22,7 +22,6 @@ one thread count (--threads) and the load average is recorded, as the machine ma
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import platform
 import statistics
@@ -32,28 +31,13 @@ import time
 import torch
 
 import g2rpo_fast
+from g2rpo_fast.ops.backend import use_backend
 from g2rpo_fast.ops.grpo_loss import LossOptions, g2rpo_loss_from_logps
 from g2rpo_fast.ops.loss_inputs import prepare_loss_inputs
 
 OPTS = {"beta": 0.04, "loss_type": "grpo"}
 SEQ_LEN = 512
 GROUP = 4
-
-
-@contextlib.contextmanager
-def backend_env(value):
-    old = os.environ.get("G2RPO_FAST_BACKEND")
-    if value is None:
-        os.environ.pop("G2RPO_FAST_BACKEND", None)
-    else:
-        os.environ["G2RPO_FAST_BACKEND"] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("G2RPO_FAST_BACKEND", None)
-        else:
-            os.environ["G2RPO_FAST_BACKEND"] = old
 
 
 def make_batch(n, h, v, dtype, device, seq_len):
@@ -85,7 +69,7 @@ def ours(batch, compiled=False):
     inner = torch.compile(step)
 
     def compiled_step(h, w):
-        with backend_env("torch"):
+        with use_backend("torch"):
             return inner(h, w)
 
     return compiled_step

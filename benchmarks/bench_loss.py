@@ -166,7 +166,7 @@ def cand_trl(inp):
 def cand_compiled(inp):
     from g2rpo_fast.ops.grpo_loss import LossOptions, g2rpo_loss_from_logps
     from g2rpo_fast.ops.layout import make_layout
-    from g2rpo_fast.ops.reference import per_token_logps_ref
+    from g2rpo_fast.ops.logps import per_token_logps_ref
 
     opts = LossOptions(**OPTS)
     layout = make_layout(tuple(inp["ids"].shape), inp["ids"].device)

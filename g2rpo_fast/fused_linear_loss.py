@@ -20,7 +20,7 @@ import dataclasses
 
 import torch
 
-from .ops._checks import check_tensor
+from .ops.checks import check_tensor
 from .ops.fused_linear import check_linear_inputs, compute_fused_linear_logps
 from .ops.grpo_loss import LossOptions, g2rpo_loss_from_logps
 from .ops.loss_inputs import prepare_loss_inputs

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from .ops._checks import check_same_device, check_tensor
-from .ops._dispatch import use_triton
+from .ops.backend import use_triton
+from .ops.checks import check_same_device, check_tensor
 from .ops.grpo_loss import LossOptions, g2rpo_loss_from_logps
 from .ops.logps import compute_per_token_logps
 from .ops.loss_inputs import prepare_loss_inputs

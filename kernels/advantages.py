@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .logps import launch
+from .launch import launch
 
 SCALE_NONE, SCALE_GROUP, SCALE_BATCH = 0, 1, 2
 

@@ -15,22 +15,16 @@ FLOPs: 2NHV forward + 2 × 4NHV backward (each backward kernel recomputes the lo
 in-place fp32 accumulation re-reads d_hidden once per vocab tile: the price of determinism and
 of never writing dlogits. Unmeasured on a GPU so far (see benchmarks/results/fused_linear_cpu.md).
 
-On a CPU tensor the same kernels run in Triton's interpreter. Triton decides interpreter vs
-compiler when `@triton.jit` runs (import time), so the launchers below wrap the raw Python
-functions (kernels and their helpers) in `InterpretedFunction`s themselves: tests need not import
-this module in any order.
+On a CPU tensor the same kernels run in Triton's interpreter, their `@triton.jit` helpers
+included (`launch.kernel_for`), whatever the order in which tests import this module.
 """
 from __future__ import annotations
-
-import contextlib
-import functools
-import types
 
 import torch
 import triton
 import triton.language as tl
 
-from .aot import on_gpu, run, sm_count
+from .launch import launch, on_gpu, sm_count
 
 
 @triton.jit
@@ -182,41 +176,6 @@ def _dweight_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, lse_ptr, g_ptr, dw_ptr, db_ptr
 VOCAB_SPLITS_CPU = 1
 
 
-@functools.cache
-def _interpreted(fn):
-    """`fn` for the interpreter, calling interpreted copies of the @triton.jit helpers above: a
-    compiled helper (this module imported without TRITON_INTERPRET) cannot run there."""
-    from triton.runtime.interpreter import InterpretedFunction
-    from triton.runtime.jit import JITFunction
-
-    scope = dict(fn.__globals__)  # shared by every copy, so helpers calling helpers resolve too
-
-    def in_scope(f):
-        return InterpretedFunction(types.FunctionType(f.__code__, scope, f.__name__, f.__defaults__, f.__closure__))
-
-    scope.update({name: in_scope(v.fn) for name, v in fn.__globals__.items() if isinstance(v, JITFunction)})
-    return in_scope(fn)
-
-
-@contextlib.contextmanager
-def _interpreter_mode(active):
-    """Run a launch in Triton's interpreter (CPU tensors), whatever TRITON_INTERPRET was at import."""
-    if not active:
-        yield
-        return
-    from triton import knobs
-
-    with knobs.runtime.scope():
-        knobs.runtime.interpret = True
-        yield
-
-
-def _kernel(jit_fn, device):
-    if on_gpu(device):
-        return jit_fn
-    return _interpreted(getattr(jit_fn, "fn", jit_fn))
-
-
 def _blocks(x: torch.Tensor, n: int, v: int):
     if not on_gpu(x.device):
         # The interpreter pays per tile in Python: small tiles for small vocabularies (so tests
@@ -252,13 +211,11 @@ def forward(hidden, weight, bias, token_ids, temperature, return_entropy):
     t = torch.empty(splits, n, **f32)
     e = torch.empty(splits, n, **f32) if return_entropy else m
     b = bias if bias is not None else hidden
-    kern = _kernel(_fwd_kernel, dev)
-    with _interpreter_mode(not on_gpu(dev)):
-        run(kern, (row_blocks, splits),
-            hidden, weight, b, token_ids, m, s, e, t, n, v, h, 1.0 / temperature, tiles_per_split,
-            HAS_BIAS=bias is not None, ENTROPY=return_entropy, IEEE=hidden.dtype == torch.float32,
-            DOT_F32=not on_gpu(dev),
-            BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_H=block_h, num_warps=warps)
+    launch(_fwd_kernel, (row_blocks, splits), dev,
+           hidden, weight, b, token_ids, m, s, e, t, n, v, h, 1.0 / temperature, tiles_per_split,
+           HAS_BIAS=bias is not None, ENTROPY=return_entropy, IEEE=hidden.dtype == torch.float32,
+           DOT_F32=not on_gpu(dev),
+           BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_H=block_h, num_warps=warps)
     if splits == 1:
         lse = m[0] + torch.log(s[0])
         logps = t[0] - lse
@@ -293,17 +250,15 @@ def backward(hidden, weight, bias, token_ids, lse, grad_logps, temperature, need
     if need_hidden:
         dh = torch.zeros(n, h, device=dev, dtype=torch.float32)
         if n > 0:
-            with _interpreter_mode(not on_gpu(dev)):
-                run(_kernel(_dhidden_kernel, dev), (triton.cdiv(n, block_n),),
-                    hidden, weight, b, token_ids, lse, g, dh, n, v, h, 1.0 / temperature, **common)
+            launch(_dhidden_kernel, (triton.cdiv(n, block_n),), dev,
+                   hidden, weight, b, token_ids, lse, g, dh, n, v, h, 1.0 / temperature, **common)
         d_hidden = dh.to(hidden.dtype)
     if need_weight or need_bias:
         dw = torch.zeros(v, h, device=dev, dtype=torch.float32)
         db = torch.zeros(v, device=dev, dtype=torch.float32) if bias is not None else dw
         if n > 0:
-            with _interpreter_mode(not on_gpu(dev)):
-                run(_kernel(_dweight_kernel, dev), (triton.cdiv(v, block_v),),
-                    hidden, weight, b, token_ids, lse, g, dw, db, n, v, h, 1.0 / temperature, **common)
+            launch(_dweight_kernel, (triton.cdiv(v, block_v),), dev,
+                   hidden, weight, b, token_ids, lse, g, dw, db, n, v, h, 1.0 / temperature, **common)
         d_weight = dw.to(weight.dtype) if need_weight else None
         d_bias = db.to(bias.dtype) if need_bias else None
     return d_hidden, d_weight, d_bias

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .logps import block_v_for, launch, num_programs, row_strides, warps_for
+from .launch import block_v_for, launch, num_programs, row_strides, warps_for
 
 
 @triton.jit

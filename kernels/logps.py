@@ -10,23 +10,16 @@ Backward reads each row once and writes it once:
 A row with `g == 0` (a masked token) skips the read and only writes zeros.
 
 Grid: 1-D over rows, capped, each program walks rows with a stride (no 65535 limit; row
-offsets in int64 so N·V > 2^31 is fine). The launch helpers live here; autograd lives in
-`g2rpo_fast.ops.logps_triton`.
+offsets in int64 so N·V > 2^31 is fine). The launchers live here (grid and tiles from
+`launch.py`); the autograd Function and the reference live in `g2rpo_fast/ops/logps.py`.
 """
 from __future__ import annotations
-
-import contextlib
 
 import torch
 import triton
 import triton.language as tl
 
-from .aot import on_gpu, run, sm_count
-
-# Tile width along the vocabulary. Big tiles keep the GPU busy; in the interpreter a big tile
-# is also faster (numpy vectorises it). Tests shrink it to exercise the multi-tile path.
-BLOCK_V_CUDA = 4096
-BLOCK_V_INTERPRET = 4096
+from .launch import block_v_for, launch, num_programs, row_strides, warps_for
 
 
 @triton.jit
@@ -101,76 +94,7 @@ def logps_bwd_kernel(
                 tl.store(out + offs, tl.zeros([BLOCK_V], dlogits_ptr.dtype.element_ty), mask=valid)
 
 
-# --------------------------------------------------------------------------- launch helpers
-
-_FOR_MODE = {}
-
-
-def kernel_for(kernel, device: torch.device):
-    """The kernel built for where its tensors live: compiled for CUDA, interpreted for the CPU.
-
-    `@triton.jit` decides at decoration (import) time, from TRITON_INTERPRET, whether it builds
-    a compiled or an interpreted function, and tests flip that variable per test. So the launch
-    picks by device instead and re-wraps the raw function when the import-time choice differs.
-    (Kernels here call no other @triton.jit function of ours. Triton's own `tl.sum`/`tl.max`
-    are decorated when triton is imported: interpreting needs TRITON_INTERPRET=1 at that
-    moment, which `tests/conftest.py` arranges.)
-    """
-    from triton.runtime.interpreter import InterpretedFunction
-
-    interpret = not on_gpu(device)
-    if isinstance(kernel, InterpretedFunction) == interpret:
-        return kernel
-    key = (kernel.fn, interpret)
-    if key not in _FOR_MODE:
-        _FOR_MODE[key] = InterpretedFunction(kernel.fn) if interpret else triton.jit(kernel.fn)
-    return _FOR_MODE[key]
-
-
-@contextlib.contextmanager
-def launch_mode(device: torch.device):
-    """Interpreter knob on for CPU launches, whatever the environment says."""
-    if on_gpu(device):
-        yield
-        return
-    with triton.knobs.runtime.scope():
-        triton.knobs.runtime.interpret = True
-        yield
-
-
-def launch(kernel, grid, device, *args, **kwargs):
-    with launch_mode(device):
-        run(kernel_for(kernel, device), grid, *args, **kwargs)
-
-
-def block_v_for(vocab: int, device: torch.device) -> int:
-    cap = BLOCK_V_CUDA if on_gpu(device) else BLOCK_V_INTERPRET
-    return max(16, min(triton.next_power_of_2(vocab), cap))
-
-
-def num_programs(n_rows: int, device: torch.device) -> int:
-    """Cap the 1-D grid; each program loops over rows with a stride."""
-    if on_gpu(device):
-        cap = sm_count(device) * 32
-    else:
-        cap = 1 << 16
-    return max(1, min(n_rows, cap))
-
-
-def warps_for(block_v: int, device: torch.device) -> int:
-    return 8 if (on_gpu(device) and block_v >= 2048) else 4
-
-
-def row_strides(logits):
-    """(stride_b, stride_t, seq_len) locating row r at (r // seq_len)·stride_b + (r % seq_len)·stride_t.
-
-    Takes [N, V] or [B, T, V] with a unit last stride, so a strided view such as TRL's
-    `logits[:, :-1]` is read in place (no copy of N·V elements).
-    """
-    if logits.dim() == 3:
-        return logits.stride(0), logits.stride(1), max(logits.shape[1], 1)
-    return 0, logits.stride(0), max(logits.shape[0], 1)
-
+# --------------------------------------------------------------------------- launchers
 
 def launch_logps_fwd(logits2d, ids, inv_t, with_entropy):
     """logits [N, V] or [B, T, V] (last dim contiguous), ids [N] -> (logp, rowmax, logsum, entropy|None) fp32."""

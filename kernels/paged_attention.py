@@ -18,8 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .aot import on_gpu
-from .logps import launch
+from .launch import launch, on_gpu
 
 MIN_DOT = 16  # tl.dot needs every dimension >= 16
 

@@ -1,15 +1,17 @@
 """Shared fixtures of the op and loss tests.
 
-`backend` runs a test twice: on the PyTorch reference path (`G2RPO_FAST_BACKEND=torch`) and on
-the Triton path (CUDA when present, else Triton's interpreter on the CPU, TRITON_INTERPRET=1
-set per test with monkeypatch, which is what `ops._dispatch.use_triton` reads at call time).
+`backend` runs a test twice: on the PyTorch reference path and on the Triton path (CUDA when
+present, else Triton's interpreter on the CPU). It switches `g2rpo_fast.ops.backend` with
+`use_backend("torch" | "triton")` for the test's duration; the process environment is never
+touched (the ops read it once, at import).
 
 Why triton is imported here: `@triton.jit` picks compiled vs interpreted when a function is
 *decorated*, and Triton's own library functions (`tl.sum`, `tl.max`, ...) are decorated when
 triton is first imported. Without a GPU we therefore import triton once with
 TRITON_INTERPRET=1 and then restore the variable, so that the interpreter works in any test
-while every other test keeps the default (PyTorch) dispatch. Our kernel launchers pick the
-interpreted or compiled form of *our* kernels by device (`kernels.logps.kernel_for`), so the
+while every other test keeps the default ("auto": PyTorch on the CPU) dispatch; g2rpo_fast is
+not imported inside that window, so its backend setting starts as "auto". Our kernel launchers
+pick the interpreted or compiled form of *our* kernels by device (`kernels/launch.py`), so the
 order in which test modules import them does not matter.
 """
 from __future__ import annotations
@@ -61,17 +63,23 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(params=["torch", "triton"])
-def backend(request, monkeypatch):
-    if request.param == "torch":
-        monkeypatch.setenv("G2RPO_FAST_BACKEND", "torch")
-    else:
-        if not TRITON_READY:
-            pytest.skip("no GPU, and triton was imported before tests/conftest.py without "
-                        "TRITON_INTERPRET=1, so its library cannot run in the interpreter")
-        monkeypatch.delenv("G2RPO_FAST_BACKEND", raising=False)
-        if not HAS_CUDA:
-            monkeypatch.setenv("TRITON_INTERPRET", "1")
-    return request.param
+def backend(request):
+    from g2rpo_fast.ops.backend import use_backend
+
+    if request.param == "triton" and not TRITON_READY:
+        pytest.skip("no GPU, and triton was imported before tests/conftest.py without "
+                    "TRITON_INTERPRET=1, so its library cannot run in the interpreter")
+    with use_backend(request.param):
+        yield request.param
+
+
+@pytest.fixture
+def torch_ops():
+    """The PyTorch reference path for every op during the test (parity with a PyTorch peer)."""
+    from g2rpo_fast.ops.backend import use_backend
+
+    with use_backend("torch"):
+        yield
 
 
 @pytest.fixture
@@ -83,7 +91,7 @@ def device(backend):
 @pytest.fixture
 def small_tiles(monkeypatch):
     """Shrink the vocabulary tile so small test vocabularies still cross several tiles."""
-    from g2rpo_fast.kernels import logps as k
+    from g2rpo_fast.kernels import launch as k
 
     monkeypatch.setattr(k, "BLOCK_V_INTERPRET", 64)
     monkeypatch.setattr(k, "BLOCK_V_CUDA", 64)

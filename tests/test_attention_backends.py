@@ -300,10 +300,10 @@ def test_decode_without_flash_attn_reads_the_paged_cache_in_place(model, gpu_ker
     from g2rpo_fast.kernels import paged_attention as kernel
 
     from g2rpo_fast.ops import paged_attention as op
+    from g2rpo_fast.ops.backend import use_backend
     from g2rpo_fast.rollout.backends import gather, sdpa
 
     gpu_kernels_on_cpu()
-    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the op's Triton path, as for CUDA tensors
     calls = {"kernel": 0, "reference": 0, "gathered_decode": 0}
     launch, reference, gather_attention = kernel.launch_paged_decode, op.paged_decode_attention_ref, \
         gather.gather_attention
@@ -326,7 +326,8 @@ def test_decode_without_flash_attn_reads_the_paged_cache_in_place(model, gpu_ker
     steps = 5
     dtype = BF16 if name == "torch_varlen" else F32
     engine = RolloutEngine(model, attn_backend=name, dtype=dtype)
-    outs = engine.generate(prompts, steps)
+    with use_backend("triton"):  # the op's Triton path, as for CUDA tensors
+        outs = engine.generate(prompts, steps)
     layers = model.config.num_hidden_layers
     assert calls == {"kernel": layers * (steps - 1), "reference": 0, "gathered_decode": 0}
     tie = 0.05 if dtype == BF16 else 0.0

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from g2rpo_fast import FusedLinearG2RPOLoss, G2RPOLoss
-from g2rpo_fast.ops._dispatch import forced_backend
+from g2rpo_fast.ops.backend import use_backend
 
 B, T, H, V = 4, 9, 32, 80  # 2 groups of 2 completions
 
@@ -46,7 +46,7 @@ def reference(batch, opts):
     h, w, b = (batch[k].detach().cpu().double().requires_grad_() for k in ("hidden", "weight", "bias"))
     rest = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in batch.items()
             if k not in ("hidden", "weight", "bias")}
-    with forced_backend("torch"):
+    with use_backend("torch"):
         loss, metrics = G2RPOLoss(**opts)(h @ w.T + b, group_size=2, **rest)
     loss.backward()
     return loss.detach(), metrics, (h.grad, w.grad, b.grad)
@@ -132,10 +132,10 @@ def test_bad_input_names_the_argument(mutate, arg):
 
 
 @pytest.mark.parametrize("loss_type", ["grpo", "bnpo"])
-def test_parity_with_liger_fused_linear_grpo(monkeypatch, loss_type):
+@pytest.mark.usefixtures("torch_ops")
+def test_parity_with_liger_fused_linear_grpo(loss_type):
     """liger-kernel's chunked LigerFusedLinearGRPOLoss is plain PyTorch: it runs on the CPU."""
     liger = pytest.importorskip("liger_kernel.chunked_loss")
-    monkeypatch.setenv("G2RPO_FAST_BACKEND", "torch")
     batch = make_batch(torch.float32, "cpu", packed=False, seed=4)
     mask, adv = batch["completion_mask"], torch.tensor([0.9, -0.9, 0.4, -0.4])
     h1, w1, b1 = (batch[k].clone().requires_grad_() for k in ("hidden", "weight", "bias"))

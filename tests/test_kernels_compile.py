@@ -3,7 +3,7 @@
 Triton's CPU interpreter accepts code that the real compiler rejects (non-constexpr shapes,
 dtype mixes in `tl.where`/`tl.dot`, `tl.dot` shape rules, ...), so the interpreter tests alone
 do not show that a kernel builds on a GPU. Here the *real launchers* run with small CPU
-tensors inside `g2rpo_fast.kernels.aot.compile_only()`: they pick their CUDA launch parameters
+tensors inside `g2rpo_fast.kernels.launch.compile_only()`: they pick their CUDA launch parameters
 (tile sizes, `num_warps`, flags, argument dtypes and integer specialisations) and each launch
 compiles TTIR -> TTGIR -> LLVM IR -> PTX -> cubin (Triton's bundled ptxas) instead of running.
 So there is one source of truth for what gets compiled: the launchers themselves.
@@ -204,19 +204,19 @@ def _compile_all():
     """Compile every case; print one JSON line per case (or one `skip` line)."""
     import traceback
 
-    from g2rpo_fast.kernels import aot, logps
+    from g2rpo_fast.kernels import launch, logps
     from triton.runtime.jit import JITFunction
 
     if not isinstance(logps.logps_fwd_kernel, JITFunction):
         raise TypeError("kernels were decorated for the interpreter; unset TRITON_INTERPRET")
-    problem = _ptxas_problem(aot.H100["arch"])
+    problem = _ptxas_problem(launch.H100["arch"])
     if problem is not None:
         print(json.dumps({"skip": problem}), flush=True)
         return
     for name, case in CASES.items():
         result = {"case": name, "kernels": []}
         try:
-            with aot.compile_only() as session:
+            with launch.compile_only() as session:
                 case()
             for kname, ck in session.compiled:
                 n_regs, n_spills = _registers_and_spills(ck.asm["cubin"])

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 import g2rpo_fast as g
-from g2rpo_fast.ops._dispatch import forced_backend
-from g2rpo_fast.ops.reference import per_token_logps_ref
+from g2rpo_fast.ops.backend import use_backend
+from g2rpo_fast.ops.logps import per_token_logps_ref
 
 LOSS_TYPES = ["grpo", "bnpo", "dapo", "dr_grpo"]
 GRAD_TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2}  # max error / max |grad|
@@ -72,7 +72,7 @@ def run_loss(loss_fn, case, dtype, device, **extra):
 def truth(loss_fn, case, dtype, **extra):
     """The reference on float64 copies of the inputs as `dtype` rounds them."""
     c = dict(case, logits=case["logits"].to(dtype).double())
-    with forced_backend("torch"):
+    with use_backend("torch"):
         return run_loss(loss_fn, c, torch.float64, "cpu", **extra)
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import g2rpo_fast as g
-from g2rpo_fast.ops.reference import group_advantages_ref
+from g2rpo_fast.ops.advantages import group_advantages_ref
 
 
 @pytest.mark.parametrize("scale", ["group", "batch", "none"])

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import g2rpo_fast as g
-from g2rpo_fast.ops.reference import per_token_logps_ref
+from g2rpo_fast.ops.logps import per_token_logps_ref
 
 TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-5, torch.float16: 2e-5}  # on fp32 outputs
 GRAD_TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}  # relative to max |grad|
@@ -94,8 +94,8 @@ def test_logps_zero_grad_rows_give_zero_gradient(backend, device, small_tiles):
 
 
 def test_logps_inplace_backward_writes_into_logits(device, small_tiles):
-    # A Triton-path option only, so this test calls the Triton function directly.
-    from g2rpo_fast.ops.logps_triton import per_token_logps_triton
+    # A Triton-path option only, so this test calls the autograd Function of the kernels directly.
+    from g2rpo_fast.ops.logps import PerTokenLogps
 
     torch.manual_seed(5)
     base = torch.randn(6, 80, device=device)
@@ -104,7 +104,7 @@ def test_logps_inplace_backward_writes_into_logits(device, small_tiles):
     expected = float64_truth(base, ids, 1.3, gout)[2].float()
     buf = base.clone()
     leaf = buf.detach().requires_grad_()  # shares storage with buf
-    lp = per_token_logps_triton(leaf, ids, 1.3, inplace_backward=True)
+    lp = PerTokenLogps.apply(leaf, ids, 1.3, False, True)
     lp.backward(gout.to(device))
     torch.testing.assert_close(buf.cpu(), expected, atol=1e-5, rtol=1e-4)  # gradient landed in the buffer
     torch.testing.assert_close(leaf.grad.cpu(), expected, atol=1e-5, rtol=1e-4)

@@ -1,14 +1,8 @@
-"""Ops: each has one plain PyTorch reference (`reference.py`, the spec) and dispatches to a
-Triton kernel for CUDA tensors (or on the CPU under TRITON_INTERPRET=1)."""
+"""The ops, one file each, all of one shape: the checked public function, its plain PyTorch
+reference (the spec, `*_ref`) and the autograd Function over its Triton kernel in
+`g2rpo_fast.kernels.<op>`. Which of the two runs is decided once, in `backend.py`."""
 from .advantages import group_advantages
+from .fused_linear import fused_linear_logps
 from .logps import per_token_logps
-
-
-def fused_linear_logps(*args, **kwargs):
-    """Log-probs from hidden states × lm_head without materialising [N, V] logits."""
-    from .fused_linear import fused_linear_logps as impl
-
-    return impl(*args, **kwargs)
-
 
 __all__ = ["fused_linear_logps", "group_advantages", "per_token_logps"]

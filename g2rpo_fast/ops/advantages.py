@@ -1,11 +1,15 @@
-"""Group-normalised advantage (DESIGN.md section 3)."""
+"""Group-normalised advantage (DESIGN.md section 3).
+
+- `group_advantages`: the checked public op;
+- `group_advantages_ref`: its PyTorch reference (the spec);
+- the Triton path calls `kernels/advantages.py` (no autograd: advantages carry no gradient).
+"""
 from __future__ import annotations
 
 import torch
 
-from ._checks import check_choice, check_finite, check_tensor
-from ._dispatch import use_triton
-from .reference import group_advantages_ref
+from .backend import use_triton
+from .checks import check_choice, check_finite, check_tensor
 
 
 def check_group_size(group_size, num_seqs, scale_rewards):
@@ -35,3 +39,20 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: str 
 
         return launch_group_advantages(rewards.detach(), group_size, scale_rewards, float(eps))
     return group_advantages_ref(rewards.detach(), group_size, scale_rewards, eps)
+
+
+def group_advantages_ref(rewards, group_size, scale_rewards="group", eps=1e-4):
+    """The spec: (r - mean_group) / (std + eps) with the unbiased std, in fp32 (fp64 for fp64).
+
+    A group whose rewards are all equal gets advantages exactly 0 (numerator is 0).
+    """
+    dtype = torch.float64 if rewards.dtype == torch.float64 else torch.float32
+    r = rewards.to(dtype).view(-1, group_size)
+    centred = r - r.mean(dim=1, keepdim=True)
+    if scale_rewards == "group":
+        scale = r.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(r[:, :1])
+    elif scale_rewards == "batch":
+        scale = rewards.to(dtype).std() if rewards.numel() > 1 else rewards.new_zeros((), dtype=dtype)
+    else:  # "none"
+        return centred.reshape(-1)
+    return (centred / (scale + eps)).reshape(-1)

@@ -1,18 +1,22 @@
 """Per-token log-probs straight from hidden states and the lm_head, without [N, V] logits.
 
 `fused_linear_logps(hidden, weight, token_ids)` equals
-`per_token_logps(hidden @ weight.T + bias, token_ids)` but only ever holds a tile of logits:
-CUDA tensors (or CPU under TRITON_INTERPRET=1) use the Triton kernels in
-`g2rpo_fast.kernels.fused_linear`; otherwise a chunked PyTorch path walks `ROW_CHUNK`-row
-blocks. Both keep only `lse [N]` for backward and recompute the logits there, so the [N, V]
-logits and their gradient are never written.
+`per_token_logps(hidden @ weight.T + bias, token_ids)` but only ever holds a tile of logits.
+
+- `fused_linear_logps`: the checked public op;
+- `chunked_forward` / `chunked_backward`: its PyTorch path, which walks `CHUNK_ELEMS`-sized row
+  blocks (the spec it is tested against is `per_token_logps_ref` of the materialised logits);
+- `FusedLinearLogps`: the autograd Function over either path; the Triton one is
+  `kernels/fused_linear.py` (CUDA tensors, or CPU tensors on the "triton" backend).
+Both keep only `lse [N]` for backward and recompute the logits there, so the [N, V] logits and
+their gradient are never written.
 """
 from __future__ import annotations
 
 import torch
 
-from ._checks import check_same_device, check_shape, check_temperature, check_tensor, check_token_ids
-from ._dispatch import use_triton
+from .backend import use_triton
+from .checks import check_same_device, check_shape, check_temperature, check_tensor, check_token_ids
 
 # Logit elements per chunk on the PyTorch path: 2**23 fp32 = 32 MiB (256 rows at V = 32768).
 CHUNK_ELEMS = 1 << 23
@@ -91,7 +95,7 @@ def _impls(triton_path):
     return chunked_forward, chunked_backward
 
 
-class _FusedLinearLogps(torch.autograd.Function):
+class FusedLinearLogps(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, token_ids, temperature, return_entropy, triton_path):
         fwd, _ = _impls(triton_path)
@@ -157,7 +161,7 @@ def compute_fused_linear_logps(hidden, weight, token_ids, bias=None, temperature
     triton_path = use_triton(hidden) and hidden.dtype in _TRITON_DTYPES
     needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (hidden, weight, bias))
     if needs_grad:
-        out = _FusedLinearLogps.apply(h2, w, b, t, float(temperature), bool(return_entropy), triton_path)
+        out = FusedLinearLogps.apply(h2, w, b, t, float(temperature), bool(return_entropy), triton_path)
         logps, entropy = out if return_entropy else (out, None)
     else:  # reference / old log-probs: run the forward alone, keep nothing
         fwd, _ = _impls(triton_path)

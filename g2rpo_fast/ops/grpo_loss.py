@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._checks import check_choice
+from .checks import check_choice
 from .layout import Layout, segment_sum
 
 LOSS_TYPES = ("grpo", "bnpo", "dapo", "dr_grpo")

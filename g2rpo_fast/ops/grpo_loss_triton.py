@@ -16,9 +16,8 @@ import torch
 
 from .grpo_loss import LossOptions, g2rpo_loss_from_logps
 from .layout import segment_sum
-from .logps_triton import can_write_in_place, kernel_logits
+from .logps import can_write_in_place, kernel_logits, per_token_logps_ref
 from .loss_inputs import LossInputs
-from .reference import per_token_logps_ref
 
 
 def aggregation_coefficients(weights, layout, opts: LossOptions, num_items_in_batch=None):

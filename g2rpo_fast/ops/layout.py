@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._checks import check_cu_seqlens
+from .checks import check_cu_seqlens
 
 
 @dataclass

@@ -1,11 +1,21 @@
-"""Per-token log-probs from logits: log_softmax(logits / T) gathered at the chosen tokens."""
+"""Per-token log-probs from logits: log_softmax(logits / T) gathered at the chosen tokens.
+
+- `per_token_logps`: the checked public op;
+- `per_token_logps_ref`: its PyTorch reference (the spec);
+- `PerTokenLogps`: the autograd Function over the Triton kernels of `kernels/logps.py`.
+
+Memory of the Triton path: the forward saves the logits (a reference, not a copy) plus 8 bytes
+per row; the backward writes one `[N, V]` gradient in the logits' dtype, or, with
+`inplace_backward=True`, writes it into the logits buffer itself (saves N·V·itemsize bytes;
+only valid when nothing reads those logits after the backward, e.g. an activation freed right
+after).
+"""
 from __future__ import annotations
 
 import torch
 
-from ._checks import check_same_device, check_shape, check_temperature, check_tensor, check_token_ids
-from ._dispatch import use_triton
-from .reference import per_token_logps_ref
+from .backend import use_triton
+from .checks import check_same_device, check_shape, check_temperature, check_tensor, check_token_ids
 
 
 def per_token_logps(logits: torch.Tensor, token_ids: torch.Tensor, temperature: float = 1.0,
@@ -24,14 +34,63 @@ def per_token_logps(logits: torch.Tensor, token_ids: torch.Tensor, temperature: 
     return compute_per_token_logps(logits, token_ids, temperature, return_entropy)
 
 
-def compute_per_token_logps(logits, token_ids, temperature=1.0, return_entropy=False):
-    """`per_token_logps` without the checks, for callers that validated already (the losses):
-    the token-id range check costs a device sync, which the hot path should pay once."""
-    if use_triton(logits):
-        from .logps_triton import per_token_logps_triton
+def per_token_logps_ref(logits, token_ids, temperature=1.0, return_entropy=False):
+    """The spec: log_softmax(logits / T)[token_ids] over the last dim, in fp32 (fp64 for fp64)."""
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    logp_all = torch.log_softmax(logits.to(dtype) / temperature, dim=-1)
+    logps = logp_all.gather(-1, token_ids.long().unsqueeze(-1)).squeeze(-1)
+    if not return_entropy:
+        return logps
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logps, entropy
 
-        return per_token_logps_triton(logits, token_ids, temperature, return_entropy)
+
+def compute_per_token_logps(logits, token_ids, temperature=1.0, return_entropy=False, *, inplace_backward=False):
+    """`per_token_logps` without the checks, for callers that validated already (the losses):
+    the token-id range check costs a device sync, which the hot path should pay once.
+    float64 logits (a test/debug dtype, never a training one) always take the reference."""
+    if use_triton(logits) and logits.dtype != torch.float64:
+        return PerTokenLogps.apply(logits, token_ids, float(temperature), bool(return_entropy), inplace_backward)
     out = per_token_logps_ref(logits, token_ids, temperature, return_entropy)
-    if return_entropy:
-        return out[0], out[1].detach()
-    return out
+    return (out[0], out[1].detach()) if return_entropy else out
+
+
+def kernel_logits(logits: torch.Tensor) -> torch.Tensor:
+    """[N, V] or [B, T, V] with a unit last stride; other strides are read in place, so
+    TRL's `logits[:, :-1]` costs no copy."""
+    return logits if logits.stride(-1) == 1 else logits.contiguous()
+
+
+def can_write_in_place(x: torch.Tensor, logits: torch.Tensor, requested: bool) -> bool:
+    return bool(requested) and x is logits and logits.is_contiguous()
+
+
+class PerTokenLogps(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, token_ids, temperature, with_entropy, inplace_backward):
+        from g2rpo_fast.kernels.logps import launch_logps_fwd
+
+        x = kernel_logits(logits)
+        ids = token_ids.reshape(-1).contiguous()
+        logp, rowmax, logsum, entropy = launch_logps_fwd(x, ids, 1.0 / temperature, with_entropy)
+        ctx.save_for_backward(x, ids, rowmax, logsum)
+        ctx.temperature = temperature
+        ctx.logits_shape = logits.shape
+        ctx.inplace = can_write_in_place(x, logits, inplace_backward)
+        shape = logits.shape[:-1]
+        if entropy is None:
+            return logp.view(shape)
+        entropy = entropy.view(shape)
+        ctx.mark_non_differentiable(entropy)
+        return logp.view(shape), entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp, *unused):
+        from g2rpo_fast.kernels.logps import launch_logps_bwd
+
+        x, ids, rowmax, logsum = ctx.saved_tensors
+        if grad_logp is None:
+            return None, None, None, None, None
+        g = grad_logp.reshape(-1).to(torch.float32) / ctx.temperature
+        dx = launch_logps_bwd(x, ids, g, rowmax, logsum, 1.0 / ctx.temperature, out=x if ctx.inplace else None)
+        return dx.view(ctx.logits_shape), None, None, None, None

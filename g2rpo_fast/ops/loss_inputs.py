@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ._checks import check_finite, check_same_device, check_shape, check_tensor, check_token_ids
 from .advantages import group_advantages
+from .checks import check_finite, check_same_device, check_shape, check_tensor, check_token_ids
 from .grpo_loss import LossOptions, token_weights
 from .layout import Layout, make_layout
 

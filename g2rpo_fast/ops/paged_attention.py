@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_same_device, check_tensor
-from ._dispatch import use_triton
+from .backend import use_triton
+from .checks import check_same_device, check_tensor
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
