@@ -31,9 +31,10 @@ import time
 import torch
 
 import g2rpo_fast
+from g2rpo_fast.loss import LossOptions
+from g2rpo_fast.loss.inputs import prepare_loss_inputs
+from g2rpo_fast.loss.objective import objective_from_logps
 from g2rpo_fast.ops.backend import use_backend
-from g2rpo_fast.ops.grpo_loss import LossOptions, g2rpo_loss_from_logps
-from g2rpo_fast.ops.loss_inputs import prepare_loss_inputs
 
 OPTS = {"beta": 0.04, "loss_type": "grpo"}
 SEQ_LEN = 512
@@ -125,8 +126,7 @@ def eager(batch):
                                   ref_logps=batch["ref_logps"])
         logits = (h @ w.T).float().reshape(-1, w.shape[0])
         logps = torch.log_softmax(logits, -1).gather(-1, inp.token_ids[:, None]).squeeze(-1)
-        loss, _ = g2rpo_loss_from_logps(logps, inp.advantages, inp.weights, inp.layout, opts,
-                                        inp.old_logps, inp.ref_logps)
+        loss, _ = objective_from_logps(logps, inp, opts)
         return loss
 
     return step

@@ -8,7 +8,7 @@ Candidates, all on the same inputs in one run:
                     swapped for `g2rpo_fast._native`'s), i.e. what `G2RPOLoss` runs once wired
   * liger           liger-kernel's `triton_grpo_loss` (CUDA, or the interpreter with --interpret)
   * trl_eager       TRL's formula in eager PyTorch (materialised fp32 log_softmax)
-  * compiled_ref    `torch.compile` of our reference (per_token_logps_ref + g2rpo_loss_from_logps)
+  * compiled_ref    `torch.compile` of our reference (per_token_logps_ref + loss.objective.objective_from_logps)
 
 Also reported: effective bandwidth = minimal logits traffic (read in forward, read + gradient
 write in backward: 3·N·V·itemsize bytes) ÷ time, its fraction of the HBM peak on known GPUs,
@@ -164,19 +164,20 @@ def cand_trl(inp):
 
 
 def cand_compiled(inp):
-    from g2rpo_fast.ops.grpo_loss import LossOptions, g2rpo_loss_from_logps
-    from g2rpo_fast.ops.layout import make_layout
+    from g2rpo_fast.loss import LossOptions
+    from g2rpo_fast.loss.inputs import prepare_loss_inputs
+    from g2rpo_fast.loss.objective import objective_from_logps
     from g2rpo_fast.ops.logps import per_token_logps_ref
 
     opts = LossOptions(**OPTS)
-    layout = make_layout(tuple(inp["ids"].shape), inp["ids"].device)
-    ids, w = inp["ids"].reshape(-1), inp["mask"].reshape(-1)
-    old, ref = inp["old"].reshape(-1), inp["ref"].reshape(-1)
+    ids = inp["ids"]
+    loss_inputs = prepare_loss_inputs(opts, ids, inp["logits_full"].shape[-1], ids.device, advantages=inp["adv"],
+                                      completion_mask=inp["mask"], old_logps=inp["old"], ref_logps=inp["ref"])
 
     @torch.compile(dynamic=False)
     def loss_fn(x):
-        lp = per_token_logps_ref(x.reshape(-1, x.shape[-1]), ids, opts.temperature)
-        return g2rpo_loss_from_logps(lp, inp["adv"], w, layout, opts, old, ref)[0]
+        lp = per_token_logps_ref(x.reshape(-1, x.shape[-1]), loss_inputs.token_ids, opts.temperature)
+        return objective_from_logps(lp, loss_inputs, opts)[0]
 
     def step(x):
         loss = loss_fn(x)

@@ -64,7 +64,7 @@ def rss(key):
 
 
 def step_fn(model, batch, runtime_dtype, device):
-    from g2rpo_fast.fused_linear_loss import FusedLinearG2RPOLoss
+    from g2rpo_fast.loss import FusedLinearG2RPOLoss
     from g2rpo_fast.trainer.policy_forward import PolicyHidden, lm_head_params, packed_hidden
 
     loss_fn = FusedLinearG2RPOLoss(loss_type="dapo")

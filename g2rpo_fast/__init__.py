@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "ops": ("g2rpo_fast.ops", None),
     "G2RPOLoss": ("g2rpo_fast.loss", "G2RPOLoss"),
-    "FusedLinearG2RPOLoss": ("g2rpo_fast.fused_linear_loss", "FusedLinearG2RPOLoss"),
+    "FusedLinearG2RPOLoss": ("g2rpo_fast.loss", "FusedLinearG2RPOLoss"),
     "AdaptiveGuidance": ("g2rpo_fast.guidance", "AdaptiveGuidance"),
     "G2RPOConfig": ("g2rpo_fast.trainer.config", "G2RPOConfig"),
     "G2RPOTrainer": ("g2rpo_fast.trainer.trainer", "G2RPOTrainer"),

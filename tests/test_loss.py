@@ -1,6 +1,6 @@
 """G2RPOLoss from logits against float64: value, gradient and metrics, on both backends.
 
-The Triton path is the fused kernel (`ops.grpo_loss_triton`) at token level and the log-prob
+The Triton path is the fused kernel (`ops.token_loss`) at token level and the log-prob
 kernel + reference objective at sequence level. Ground truth: the reference objective on the
 float64 copy of the (possibly bf16-rounded) inputs. Also: padded == packed, the TRL formula
 written out, and Liger's `triton_grpo_loss` (run in the interpreter in a subprocess).

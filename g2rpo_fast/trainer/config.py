@@ -206,6 +206,20 @@ class G2RPOConfig:
             return 0
         return round(self.guidance_ratio * self.num_generations)
 
+    def loss_options(self):
+        """The `LossOptions` of this run's loss (TRL's config names -> the loss's)."""
+        from g2rpo_fast.loss import LossOptions
+
+        guided = self.guidance_schedule != "none"
+        return LossOptions(
+            beta=self.beta, epsilon_low=self.epsilon,
+            epsilon_high=self.epsilon if self.epsilon_high is None else self.epsilon_high,
+            delta=self.delta, loss_type=self.loss_type, importance_sampling_level=self.importance_sampling_level,
+            # dr_grpo's normaliser: the longest possible completion, guidance tokens included
+            max_completion_length=self.max_completion_length
+            + (max(self.guidance_max_length, self.guidance_initial_length) if guided else 0),
+            temperature=self.temperature, guidance_loss=self.guidance_loss, scale_rewards=self.scale_rewards)
+
     def to_dict(self) -> dict:
         out = {}
         for f in dataclasses.fields(self):

@@ -137,19 +137,11 @@ def token_logps(hidden, weight, bias, token_ids, temperature=1.0) -> torch.Tenso
 
 def make_loss_fn(config):
     """The loss through FusedLinearG2RPOLoss: hidden states and lm_head in, no [N, V] logits."""
-    opts = dict(beta=config.beta, epsilon_low=config.epsilon,
-                epsilon_high=config.epsilon if config.epsilon_high is None else config.epsilon_high,
-                delta=config.delta, loss_type=config.loss_type,
-                importance_sampling_level=config.importance_sampling_level,
-                # dr_grpo's normaliser: the longest possible completion, guidance tokens included
-                max_completion_length=config.max_completion_length
-                + max(config.guidance_max_length, config.guidance_initial_length)
-                if config.guidance_schedule != "none" else config.max_completion_length,
-                temperature=config.temperature, guidance_loss=config.guidance_loss,
-                scale_rewards=config.scale_rewards)
-    from g2rpo_fast.fused_linear_loss import FusedLinearG2RPOLoss
+    import dataclasses
 
-    fn = FusedLinearG2RPOLoss(**opts)
+    from g2rpo_fast.loss import FusedLinearG2RPOLoss
+
+    fn = FusedLinearG2RPOLoss(**dataclasses.asdict(config.loss_options()))
 
     def fused(hidden, weight, bias, **kw):
         return fn(hidden, weight, kw.pop("token_ids"), bias=bias, **kw)

@@ -332,9 +332,10 @@ class G2RPOTrainer:
 
     # ------------------------------------------------------------------ training
     def _num_items(self, micro_batches) -> float:
-        local = sum(float((mb["batch"].completion_mask * (
-            1 - mb["batch"].guidance_mask.float() if self.config.guidance_loss == "mask" else 1)).sum())
-            for mb in micro_batches)
+        from g2rpo_fast.loss.aggregation import num_items
+
+        local = sum(num_items(mb["batch"].completion_mask, mb["batch"].guidance_mask, self.config.guidance_loss)
+                    for mb in micro_batches)
         if self.dist.world_size > 1:
             t = torch.tensor([local], dtype=torch.float64, device=self._comm_device())
             torch.distributed.all_reduce(t)

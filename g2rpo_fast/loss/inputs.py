@@ -1,29 +1,46 @@
-"""Validate and flatten the inputs that `G2RPOLoss` and `FusedLinearG2RPOLoss` share."""
+"""The loss's inputs, checked and flattened once (`prepare_loss_inputs` -> `LossInputs`).
+
+Both modules (`G2RPOLoss`, `FusedLinearG2RPOLoss`) call it: every shape, dtype, device and value
+check of DESIGN.md's "bad input" rule lives here, then the padded or packed layout becomes flat
+`[N]` tensors plus `seq_idx`, the token weights and the aggregation coefficients c_t.
+"""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
-from .advantages import group_advantages
-from .checks import check_finite, check_same_device, check_shape, check_tensor, check_token_ids
-from .grpo_loss import LossOptions, token_weights
+from g2rpo_fast.ops.advantages import group_advantages
+from g2rpo_fast.ops.checks import check_finite, check_same_device, check_shape, check_tensor, check_token_ids
+
+from .aggregation import coefficients, token_weights
 from .layout import Layout, make_layout
+from .options import LossOptions
 
 
 @dataclass
 class LossInputs:
     token_ids: torch.Tensor  # [N] flat
     layout: Layout
-    weights: torch.Tensor  # [N] fp32 token weights (completion, minus guidance when masked)
-    advantages: torch.Tensor  # [S] fp32
+    weights: torch.Tensor  # [N] token weights w_t (completion, minus guidance when masked)
+    coefficients: torch.Tensor  # [N] aggregation coefficients c_t: loss = Σ c_t·L_t
+    advantages: torch.Tensor  # [S]
     old_logps: torch.Tensor | None  # [N]
     ref_logps: torch.Tensor | None  # [N]
+
+    def select(self, index: torch.Tensor) -> LossInputs:
+        """The inputs of the tokens at `index` only (same sequences and advantages)."""
+        pick = lambda t: None if t is None else t.index_select(0, index)
+        layout = dataclasses.replace(self.layout, seq_idx=self.layout.seq_idx.index_select(0, index))
+        return LossInputs(pick(self.token_ids), layout, pick(self.weights), pick(self.coefficients),
+                          self.advantages, pick(self.old_logps), pick(self.ref_logps))
 
 
 def prepare_loss_inputs(opts: LossOptions, token_ids, vocab_size, device, *, advantages=None, rewards=None,
                         group_size=None, completion_mask=None, guidance_mask=None, cu_seqlens=None,
-                        old_logps=None, ref_logps=None, num_items_in_batch=None, compute_dtype=torch.float32):
+                        old_logps=None, ref_logps=None, num_items_in_batch=None,
+                        compute_dtype=torch.float32) -> LossInputs:
     check_tensor(token_ids, "token_ids", integer=True)
     check_same_device(token_ids, completion_mask=completion_mask, guidance_mask=guidance_mask,
                       cu_seqlens=cu_seqlens, old_logps=old_logps, ref_logps=ref_logps,
@@ -58,6 +75,8 @@ def prepare_loss_inputs(opts: LossOptions, token_ids, vocab_size, device, *, adv
         adv = group_advantages(rewards, group_size, opts.scale_rewards).to(compute_dtype)
     else:
         raise ValueError("one of `advantages` or `rewards` (with `group_size`) is required")
+    if opts.beta != 0 and ref_logps is None:
+        raise ValueError("`ref_logps` is required when `beta` != 0 (the KL term needs it)")
 
     flat = lambda t: None if t is None else t.reshape(-1)
     like = torch.empty(token_ids.numel(), device=device, dtype=compute_dtype)
@@ -66,6 +85,7 @@ def prepare_loss_inputs(opts: LossOptions, token_ids, vocab_size, device, *, adv
         token_ids=token_ids.reshape(-1),
         layout=layout,
         weights=weights,
+        coefficients=coefficients(weights, layout, opts, num_items_in_batch),
         advantages=adv,
         old_logps=None if old_logps is None else flat(old_logps).to(compute_dtype),
         ref_logps=None if ref_logps is None else flat(ref_logps).to(compute_dtype),

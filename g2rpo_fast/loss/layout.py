@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .checks import check_cu_seqlens
+from g2rpo_fast.ops.checks import check_cu_seqlens
 
 
 @dataclass
