@@ -1,14 +1,8 @@
 """The built-in addition task: determinism, disjoint splits, solution/answer consistency."""
 import pytest
 
-from g2rpo_fast.data.arithmetic import (
-    extract_answer,
-    generate_problems,
-    is_correct,
-    make_dataset,
-    split_of,
-    worked_solution,
-)
+from g2rpo_fast.data.arithmetic import generate_problems, make_dataset, split_of, worked_solution
+from g2rpo_fast.rewards import accuracy_reward, extract_answer
 
 
 def test_worked_solution_format():
@@ -59,8 +53,8 @@ def test_completion_is_short():
     assert longest + 1 <= 48
 
 
-def test_is_correct():
-    assert is_correct("3+4+0=07\n#### 7", "7")
-    assert is_correct("#### 12\nrest", "12")
-    assert not is_correct("no marker 7", "7")
-    assert not is_correct("#### 71", "7")
+def test_the_accuracy_reward_grades_the_task():
+    """The task has no answer checker of its own: `rewards.accuracy_reward` grades it."""
+    completions = ["3+4+0=07\n#### 7", "#### 12\nrest", "no marker 7", "#### 71", worked_solution(473, 958)]
+    answers = ["7", "12", "7", "7", "1431"]
+    assert accuracy_reward(None, completions, answers) == [1.0, 1.0, 0.0, 0.0, 1.0]

@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from g2rpo_fast.trainer.config import G2RPOConfig
+from g2rpo_fast.trainer.metrics_log import TIMING_KEYS
 from g2rpo_fast.trainer.testing import (
     digit_fraction_reward,
     tiny_dataset,
     tiny_model_and_tokenizer,
 )
-from g2rpo_fast.trainer.trainer import TIMING_KEYS, G2RPOTrainer
+from g2rpo_fast.trainer.trainer import G2RPOTrainer
 
 REQUIRED_KEYS = {"step", "reward", "accuracy", "advantage_std", "guidance_length", "kl", "loss", "clip_ratio_low",
                  "clip_ratio_high", "tokens_per_s", "step_time_s", "rewards/digit_fraction_reward",

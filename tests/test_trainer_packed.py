@@ -2,13 +2,13 @@
 import pytest
 import torch
 
+from g2rpo_fast.ops import fused_linear_logps
 from g2rpo_fast.trainer.composition import Sample
 from g2rpo_fast.trainer.policy_forward import (
     PolicyHidden,
     lm_head_params,
     pack_samples,
     packed_hidden,
-    token_logps,
 )
 from g2rpo_fast.trainer.testing import tiny_model_and_tokenizer
 
@@ -52,7 +52,7 @@ def test_packed_hidden_equals_per_sequence(attn, row_tokens):
     # logits from the gathered states predict exactly the completion tokens of each sample
     with torch.no_grad():
         w, b = lm_head_params(model)
-        lp = token_logps(packed, w, b, batch.token_ids)
+        lp = fused_linear_logps(packed, w, batch.token_ids, bias=b)
         full = []
         for s in samples:
             seq = torch.tensor([s.prompt_ids + s.completion_ids])

@@ -10,11 +10,13 @@ import warnings
 import pytest
 import torch
 
+from g2rpo_fast.trainer.batch import RolloutBatch
 from g2rpo_fast.trainer.checkpoint import load_trainer_state, verify_checkpoint
 from g2rpo_fast.trainer.config import G2RPOConfig
+from g2rpo_fast.trainer.metrics_log import TIMING_KEYS
 from g2rpo_fast.trainer.run_dir import RunSetupError
 from g2rpo_fast.trainer.testing import digit_fraction_reward, tiny_dataset, tiny_model_and_tokenizer
-from g2rpo_fast.trainer.trainer import TIMING_KEYS, G2RPOTrainer
+from g2rpo_fast.trainer.trainer import G2RPOTrainer
 
 
 def make_config(tmp_path, name="run", **kw):
@@ -59,7 +61,8 @@ def test_num_iterations_saves_at_odd_steps_and_resumes_exactly(tmp_path):
     for step in (1, 2, 3):
         assert verify_checkpoint(ckpt(odd, step)) is None
     pending = load_trainer_state(ckpt(odd, 3))["buffer"]
-    assert pending is not None and pending[0]["batch"].row_splits  # a pending buffer with cut rows was saved
+    # a pending buffer with cut rows was saved
+    assert pending is not None and RolloutBatch.from_state_dict(pending[0], "cpu").packed.row_splits
     assert os.path.isfile(os.path.join(odd.output_dir, "eval_results.json"))
 
     resumed = make_config(tmp_path, "odd", max_steps=4, **extra)

@@ -1,5 +1,5 @@
 """Prompt datasets: the built-in addition task and loaders for hub / local files."""
-from g2rpo_fast.data.arithmetic import extract_answer, is_correct, make_dataset, make_splits
+from g2rpo_fast.data.arithmetic import make_dataset, make_splits
 from g2rpo_fast.data.loading import (
     load_prompts,
     normalize_columns,
@@ -9,8 +9,6 @@ from g2rpo_fast.data.loading import (
 )
 
 __all__ = [
-    "extract_answer",
-    "is_correct",
     "load_prompts",
     "make_dataset",
     "make_splits",

@@ -16,7 +16,8 @@ column sum; the tens digit is the next carry. The answer is the last column sum 
 the units digits of the earlier lines, read bottom-up.
 
 Train and eval splits are disjoint by construction: a stable hash of the problem assigns
-every problem to exactly one split, whatever the seeds.
+every problem to exactly one split, whatever the seeds. Completions are graded by the one answer
+checker, `g2rpo_fast.rewards.accuracy_reward` (the text after the last ``####``).
 """
 from __future__ import annotations
 
@@ -149,16 +150,3 @@ def make_splits(n_train: int = 2000, n_eval: int = 200, seed: int = 0, difficult
         "train": make_dataset(n_train, seed=seed, difficulties=difficulties, split="train"),
         "eval": make_dataset(n_eval, seed=seed, difficulties=levels, split="eval"),
     }
-
-
-def extract_answer(text: str) -> str | None:
-    """The text after the last ``#### `` up to the end of that line, stripped; None if absent."""
-    idx = text.rfind(ANSWER_MARKER)
-    if idx < 0:
-        return None
-    return text[idx + len(ANSWER_MARKER):].split("\n", 1)[0].strip()
-
-
-def is_correct(completion: str, answer: str) -> bool:
-    got = extract_answer(completion)
-    return got is not None and got == str(answer).strip()

@@ -207,48 +207,32 @@ def load_embedded_default(
 # --------------------------------------------------------------------------- report
 
 
-def _left_pad(seqs, pad_id):
-    import torch
-
-    width = max(len(x) for x in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, x in enumerate(seqs):
-        ids[i, width - len(x):] = torch.tensor(x)
-        mask[i, width - len(x):] = 1
-    return ids, mask
-
-
 def evaluate(model, tokenizer, dataset, num_samples: int = 8, temperature: float = 1.0,
              guidance_tokens: int = 0, max_new_tokens: int = 48, seed: int = 0) -> dict:
     """Per difficulty: greedy accuracy, pass@k, mean sampled accuracy and the share of groups
     with mixed outcomes (where GRPO gets a signal). ``guidance_tokens``: append the first l
-    solution tokens to every prompt (the answer is checked on guidance + continuation)."""
+    solution tokens to every prompt (the answer is checked on guidance + continuation).
+    Roll-outs and grading go through the trainer's evaluator (`trainer/evaluation.py`) and
+    `rewards.accuracy_reward`."""
     import torch
 
-    from g2rpo_fast.data.arithmetic import is_correct
+    from g2rpo_fast.rewards import accuracy_reward
+    from g2rpo_fast.rollout import RolloutEngine
+    from g2rpo_fast.trainer.evaluation import correctness
+    from g2rpo_fast.trainer.rollouts import Rollouts
 
+    rollouts = Rollouts(RolloutEngine(model), tokenizer, model, stop_token_ids=[tokenizer.eos_token_id])
     by_level: dict[int, list[dict]] = {}
     for row in dataset:
         by_level.setdefault(int(row["difficulty"]), []).append(row)
-    out = {}
-    gen_kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                      eos_token_id=tokenizer.eos_token_id)
 
     def run(rows, k, sample):
-        seqs, guides = [], []
-        for r in rows:
-            g = tokenizer.encode(r["solution"], add_special_tokens=False)[:guidance_tokens]
-            seqs += [tokenizer.encode(r["prompt"], add_special_tokens=False) + g] * k
-            guides += [tokenizer.decode(g)] * k
-        ids, mask = _left_pad(seqs, tokenizer.pad_token_id)
-        kw = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if sample else dict(do_sample=False)
-        gen = model.generate(input_ids=ids, attention_mask=mask, **kw, **gen_kwargs)[:, ids.shape[1]:]
-        return [is_correct(gd + tokenizer.decode(g, skip_special_tokens=True), rows[i // k]["answer"])
-                for i, (g, gd) in enumerate(zip(gen, guides))]
+        return correctness(rollouts, rows, accuracy_reward, max_new_tokens=max_new_tokens, num_samples=k,
+                           n_guided=k if guidance_tokens else 0, guidance_length=guidance_tokens,
+                           temperature=temperature if sample else 0.0, seeds=seed if sample else None)
 
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    out = {}
+    with torch.no_grad():
         for level, rows in sorted(by_level.items()):
             g_ok = run(rows, 1, False)
             s_ok = run(rows, num_samples, True)

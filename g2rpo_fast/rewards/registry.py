@@ -50,7 +50,7 @@ def get_reward_func(name_or_callable) -> Callable:
                      "or give 'module:function'")
 
 
-def _func_name(fn) -> str:
+def func_name(fn) -> str:
     return getattr(fn, "__name__", None) or type(fn).__name__
 
 
@@ -121,7 +121,7 @@ def _call(fn, timeout, /, *args, **kwargs):
         except BaseException as exc:
             box["error"] = exc
 
-    worker = threading.Thread(target=run, name=f"reward-{_func_name(fn)}", daemon=True)
+    worker = threading.Thread(target=run, name=f"reward-{func_name(fn)}", daemon=True)
     worker.start()
     worker.join(timeout)
     if worker.is_alive():
@@ -150,7 +150,7 @@ def safe_reward_call(fn, prompts, completions, reward_timeout: float | None = No
       ``[-REWARD_LIMIT, REWARD_LIMIT]`` is clipped to it.
     Returns (rewards, error messages); errors are also logged and warned with the function's name.
     """
-    name = _func_name(fn)
+    name = func_name(fn)
     n = len(completions)
     errors: list[str] = []
     try:

@@ -127,12 +127,17 @@ def packed_hidden(policy, batch: PackedBatch, autocast_dtype=None) -> torch.Tens
     return hidden.index_select(0, batch.gather_index)
 
 
-def token_logps(hidden, weight, bias, token_ids, temperature=1.0) -> torch.Tensor:
-    """Per-token log-probs `[N]` of `token_ids` for the old / reference policies (no grad):
-    `fused_linear_logps` never holds the [N, V] logits."""
+@torch.no_grad()
+def policy_logps(model, batch: PackedBatch, runtime, temperature=1.0) -> torch.Tensor:
+    """Per-token log-probs `[N]` (fp32) of `batch`'s completion tokens under `model` (the old or
+    the reference policy), computed as the training forward computes them (same autocast and
+    loss operands, runtime.py) so the ratio is exactly 1 before an update; `fused_linear_logps`
+    never holds the [N, V] logits."""
     from g2rpo_fast.ops import fused_linear_logps
 
-    return fused_linear_logps(hidden, weight, token_ids, bias=bias, temperature=temperature).float()
+    hidden = packed_hidden(PolicyHidden(model), batch, runtime.autocast_dtype)
+    hidden, weight, bias = runtime.loss_operands(hidden, *lm_head_params(model))
+    return fused_linear_logps(hidden, weight, batch.token_ids, bias=bias, temperature=temperature).float()
 
 
 def make_loss_fn(config):

@@ -1,0 +1,117 @@
+"""Phase 4 of a step: its metrics, `metrics.jsonl` (one JSON object per optimiser step) and
+the progress line (or tqdm bar)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+
+import numpy as np
+import torch
+
+METRICS_FILE = "metrics.jsonl"
+TIMING_KEYS = ("tokens_per_s", "step_time_s", "rollout_time_s", "train_time_s")
+
+
+def step_metrics(batches, *, num_generations: int, guidance_length: float, learning_rate: float,
+                 reward_names, train_metrics: dict) -> dict:
+    """Rewards, accuracy (the guidance reward), advantage std, guidance and completion
+    statistics of the step's `RolloutBatch`es, then `train_metrics`, then each reward's mean."""
+    samples = [s for b in batches for s in b.samples]
+    rewards = [r for b in batches for r in b.scores.total]
+    guide = [r for b in batches for r in b.scores.guide]
+    adv = torch.cat([b.advantages.float().cpu() for b in batches])
+    groups = torch.tensor(rewards).view(-1, num_generations)
+    unguided = [r for s, r in zip(samples, guide) if not s.guided]
+    guided = [r for s, r in zip(samples, guide) if s.guided]
+    m = {
+        "reward": float(np.mean(rewards)),
+        "reward_std": float(groups.std(dim=1).mean()) if num_generations > 1 else 0.0,
+        "accuracy": float(np.mean(guide)),
+        "accuracy_unguided": float(np.mean(unguided)) if unguided else float("nan"),
+        "accuracy_guided": float(np.mean(guided)) if guided else float("nan"),
+        "advantage_std": float(adv.std()) if adv.numel() > 1 else 0.0,
+        "guidance_length": float(guidance_length),
+        "guided_fraction": float(np.mean([s.guided for s in samples])),
+        "completion_length": float(np.mean([len(s.completion_ids) for s in samples])),
+        "generated_length": float(generated_tokens(batches) / max(len(samples), 1)),
+        "truncated_ratio": float(np.mean([s.truncated for s in samples])),
+        "learning_rate": float(learning_rate),
+        **train_metrics,
+    }
+    for k, name in enumerate(reward_names):
+        m[f"rewards/{name}"] = float(np.mean([r for b in batches for r in b.scores.per_func[k]]))
+    return m
+
+
+def generated_tokens(batches) -> int:
+    return sum(len(s.generated_ids) for b in batches for s in b.samples)
+
+
+def _jsonable(m: dict) -> dict:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in m.items()}
+
+
+def write_metrics(path: str, history: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        for m in history:
+            fh.write(json.dumps(_jsonable(m)) + "\n")
+
+
+def read_metrics(path: str, upto: int) -> list[dict]:
+    """The logged steps up to `upto` (the checkpoint's step). A line that is not a JSON
+    object, such as the torn last line of a run killed mid-write or on a full disk, is
+    skipped with a warning; the caller rewrites the file from what is kept."""
+    if not os.path.exists(path):
+        return []
+    out, bad = [], []
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for number, line in enumerate(fh, start=1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                m = json.loads(line)
+            except ValueError:
+                m = None
+            if not isinstance(m, dict) or not isinstance(m.get("step"), int):
+                bad.append(number)
+                continue
+            if m["step"] <= upto:
+                out.append(m)
+    if bad:
+        warnings.warn(f"resume: {path}: skipped unreadable line(s) {bad} (torn by an interrupted write); the "
+                      f"metrics are kept up to step {upto}", RuntimeWarning, stacklevel=2)
+    return out
+
+
+class MetricsLog:
+    """Appends each step to `metrics.jsonl` and prints a progress line every `logging_steps`
+    (through a tqdm bar when `progress_bar`). Used on rank 0 only."""
+
+    def __init__(self, path: str, max_steps: int, logging_steps: int, progress_bar: bool, initial_step: int):
+        self.path, self.max_steps, self.logging_steps = path, max_steps, logging_steps
+        self.bar = None
+        if progress_bar:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=max_steps, initial=initial_step, desc="g2rpo", dynamic_ncols=True)
+
+    def log(self, step: int, m: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(_jsonable(m)) + "\n")
+        line = (f"step {step}/{self.max_steps} reward {m['reward']:.3f} acc {m['accuracy']:.3f} "
+                f"adv_std {m['advantage_std']:.3f} len {m['guidance_length']:.0f} loss {m['loss']:.4f} "
+                f"{m['step_time_s']:.1f}s")
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(reward=f"{m['reward']:.3f}", acc=f"{m['accuracy']:.3f}", l=int(m["guidance_length"]))
+            if step % self.logging_steps == 0:
+                self.bar.write(line)
+        elif step % self.logging_steps == 0:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

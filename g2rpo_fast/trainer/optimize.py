@@ -1,0 +1,74 @@
+"""Phase 3 of a step: optimise on the generated micro-batches.
+
+`accumulate_gradients`: for each micro-batch, the packed forward (DDP synchronises on the last
+micro-batch only), the fused loss on hidden states × lm_head (its matmuls in the compute dtype,
+its accumulation in fp32: `runtime.py`), backward. The loss is divided by the number of
+micro-batches, except with dapo, whose loss is already normalised by the step's global token
+count (`dapo_num_items`). `optimizer_step`: unscale (fp16), clip, step, schedule, zero.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from .policy_forward import lm_head_params, packed_hidden
+
+LOSS_METRICS = ("kl", "clip_ratio_low", "clip_ratio_high", "clip_ratio")
+
+
+def dapo_num_items(batches, guidance_loss: str, dist, comm_device) -> float:
+    """dapo's `num_items_in_batch`: the tokens that count (`loss.aggregation.num_items`) in all
+    micro-batches of the step, averaged over ranks (DDP averages the gradients over ranks)."""
+    from g2rpo_fast.loss.aggregation import num_items
+
+    local = sum(num_items(b.packed.completion_mask, b.packed.guidance_mask, guidance_loss) for b in batches)
+    if dist.world_size > 1:
+        t = torch.tensor([local], dtype=torch.float64, device=comm_device)
+        torch.distributed.all_reduce(t)
+        local = float(t.item()) / dist.world_size
+    return max(local, 1.0)
+
+
+def accumulate_gradients(batches, *, policy, loss_fn, model, runtime, grad_scaler=None, num_items=None) -> dict:
+    """Backward over every micro-batch; returns the step's `loss` (summed as trained on) and
+    the loss metrics averaged over micro-batches. `policy`: the `PolicyHidden` module (wrapped
+    in DDP on several ranks); `loss_fn(hidden, weight, bias, **loss_inputs)`."""
+    count = len(batches)
+    weight, bias = lm_head_params(model)
+    sums = {"loss": 0.0, **{key: 0.0 for key in LOSS_METRICS}}
+    for k, batch in enumerate(batches):
+        last = k == count - 1
+        sync = contextlib.nullcontext() if last or not hasattr(policy, "no_sync") else policy.no_sync()
+        with sync:
+            hidden = packed_hidden(policy, batch.packed, runtime.autocast_dtype)
+            # the loss's matmuls in the compute dtype, its accumulation in fp32 (runtime.py)
+            hidden, weight_c, bias_c = runtime.loss_operands(hidden, weight, bias)
+            kwargs = batch.loss_inputs()
+            if num_items is not None:
+                kwargs["num_items_in_batch"] = num_items
+            loss, metrics = loss_fn(hidden, weight_c, bias_c, **kwargs)
+            scaled = loss if num_items is not None else loss / count
+            (scaled if grad_scaler is None else grad_scaler.scale(scaled)).backward()
+        sums["loss"] += float(scaled.detach())
+        for key in LOSS_METRICS:
+            if key in metrics:
+                sums[key] += float(metrics[key]) / count
+    return sums
+
+
+def optimizer_step(model, optimizer, scheduler, grad_scaler=None, max_grad_norm=0.0) -> float:
+    """Clip (when `max_grad_norm` > 0), step, schedule, zero; returns the gradient norm (0: not clipped)."""
+    grad_norm = 0.0
+    if grad_scaler is not None:
+        grad_scaler.unscale_(optimizer)
+    if max_grad_norm and max_grad_norm > 0:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm))
+    if grad_scaler is not None:
+        grad_scaler.step(optimizer)
+        grad_scaler.update()
+    else:
+        optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
