@@ -88,6 +88,7 @@ setup(
     packages=[
         "g2rpo_fast",
         "g2rpo_fast.ops",
+        "g2rpo_fast.loss",
         "g2rpo_fast.rollout",
         "g2rpo_fast.rollout.backends",
         "g2rpo_fast.rewards",

@@ -124,7 +124,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from g2rpo_fast.trainer.demo import run_demo
+    from g2rpo_fast.demo import run_demo
 
     # Demo budget (each run about a minute on 2 CPU cores) unless the user chose one.
     budget = {}

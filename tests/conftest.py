@@ -101,16 +101,6 @@ def small_tiles(monkeypatch):
 def tiny_local_assets(tmp_path_factory):
     """(model dir, train jsonl): the tiny random Qwen3 + char tokenizer saved with
     `save_pretrained`, and 12 addition problems, for CLI runs on local files only."""
-    import json
+    from helpers import save_tiny_assets
 
-    from g2rpo_fast.trainer.testing import tiny_dataset, tiny_model_and_tokenizer
-
-    root = tmp_path_factory.mktemp("tiny_local")
-    model, tok = tiny_model_and_tokenizer(seed=0)
-    model.save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
-    data = root / "data.jsonl"
-    with open(data, "w") as fh:
-        for row in tiny_dataset(12):
-            fh.write(json.dumps(row) + "\n")
-    return str(root / "model"), str(data)
+    return save_tiny_assets(tmp_path_factory.mktemp("tiny_local"))

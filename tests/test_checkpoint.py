@@ -7,9 +7,9 @@ import os
 
 import pytest
 import torch
+from helpers import tiny_model_and_tokenizer
 
 from g2rpo_fast.trainer import checkpoint as ck
-from g2rpo_fast.trainer.testing import tiny_model_and_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -6,22 +6,12 @@ import pytest
 
 from g2rpo_fast.cli import main
 
-REWARD = "g2rpo_fast.trainer.testing:digit_fraction_reward"
+REWARD = "helpers:digit_fraction_reward"
 
 
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    from g2rpo_fast.trainer.testing import tiny_dataset, tiny_model_and_tokenizer
-
-    root = tmp_path_factory.mktemp("assets")
-    model, tok = tiny_model_and_tokenizer(seed=0)
-    model.save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
-    data = root / "data.jsonl"
-    with open(data, "w") as fh:
-        for row in tiny_dataset(12):
-            fh.write(json.dumps(row) + "\n")
-    return str(root / "model"), str(data)
+@pytest.fixture
+def assets(tiny_local_assets):
+    return tiny_local_assets
 
 
 def common(assets, out):

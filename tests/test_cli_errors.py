@@ -11,8 +11,9 @@ import subprocess
 import sys
 
 import pytest
+from helpers import child_env
 
-REWARD = "g2rpo_fast.trainer.testing:digit_fraction_reward"
+REWARD = "helpers:digit_fraction_reward"  # tests/ is on the children's PYTHONPATH too
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +26,8 @@ def blocked_heavy_imports(tmp_path_factory):
 
 
 def run_cli(args, pythonpath=None, cwd=None, timeout=300):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    if pythonpath:
-        env["PYTHONPATH"] = os.pathsep.join([pythonpath, env.get("PYTHONPATH", "")])
+    env = child_env(*([pythonpath] if pythonpath else []), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
+                    TOKENIZERS_PARALLELISM="false")
     return subprocess.run([sys.executable, "-m", "g2rpo_fast.cli", *args], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=timeout)
 

@@ -7,8 +7,13 @@ from g2rpo_fast.trainer.composition import (
     assemble_samples,
     build_generation_inputs,
     guidance_prefix,
-    num_guided,
 )
+from g2rpo_fast.trainer.config import G2RPOConfig
+
+
+def n_guided(ratio, group_size, schedule="adaptive"):
+    return G2RPOConfig(guidance_ratio=ratio, num_generations=group_size, per_device_train_batch_size=group_size,
+                       guidance_schedule=schedule).n_guided
 
 
 def _outs(samples, gen, reason="stop"):
@@ -42,17 +47,21 @@ def test_no_guidance_when_ratio_or_length_zero(n_guided, length):
 
 
 def test_all_guided_with_ratio_one():
-    assert num_guided(1.0, 4) == 4
+    assert n_guided(1.0, 4) == 4
     samples = build_generation_inputs([[1]], [[5, 6]], group_size=4, n_guided=4, guidance_length=1)
     assert all(s.guidance_ids == [5] for s in samples)
 
 
-def test_num_guided_rounds_and_checks():
-    assert num_guided(0.0, 8) == 0
-    assert num_guided(0.25, 8) == 2
-    assert num_guided(0.5, 3) == 2
+def test_n_guided_rounds_and_checks():
+    """The config's `n_guided` (the only definition): round(ratio · G), halves to even; none
+    without a guidance schedule."""
+    assert n_guided(0.0, 8) == 0
+    assert n_guided(0.25, 8) == 2
+    assert n_guided(0.5, 3) == 2
+    assert n_guided(0.25, 2) == 0  # round(0.5) == 0
+    assert n_guided(0.5, 8, schedule="none") == 0
     with pytest.raises(ValueError, match="guidance_ratio"):
-        num_guided(1.5, 8)
+        n_guided(1.5, 8)
 
 
 def test_mask_alignment_and_text():

@@ -55,7 +55,8 @@ def test_none_schedule_has_no_guided_samples():
 
 
 def test_trainer_refuses_dataset_without_columns():
-    from g2rpo_fast.trainer.testing import tiny_dataset, tiny_model_and_tokenizer
+    from helpers import tiny_dataset, tiny_model_and_tokenizer
+
     from g2rpo_fast.trainer.trainer import G2RPOTrainer
 
     model, tok = tiny_model_and_tokenizer()

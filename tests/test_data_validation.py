@@ -75,7 +75,7 @@ def test_loaded_datasets_are_streamed_and_named(tmp_path):
     """Any format that `datasets` loads (here parquet, as from the hub) goes through validate_rows."""
     import datasets
 
-    from g2rpo_fast.trainer.data import load_split, validate_dataset
+    from g2rpo_fast.data.sources import load_split, validate_dataset
 
     ds = datasets.Dataset.from_list([GOOD, {**GOOD, "solution": None}, GOOD])
     with pytest.raises(ValueError, match=r"`guidance_field`: src, row 2, column 'solution': null"):
@@ -91,7 +91,8 @@ def test_loaded_datasets_are_streamed_and_named(tmp_path):
 
 
 def test_trainer_refuses_a_bad_row_before_the_model_loads():
-    from g2rpo_fast.trainer.testing import tiny_dataset
+    from helpers import tiny_dataset
+
     from g2rpo_fast.trainer.trainer import G2RPOTrainer
 
     ds = tiny_dataset(4).to_list()

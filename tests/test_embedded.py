@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from g2rpo_fast.data.arithmetic import generate_problems
+from g2rpo_fast.data.loading import is_embedded
 from g2rpo_fast.models.tiny import build_tiny_model, tiny_qwen3_config
 from g2rpo_fast.models.tokenizer import build_char_tokenizer
 from g2rpo_fast.models.warmstart import (
@@ -13,7 +14,6 @@ from g2rpo_fast.models.warmstart import (
     DEFAULT_RECIPE,
     EMBEDDED_MODEL_NAME,
     embedded_cache_path,
-    is_embedded,
     load_embedded_default,
 )
 
@@ -62,6 +62,7 @@ def test_tiny_model_forward(tok):
 
 def test_is_embedded():
     assert is_embedded("embedded") and is_embedded(EMBEDDED_MODEL_NAME) and is_embedded(None)
+    assert is_embedded("arithmetic") and is_embedded(" embedded ")  # one check for datasets and models
     assert not is_embedded("Qwen/Qwen3-0.6B")
 
 

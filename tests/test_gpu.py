@@ -17,15 +17,14 @@ import sys
 import pytest
 import torch
 from greedy import assert_greedy_matches
+from helpers import make_config, read_metrics, strip_timing, tiny_dataset, tiny_model_and_tokenizer
 from test_rollout_sharing import rows_at_the_model
-from test_trainer import make_config, read_metrics, strip_timing
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from g2rpo_fast.rollout import RolloutEngine
 from g2rpo_fast.rollout.backends import BACKENDS
 from g2rpo_fast.trainer import packed_attention
 from g2rpo_fast.trainer.policy_forward import PolicyHidden
-from g2rpo_fast.trainer.testing import tiny_dataset, tiny_model_and_tokenizer
 from g2rpo_fast.trainer.trainer import G2RPOTrainer
 
 pytestmark = pytest.mark.gpu

@@ -179,7 +179,8 @@ def test_bad_arguments():
 
 def test_config_field_and_trainer_check_before_the_model_loads(monkeypatch):
     from g2rpo_fast import G2RPOConfig
-    from g2rpo_fast.trainer import models, trainer
+    from g2rpo_fast.models import loading
+    from g2rpo_fast.trainer import trainer
     from g2rpo_fast.trainer.config import CHOICES
 
     with pytest.raises(ValueError, match="code_sandbox"):
@@ -190,7 +191,8 @@ def test_config_field_and_trainer_check_before_the_model_loads(monkeypatch):
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the sandbox check")
 
-    monkeypatch.setattr(models, "load_model_and_tokenizer", no_model)
+    for name in ("load_model", "load_tokenizer", "load_model_and_tokenizer"):
+        monkeypatch.setattr(loading, name, no_model)
     with pytest.raises(ValueError, match=r"`code_sandbox`.*install bubblewrap"):
         trainer.G2RPOTrainer(G2RPOConfig(reward_funcs=["code"], code_sandbox="auto", output_dir=os.devnull))
     monkeypatch.setattr(sandbox_policy, "_default_mode", "auto")

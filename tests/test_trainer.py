@@ -1,47 +1,16 @@
 """G2RPOTrainer end to end on a tiny random Qwen3 (CPU, seconds)."""
-import json
 import math
 import os
 
 import pytest
 import torch
+from helpers import make_config, make_trainer, read_metrics, strip_timing, tiny_dataset, tiny_model_and_tokenizer
 
-from g2rpo_fast.trainer.config import G2RPOConfig
-from g2rpo_fast.trainer.metrics_log import TIMING_KEYS
-from g2rpo_fast.trainer.testing import (
-    digit_fraction_reward,
-    tiny_dataset,
-    tiny_model_and_tokenizer,
-)
 from g2rpo_fast.trainer.trainer import G2RPOTrainer
 
 REQUIRED_KEYS = {"step", "reward", "accuracy", "advantage_std", "guidance_length", "kl", "loss", "clip_ratio_low",
                  "clip_ratio_high", "tokens_per_s", "step_time_s", "rewards/digit_fraction_reward",
                  "rewards/accuracy"}
-
-
-def make_config(tmp_path, name="run", **kw):
-    base = dict(output_dir=str(tmp_path / name), num_generations=4, per_device_train_batch_size=8,
-                max_completion_length=8, max_steps=2, learning_rate=1e-2, warmup_steps=0,
-                guidance_initial_length=4, guidance_max_length=8, guidance_ratio=0.5,
-                reward_funcs=[digit_fraction_reward, "accuracy"], eval_split=None, eval_at_end=False,
-                plots=False, progress_bar=False, seed=0)
-    base.update(kw)
-    return G2RPOConfig(**base)
-
-
-def make_trainer(cfg, **kw):
-    model, tok = tiny_model_and_tokenizer(seed=0)
-    return G2RPOTrainer(cfg, model=model, tokenizer=tok, train_dataset=tiny_dataset(16), **kw)
-
-
-def read_metrics(cfg):
-    with open(os.path.join(cfg.output_dir, "metrics.jsonl")) as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
-def strip_timing(rows):
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
 
 
 def test_one_step_updates_weights_and_logs(tmp_path):

@@ -5,11 +5,13 @@ import subprocess
 import sys
 import textwrap
 
+from helpers import child_env
+
 SCRIPT = textwrap.dedent("""
     import json, os, sys, torch
     torch.set_num_threads(1)
     from g2rpo_fast.trainer.config import G2RPOConfig
-    from g2rpo_fast.trainer.testing import digit_fraction_reward, tiny_dataset, tiny_model_and_tokenizer
+    from helpers import digit_fraction_reward, tiny_dataset, tiny_model_and_tokenizer
     from g2rpo_fast.trainer.trainer import G2RPOTrainer
 
     out = sys.argv[1]
@@ -34,7 +36,7 @@ def test_two_process_gloo(tmp_path):
     script.write_text(SCRIPT)
     out = tmp_path / "out"
     out.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = child_env(OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                            "--master_port", "29517", str(script), str(out)],
                           capture_output=True, text=True, timeout=240, env=env)

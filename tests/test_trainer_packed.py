@@ -1,6 +1,7 @@
 """The padding-free packed forward equals per-sequence forwards (no cross-sequence attention)."""
 import pytest
 import torch
+from helpers import tiny_model_and_tokenizer
 
 from g2rpo_fast.ops import fused_linear_logps
 from g2rpo_fast.trainer.composition import Sample
@@ -10,7 +11,6 @@ from g2rpo_fast.trainer.policy_forward import (
     pack_samples,
     packed_hidden,
 )
-from g2rpo_fast.trainer.testing import tiny_model_and_tokenizer
 
 
 def _samples():

@@ -10,7 +10,7 @@ import weakref
 import pytest
 import torch
 from attention_standins import pretend_cuda
-from test_trainer import make_config, make_trainer
+from helpers import make_config, make_trainer
 
 from g2rpo_fast.rollout.backends import flash_attn as flash_mod
 from g2rpo_fast.trainer.runtime import resolve_runtime

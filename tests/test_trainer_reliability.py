@@ -1,6 +1,5 @@
 """The trainer around faults: odd-step saves with num_iterations > 1, torn metrics and corrupt
 checkpoints on resume, used output directories, changed config on resume, bad rewards."""
-import json
 import math
 import os
 import sys
@@ -9,38 +8,17 @@ import warnings
 
 import pytest
 import torch
+from helpers import (
+    make_config,
+    make_trainer,
+    read_metrics,
+    strip_timing,
+    tiny_dataset,
+)
 
 from g2rpo_fast.trainer.batch import RolloutBatch
 from g2rpo_fast.trainer.checkpoint import load_trainer_state, verify_checkpoint
-from g2rpo_fast.trainer.config import G2RPOConfig
-from g2rpo_fast.trainer.metrics_log import TIMING_KEYS
 from g2rpo_fast.trainer.run_dir import RunSetupError
-from g2rpo_fast.trainer.testing import digit_fraction_reward, tiny_dataset, tiny_model_and_tokenizer
-from g2rpo_fast.trainer.trainer import G2RPOTrainer
-
-
-def make_config(tmp_path, name="run", **kw):
-    base = dict(output_dir=str(tmp_path / name), num_generations=4, per_device_train_batch_size=8,
-                max_completion_length=8, max_steps=2, learning_rate=1e-2, warmup_steps=0,
-                guidance_initial_length=4, guidance_max_length=8, guidance_ratio=0.5,
-                reward_funcs=[digit_fraction_reward, "accuracy"], eval_split=None, eval_at_end=False,
-                plots=False, progress_bar=False, seed=0)
-    base.update(kw)
-    return G2RPOConfig(**base)
-
-
-def make_trainer(cfg, **kw):
-    model, tok = tiny_model_and_tokenizer(seed=0)
-    return G2RPOTrainer(cfg, model=model, tokenizer=tok, train_dataset=tiny_dataset(16), **kw)
-
-
-def read_metrics(cfg):
-    with open(os.path.join(cfg.output_dir, "metrics.jsonl")) as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
-def strip_timing(rows):
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
 
 
 def ckpt(cfg, step):

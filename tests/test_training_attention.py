@@ -9,11 +9,11 @@ import gc
 
 import pytest
 import torch
+from helpers import tiny_model_and_tokenizer
 
 from g2rpo_fast.rollout.backends import BACKENDS
 from g2rpo_fast.trainer import packed_attention
 from g2rpo_fast.trainer.policy_forward import PolicyHidden
-from g2rpo_fast.trainer.testing import tiny_model_and_tokenizer
 
 
 def _packed_row(lengths, vocab=90, seed=0):

@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 import re
 
-EMBEDDED_DATASET_NAMES = frozenset({"embedded", "g2rpo-fast/tiny-arith", "arithmetic"})
+# The built-in task and the built-in model warm-started on it (`models/warmstart.py`) answer to
+# the same names, wherever a dataset or a model is named; None (the default) means them too.
+EMBEDDED_NAME = "g2rpo-fast/tiny-arith"
+EMBEDDED_NAMES = frozenset({"embedded", EMBEDDED_NAME, "arithmetic"})
 LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 REQUIRED_COLUMNS = ("prompt", "solution", "answer")
 
@@ -93,8 +96,9 @@ def hub_offline() -> bool:
                for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
-def _is_embedded(name) -> bool:
-    return name is None or (isinstance(name, str) and name.strip() in EMBEDDED_DATASET_NAMES)
+def is_embedded(name) -> bool:
+    """True for the built-in task / model: None, "embedded", "g2rpo-fast/tiny-arith", "arithmetic"."""
+    return name is None or (isinstance(name, str) and name.strip() in EMBEDDED_NAMES)
 
 
 def load_prompts(
@@ -121,7 +125,7 @@ def load_prompts(
     """
     import datasets
 
-    if _is_embedded(dataset_name_or_path):
+    if is_embedded(dataset_name_or_path):
         from g2rpo_fast.data.arithmetic import make_dataset
 
         arith_split = "eval" if split in ("eval", "test", "validation") else "train"

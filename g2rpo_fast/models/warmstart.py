@@ -28,18 +28,12 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-EMBEDDED_MODEL_NAME = "g2rpo-fast/tiny-arith"
-# Names that mean "the built-in model" wherever a model or dataset name is accepted.
-EMBEDDED_ALIASES = frozenset({"embedded", EMBEDDED_MODEL_NAME})
+from g2rpo_fast.data.loading import EMBEDDED_NAME as EMBEDDED_MODEL_NAME
+
 CACHE_ENV_VAR = "G2RPO_FAST_CACHE"
 # Bump when the task format, tokenizer or training code changes in a way the recipe
 # fields below do not capture: it renames the cache directory.
 RECIPE_VERSION = 1
-
-
-def is_embedded(name) -> bool:
-    """True for ``"embedded"``, ``EMBEDDED_MODEL_NAME`` and ``None`` (the default)."""
-    return name is None or (isinstance(name, str) and name.strip() in EMBEDDED_ALIASES)
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,7 @@
-"""The G²RPO-A trainer: `G2RPOConfig`, `G2RPOTrainer`, guided group composition, checkpoints."""
-from .config import G2RPOConfig
+"""The G²RPO-A trainer (`trainer.py`), read by phase: `rollouts.py` (generate + score),
+`batch.py` (the loss inputs), `optimize.py`, `metrics_log.py`; around it `config.py`,
+`evaluation.py`, `checkpoint.py`, `run_dir.py`, `preflight.py`, `distributed.py`, `runtime.py`,
+and the packed training forward (`policy_forward.py`, `packed_attention.py`).
 
-
-def __getattr__(name):
-    if name == "G2RPOTrainer":
-        from .trainer import G2RPOTrainer
-
-        return G2RPOTrainer
-    raise AttributeError(f"module 'g2rpo_fast.trainer' has no attribute {name!r}")
-
-
-__all__ = ["G2RPOConfig", "G2RPOTrainer"]
+Light on purpose: the CLI imports `trainer.config` and `trainer.preflight` before torch.
+"""

@@ -5,7 +5,8 @@ tokens of the reference solution (tokenized without special tokens; all of it wh
 never padded) are appended to the prompt, and the model continues from there. A guided
 completion is `guidance tokens + generated tokens`; `guidance_mask` marks the guidance part.
 
-`build_generation_inputs` gives the token lists to send to the roll-out engine;
+`n_guided` is `G2RPOConfig.n_guided`. `build_generation_inputs` gives the token lists to send
+to the roll-out engine;
 `assemble_samples` joins them with the engine's outputs into `Sample` records.
 """
 from __future__ import annotations
@@ -39,13 +40,6 @@ class Sample:
     @property
     def generation_input(self) -> list[int]:
         return self.prompt_ids + self.guidance_ids
-
-
-def num_guided(guidance_ratio: float, group_size: int) -> int:
-    """n_guided = round(ratio · G), as in DESIGN.md (Python's round: halves to even)."""
-    if not 0.0 <= guidance_ratio <= 1.0:
-        raise ValueError(f"`guidance_ratio` must lie in [0, 1], got {guidance_ratio!r}")
-    return round(guidance_ratio * group_size)
 
 
 def guidance_prefix(solution_ids: list[int], length: int) -> list[int]:

@@ -202,6 +202,8 @@ class G2RPOConfig:
 
     @property
     def n_guided(self) -> int:
+        """Guided samples per group: round(guidance_ratio · G) (Python's round: halves to even);
+        0 without a guidance schedule."""
         if self.guidance_schedule == "none":
             return 0
         return round(self.guidance_ratio * self.num_generations)

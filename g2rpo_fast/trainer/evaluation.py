@@ -63,7 +63,7 @@ def evaluate(rollouts, dataset, reward_fn, config, dist, comm_device, *, max_pro
 def evaluate_checkpoint(config, checkpoint=None, split=None, max_prompts=None) -> dict:
     """Greedy accuracy (the config's `guidance_reward`, default accuracy) of `checkpoint`
     (a checkpoint-N dir or any model path; None: `config.model_name_or_path`)."""
-    from .models import check_model_source
+    from g2rpo_fast.models.loading import check_model_source
 
     cfg = dataclasses.replace(config, eval_split=split or config.eval_split, progress_bar=False, plots=False)
     if not cfg.eval_split:
@@ -72,7 +72,8 @@ def evaluate_checkpoint(config, checkpoint=None, split=None, max_prompts=None) -
     if checkpoint is not None:
         check_model_source(checkpoint, field="--checkpoint")
         _verify_if_checkpoint(checkpoint)
-    from .models import load_model_and_tokenizer
+    from g2rpo_fast.models.loading import load_model_and_tokenizer
+
     from .trainer import G2RPOTrainer  # torch: after the checks above
 
     if checkpoint is not None:

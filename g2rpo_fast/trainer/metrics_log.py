@@ -10,7 +10,6 @@ import warnings
 import numpy as np
 import torch
 
-METRICS_FILE = "metrics.jsonl"
 TIMING_KEYS = ("tokens_per_s", "step_time_s", "rollout_time_s", "train_time_s")
 
 

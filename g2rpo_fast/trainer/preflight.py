@@ -9,8 +9,9 @@ matter for API users (output directory, data rows) itself.
 """
 from __future__ import annotations
 
-from .data import check_dataset_source
-from .models import check_model_source
+from g2rpo_fast.data.sources import check_dataset_source
+from g2rpo_fast.models.loading import check_model_source
+
 from .run_dir import RunSetupError, check_output_dir, used_by_earlier_run
 
 

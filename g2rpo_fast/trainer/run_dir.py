@@ -13,13 +13,13 @@ the data or the model are imported.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 
+from .checkpoint import TMP_PREFIX
+from .manifest import CHECKPOINT_NAME
+
 METRICS_FILE = "metrics.jsonl"
-_CKPT = re.compile(r"^checkpoint-\d+$")
-TMP_PREFIX = ".tmp-checkpoint-"
 # What `train` writes besides checkpoints; `overwrite_output_dir` deletes these.
 RUN_FILES = (METRICS_FILE, "eval_results.json", "config.json", "training_curves.png")
 
@@ -35,7 +35,7 @@ def used_by_earlier_run(output_dir: str) -> list[str]:
         return []
     names = sorted(os.listdir(output_dir))
     marks = [n for n in names if n == METRICS_FILE]
-    marks += [n for n in names if _CKPT.match(n) and os.path.isdir(os.path.join(output_dir, n))]
+    marks += [n for n in names if CHECKPOINT_NAME.match(n) and os.path.isdir(os.path.join(output_dir, n))]
     return marks
 
 
@@ -82,7 +82,7 @@ def delete_earlier_run(output_dir: str) -> list[str]:
     removed = []
     for name in sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else []:
         path = os.path.join(output_dir, name)
-        if (_CKPT.match(name) or name.startswith(TMP_PREFIX)) and os.path.isdir(path):
+        if (CHECKPOINT_NAME.match(name) or name.startswith(TMP_PREFIX)) and os.path.isdir(path):
             shutil.rmtree(path)
             removed.append(name)
         elif name in RUN_FILES and os.path.isfile(path):

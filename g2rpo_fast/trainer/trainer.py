@@ -28,6 +28,13 @@ import warnings
 import numpy as np
 import torch
 
+from g2rpo_fast.data.sources import (
+    check_columns,
+    load_split,
+    take_indices,
+    validate_dataset,
+    validate_dataset_for_model,
+)
 from g2rpo_fast.data.validation import context_length_of
 
 from . import packed_attention
@@ -42,15 +49,14 @@ from .checkpoint import (
     warn_changed_config,
 )
 from .config import G2RPOConfig
-from .data import check_columns, load_split, take_indices, validate_dataset, validate_dataset_for_model
 from .distributed import DistState, all_reduce_mean, setup_distributed
 from .evaluation import evaluate
-from .metrics_log import METRICS_FILE, MetricsLog, generated_tokens, read_metrics, step_metrics, write_metrics
+from .metrics_log import MetricsLog, generated_tokens, read_metrics, step_metrics, write_metrics
 from .optimize import accumulate_gradients, dapo_num_items, optimizer_step
 from .policy_forward import PolicyHidden, make_loss_fn
 from .prefix_shared_attention import resolve_prefix_sharing
 from .rollouts import RewardScorer, Rollouts, reward_inputs, stop_token_ids
-from .run_dir import RunSetupError, check_output_dir, delete_earlier_run
+from .run_dir import METRICS_FILE, RunSetupError, check_output_dir, delete_earlier_run
 from .runtime import resolve_runtime
 
 
@@ -130,7 +136,7 @@ class G2RPOTrainer:
 
     def _load_policy(self, model, tokenizer, given) -> None:
         """Tokenizer, then the prompts against it (chat template, context), then the model."""
-        from .models import load_model, load_tokenizer, model_context_length
+        from g2rpo_fast.models.loading import load_model, load_tokenizer, model_context_length
 
         cfg = self.config
         train_given, eval_given = given

@@ -1,15 +1,15 @@
-"""Dataset loading and checks for the trainer, plus the deterministic prompt order.
+"""The data sets of a run, from its config: which source a name means, loading a split, the
+checks of every row before the model loads, and the deterministic prompt order.
 
-The embedded task is built with `g2rpo_fast.data.arithmetic.make_dataset`; other names go
-through `g2rpo_fast.data.load_prompts` (hub names, local json/jsonl/parquet files).
+Every name goes through `loading.load_prompts`: the built-in task (`is_embedded`), hub names,
+local json/jsonl/parquet/csv files.
 """
 from __future__ import annotations
 
 import inspect
 import os
 
-from g2rpo_fast.data import load_prompts
-from g2rpo_fast.data.loading import hub_offline, looks_like_local_path
+from g2rpo_fast.data.loading import hub_offline, is_embedded, load_prompts, looks_like_local_path
 from g2rpo_fast.data.validation import (
     is_json_lines,
     local_data_files,
@@ -17,7 +17,6 @@ from g2rpo_fast.data.validation import (
     validate_prompts_for_model,
     validate_rows,
 )
-from g2rpo_fast.models.warmstart import is_embedded
 
 
 def needs_solutions(config, train: bool) -> bool:
@@ -45,16 +44,12 @@ def check_dataset_source(config) -> None:
 
 def load_split(config, split: str, train: bool):
     """The split as a `datasets.Dataset`, every row checked (`validate_dataset`)."""
-    if is_embedded(config.dataset_name):
-        from g2rpo_fast.data.arithmetic import make_dataset
-
-        if train:
-            return make_dataset(config.embedded_train_size, seed=config.seed,
-                                difficulties=list(config.embedded_difficulties), split="train")
-        return make_dataset(config.embedded_eval_size, seed=0, difficulties=list(config.embedded_difficulties),
-                            split="eval")
-    check_dataset_source(config)
     name = config.dataset_name
+    if is_embedded(name):  # the built-in task: its sizes and levels come from the config
+        return load_prompts(name, split="train" if train else "eval", required=(),
+                            num_examples=config.embedded_train_size if train else config.embedded_eval_size,
+                            seed=config.seed if train else 0, difficulties=list(config.embedded_difficulties))
+    check_dataset_source(config)
     # Hub names and local json/jsonl/parquet/csv files; GSM8K / MATH columns are normalised.
     try:
         return load_prompts(name, split=split, config=config.dataset_config, required=())

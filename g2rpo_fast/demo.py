@@ -27,7 +27,7 @@ def _mean_std(values):
 
 
 def run_demo(config, seeds=(0, 1, 2), methods=("none", "fixed", "adaptive"), output_dir="g2rpo_demo") -> dict:
-    from .trainer import G2RPOTrainer
+    from g2rpo_fast.trainer.trainer import G2RPOTrainer
 
     os.makedirs(output_dir, exist_ok=True)
     results: dict[str, list[dict]] = {m: [] for m in methods}

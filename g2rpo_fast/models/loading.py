@@ -1,4 +1,4 @@
-"""Policy loading: the embedded tiny model, or any Hugging Face causal LM.
+"""Model loading: the embedded tiny model, or any Hugging Face causal LM.
 
 The tokenizer and the model's context length load first (`load_tokenizer`,
 `model_context_length`, cheap), so the data can be checked against them before the weights
@@ -9,8 +9,7 @@ from __future__ import annotations
 import os
 import re
 
-from g2rpo_fast.data.loading import hub_offline, looks_like_local_path
-from g2rpo_fast.models.warmstart import is_embedded
+from g2rpo_fast.data.loading import hub_offline, is_embedded, looks_like_local_path
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 

@@ -1,0 +1,90 @@
+"""Tiny, fast pieces shared by the tests: a random tiny Qwen3, the char tokenizer, a small
+addition dataset (no warm start, no download), a dense toy reward, and the trainer set-up of the
+trainer tests. Imported by name (`from helpers import ...`; tests/ is on sys.path) and by the
+CLI tests' subprocesses as `helpers:digit_fraction_reward` (they put tests/ on PYTHONPATH), so
+nothing heavy is imported at module level."""
+from __future__ import annotations
+
+import json
+import os
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def child_env(*paths, **variables) -> dict:
+    """The environment of a child process that imports `helpers` (and `paths` first)."""
+    path = os.pathsep.join([*paths, TESTS_DIR, os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, **variables, "PYTHONPATH": path}
+
+
+def tiny_model_and_tokenizer(seed: int = 0, hidden_size: int = 32, layers: int = 2, attn_implementation="sdpa"):
+    from g2rpo_fast.models.tiny import build_tiny_model
+    from g2rpo_fast.models.tokenizer import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    model = build_tiny_model(seed, tokenizer=tok, hidden_size=hidden_size, num_hidden_layers=layers,
+                             num_attention_heads=2, num_key_value_heads=1, head_dim=16, intermediate_size=64)
+    model.config._attn_implementation = attn_implementation
+    return model, tok
+
+
+def tiny_dataset(n: int = 16, seed: int = 0, difficulties=(1, 2), split: str = "train"):
+    from g2rpo_fast.data.arithmetic import make_dataset
+
+    return make_dataset(n, seed=seed, difficulties=list(difficulties), split=split)
+
+
+def digit_fraction_reward(prompts, completions, **kwargs):
+    """A dense toy reward (share of digit characters) so that even a random policy gets
+    non-constant rewards within a group."""
+    out = []
+    for c in completions:
+        text = c if isinstance(c, str) else c[-1]["content"]
+        out.append(sum(ch.isdigit() for ch in text) / max(len(text), 1))
+    return out
+
+
+def save_tiny_assets(root) -> tuple[str, str]:
+    """(model dir, train jsonl) under `root`: the tiny random Qwen3 + char tokenizer saved with
+    `save_pretrained`, and 12 addition problems, for CLI runs on local files only."""
+    model, tok = tiny_model_and_tokenizer(seed=0)
+    model.save_pretrained(os.path.join(root, "model"))
+    tok.save_pretrained(os.path.join(root, "model"))
+    data = os.path.join(root, "data.jsonl")
+    with open(data, "w") as fh:
+        for row in tiny_dataset(12):
+            fh.write(json.dumps(row) + "\n")
+    return os.path.join(root, "model"), data
+
+
+# ------------------------------------------------------------------ the trainer tests' set-up
+
+def make_config(tmp_path, name="run", **kw):
+    """A 2-step run of the tiny trainer set-up (G=4, 8 completions, 8 new tokens) in tmp_path/name."""
+    from g2rpo_fast.trainer.config import G2RPOConfig
+
+    base = dict(output_dir=str(tmp_path / name), num_generations=4, per_device_train_batch_size=8,
+                max_completion_length=8, max_steps=2, learning_rate=1e-2, warmup_steps=0,
+                guidance_initial_length=4, guidance_max_length=8, guidance_ratio=0.5,
+                reward_funcs=[digit_fraction_reward, "accuracy"], eval_split=None, eval_at_end=False,
+                plots=False, progress_bar=False, seed=0)
+    base.update(kw)
+    return G2RPOConfig(**base)
+
+
+def make_trainer(cfg, **kw):
+    from g2rpo_fast.trainer.trainer import G2RPOTrainer
+
+    model, tok = tiny_model_and_tokenizer(seed=0)
+    return G2RPOTrainer(cfg, model=model, tokenizer=tok, train_dataset=tiny_dataset(16), **kw)
+
+
+def read_metrics(cfg):
+    with open(os.path.join(cfg.output_dir, "metrics.jsonl")) as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def strip_timing(rows):
+    from g2rpo_fast.trainer.metrics_log import TIMING_KEYS
+
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
