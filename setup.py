@@ -92,6 +92,7 @@ setup(
         "g2rpo_fast.rollout",
         "g2rpo_fast.rollout.backends",
         "g2rpo_fast.rewards",
+        "g2rpo_fast.rewards.sandbox",
         "g2rpo_fast.models",
         "g2rpo_fast.data",
         "g2rpo_fast.trainer",

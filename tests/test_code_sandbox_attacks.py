@@ -17,7 +17,7 @@ import time
 import pytest
 
 from g2rpo_fast.rewards import build_program, run_program, score_code
-from g2rpo_fast.rewards.sandbox_policy import cgroup_status, probe
+from g2rpo_fast.rewards.sandbox import cgroup_status, probe
 
 TEST = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"
 WRONG = "def add(a, b):\n    return a - b\n"
@@ -278,7 +278,7 @@ def test_killing_the_parent_and_other_processes(sandbox_backend):
 ], ids=["redefined_check", "settrace", "always_equal", "os_exit"])
 def test_unsafe_process_mode_still_judges_outside(code):
     with pytest.warns(RuntimeWarning, match="unsafe-process"):
-        from g2rpo_fast.rewards import sandbox as sandbox_module
+        from g2rpo_fast.rewards.sandbox import run as sandbox_module
         sandbox_module._warned.discard("unsafe-process")
         result = score_code(code, TEST, "add", sandbox="unsafe-process", timeout=4.0)
     assert not result.passed and not result.leaked

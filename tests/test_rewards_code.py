@@ -15,9 +15,9 @@ from g2rpo_fast.rewards import (
     code_reward,
     make_code_reward,
     resolve_sandbox,
-    sandbox_policy,
     score_code,
 )
+from g2rpo_fast.rewards.sandbox import policy as sandbox_policy
 
 TEST = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"
 GOOD = "def add(a, b):\n    return a + b\n"
@@ -156,7 +156,7 @@ def test_refuses_without_strong_isolation(monkeypatch):
 
 def test_unsafe_process_is_an_explicit_opt_in(monkeypatch):
     monkeypatch.setattr(sandbox_policy, "probe", lambda backend: "unavailable in this test")
-    from g2rpo_fast.rewards import sandbox as sandbox_module
+    from g2rpo_fast.rewards.sandbox import run as sandbox_module
 
     monkeypatch.setattr(sandbox_module, "_warned", set())
     with pytest.warns(RuntimeWarning, match="unsafe-process"):

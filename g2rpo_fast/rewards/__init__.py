@@ -4,8 +4,9 @@ from .code import build_program, check_code_sandbox, code_reward, make_code_rewa
 from .extract import completion_text, extract_answer, extract_code
 from .format import format_reward
 from .registry import REWARD_FUNCS, get_reward_func, safe_reward_call
-from .sandbox import SandboxLimits, SandboxResult
-from .sandbox_policy import (
+from .sandbox import (
+    SandboxLimits,
+    SandboxResult,
     SandboxUnavailableError,
     default_sandbox,
     resolve_sandbox,

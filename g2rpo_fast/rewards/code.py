@@ -21,8 +21,16 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 from .extract import extract_code
-from .sandbox import SandboxLimits, SandboxResult, run_job, warn_once
-from .sandbox_policy import SandboxUnavailableError, resolve_sandbox, set_default_sandbox, validate_mode
+from .sandbox import (
+    SandboxLimits,
+    SandboxResult,
+    SandboxUnavailableError,
+    resolve_sandbox,
+    run_job,
+    set_default_sandbox,
+    validate_mode,
+    warn_once,
+)
 
 
 def build_program(code: str, test: str, entry_point: str) -> str:

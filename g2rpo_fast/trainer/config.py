@@ -25,7 +25,7 @@ CHOICES = {
     "guidance_loss": ("mask", "include"),
     "lr_scheduler_type": ("constant", "constant_with_warmup", "linear", "cosine"),
     "device": ("auto", "cpu", "cuda"),
-    "code_sandbox": ("auto", "bwrap", "namespace", "unsafe-process"),  # = rewards.sandbox_policy.MODES
+    "code_sandbox": ("auto", "bwrap", "namespace", "unsafe-process"),  # = rewards.sandbox.MODES
     "torch_dtype": ("auto", "float32", "bfloat16", "float16"),
     "attn_implementation": ("auto", "flash_attention_2", "torch_varlen", "sdpa"),
     "prefix_shared_forward": ("auto", "true", "false"),

@@ -6,7 +6,7 @@ process in it. Supports cgroup v1 (separate ``memory`` and ``pids`` hierarchies)
 (unified); the run's cgroup is created below the trainer's own, so it also counts toward any
 limit the trainer has. Creating one needs write access there (root, or a delegated subtree);
 when it fails, ``SandboxCgroup.create`` raises ``CgroupUnavailable`` with the reason and the
-caller falls back to per-process limits (see ``sandbox.py``).
+caller falls back to per-process limits (see ``run.py``).
 """
 from __future__ import annotations
 

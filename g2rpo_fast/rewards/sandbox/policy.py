@@ -14,7 +14,7 @@ import threading
 
 from . import isolation
 from .cgroups import CgroupUnavailable, SandboxCgroup
-from .sandbox import SandboxLimits, run_job, warn_once
+from .run import SandboxLimits, run_job, warn_once
 
 MODES = ("auto", "bwrap", "namespace", "unsafe-process")
 STRONG_BACKENDS = ("bwrap", "namespace")
