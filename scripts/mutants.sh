@@ -20,9 +20,9 @@ target_files() {
   case $1 in
     guidance) echo "g2rpo_fast/guidance.py" ;;
     block_manager) echo "g2rpo_fast/rollout/block_manager.py" ;;
-    loss) echo "g2rpo_fast/ops/grpo_loss.py g2rpo_fast/ops/loss_inputs.py" ;;
-    ops) echo "g2rpo_fast/ops/advantages.py g2rpo_fast/ops/reference.py g2rpo_fast/ops/layout.py" ;;
-    trainer) echo "g2rpo_fast/trainer/trainer.py g2rpo_fast/trainer/policy_forward.py g2rpo_fast/trainer/composition.py" ;;
+    loss) echo "g2rpo_fast/loss/aggregation.py g2rpo_fast/loss/inputs.py g2rpo_fast/loss/objective.py g2rpo_fast/loss/metrics.py g2rpo_fast/ops/token_loss.py" ;;
+    ops) echo "g2rpo_fast/ops/advantages.py g2rpo_fast/ops/logps.py g2rpo_fast/loss/layout.py" ;;
+    trainer) echo "g2rpo_fast/trainer/trainer.py g2rpo_fast/trainer/rollouts.py g2rpo_fast/trainer/batch.py g2rpo_fast/trainer/optimize.py g2rpo_fast/trainer/policy_forward.py g2rpo_fast/trainer/composition.py" ;;
     *) echo "unknown target $1 (guidance block_manager loss ops trainer)" >&2; exit 2 ;;
   esac
 }

@@ -17,9 +17,9 @@ import pytest
 import torch
 from contract_helpers import record
 from datasets import Dataset
+from helpers import tiny_dataset, tiny_model_and_tokenizer
 
 from g2rpo_fast.trainer.config import G2RPOConfig
-from g2rpo_fast.trainer.testing import tiny_dataset, tiny_model_and_tokenizer
 from g2rpo_fast.trainer.trainer import G2RPOTrainer
 
 ADV_EPS = 1e-4  # DESIGN.md section 3 / the `group_advantages` signature

@@ -375,7 +375,9 @@ def _finite_weight(index: int, value) -> float:
 
 
 def _callable_name(x):
-    return x if isinstance(x, str) else getattr(x, "__name__", repr(x))
+    from g2rpo_fast.rewards.registry import func_name
+
+    return x if isinstance(x, str) else func_name(x)
 
 
 def default_config_path() -> str:
