@@ -81,6 +81,14 @@ def _is_chat(value) -> bool:
     return isinstance(value, (list, tuple))
 
 
+def _same_kind(first_chat, chat: bool, where: str) -> bool:
+    """All prompts are text or all chat messages: the first row decides (`first_chat` None until then)."""
+    if first_chat is not None and chat != first_chat:
+        raise ValueError(f"{where}: {'chat messages' if chat else 'text'}, but row 1 is "
+                         f"{'chat messages' if first_chat else 'text'}; all prompts must be the same kind")
+    return chat
+
+
 def source_columns(keys, prompt_field: str, guidance_field: str | None) -> tuple[str, str | None]:
     """The raw columns that become `prompt_field` / `guidance_field` after `normalize_columns`
     (GSM8K's question/answer, MATH's problem/solution) when the defaults are used."""
@@ -175,13 +183,8 @@ def validate_jsonl_file(path: str, prompt_field: str = "prompt", guidance_field:
             row_no = rows + 1
             if bad is not None:
                 raise ValueError(f"`dataset_name`: {path}, row {row_no} (line {number}), column {bad[0]!r}: {bad[1]}")
-            chat = _is_chat(row.get(columns[0]))
-            if first_chat is None:
-                first_chat = chat
-            elif chat != first_chat:
-                raise ValueError(f"`dataset_name`: {path}, row {row_no} (line {number}), column {columns[0]!r}: "
-                                 f"{'chat messages' if chat else 'text'}, but row 1 is "
-                                 f"{'chat messages' if first_chat else 'text'}; all prompts must be the same kind")
+            first_chat = _same_kind(first_chat, _is_chat(row.get(columns[0])),
+                                    f"`dataset_name`: {path}, row {row_no} (line {number}), column {columns[0]!r}")
             rows += 1
     if not rows:
         raise ValueError(f"`dataset_name`: {path} is empty (no JSON rows)")
@@ -225,13 +228,9 @@ def validate_rows(dataset, prompt_field: str, guidance_field: str | None, source
                 field = "prompt_field" if bad[0] == prompt_field else "guidance_field"
                 raise ValueError(f"`{field}`: {describe_row(source, offset + i, line_of_row)}, column "
                                  f"{bad[0]!r}: {bad[1]}")
-            chat = _is_chat(row[prompt_field])
-            if first_chat is None:
-                first_chat = chat
-            elif chat != first_chat:
-                raise ValueError(f"`prompt_field`: {describe_row(source, offset + i, line_of_row)}, column "
-                                 f"{prompt_field!r}: {'chat messages' if chat else 'text'}, but row 1 is "
-                                 f"{'chat messages' if first_chat else 'text'}; all prompts must be the same kind")
+            first_chat = _same_kind(first_chat, _is_chat(row[prompt_field]),
+                                    f"`prompt_field`: {describe_row(source, offset + i, line_of_row)}, column "
+                                    f"{prompt_field!r}")
         offset += size
 
 
