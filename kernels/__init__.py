@@ -1,6 +1,6 @@
 """Triton kernel sources of g2rpo_fast, installed as ``g2rpo_fast.kernels``.
 
-One file per op (``logps``, ``grpo_loss``, ``advantages``, ``fused_linear``,
+One file per op (``logps``, ``token_loss``, ``advantages``, ``fused_linear``,
 ``paged_attention``): its ``@triton.jit`` code and its launcher, nothing else. ``launch.py``
 serves them all (grid, interpreter on the CPU, ahead-of-time compile). The checked public
 function, the PyTorch reference and the autograd Function of each op live in

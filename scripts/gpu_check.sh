@@ -152,7 +152,7 @@ run() {
 
 # ---------------------------------------------------------------------------- tests
 # the ops' own tests, whose Triton path runs on CUDA when there is one, then the gpu-marked tests
-OPS_TESTS=(tests/test_ops_logps.py tests/test_loss.py tests/test_ops_advantages.py tests/test_fused_linear.py
+OPS_TESTS=(tests/test_ops_logps.py tests/test_loss.py tests/test_ops_advantages.py tests/test_ops_fused_linear.py
            tests/test_fused_linear_loss.py tests/test_ops_paged_attention.py tests/test_kernel_launch_device.py)
 PYTEST=("$PY" -m pytest -q -rs -p no:cacheprovider)
 run tests tests_ops 240 "$RESULTS/tests_ops_gpu.md" "$LOGS/none" "${PYTEST[@]}" -n 8 "${OPS_TESTS[@]}"

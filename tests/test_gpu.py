@@ -4,7 +4,7 @@ What the CPU suite cannot run: every engine backend's real kernels in bf16 again
 `generate` and their prefix sharing, the packed training attention's real varlen kernels and
 their memory, the trainer in bf16 with the Triton loss and with Liger (against the unpatched
 model), fp16 with loss scaling, resume against an uninterrupted run, and kernels on a second
-GPU. The ops' own tests (test_ops_*.py, test_loss.py, test_fused_linear*.py) run their Triton
+GPU. The ops' own tests (test_ops_*.py, test_loss.py, test_fused_linear_loss.py) run their Triton
 path on CUDA by themselves; scripts/gpu_check.sh runs them next to this file.
 """
 from __future__ import annotations

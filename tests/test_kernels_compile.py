@@ -65,7 +65,7 @@ def _logps_bwd(dtype, inplace=False, ids_dtype=torch.int64, **shape):
 
 def _loss(dtype, old=True, ref=True, beta=0.04, delta=2.0, ids_dtype=torch.int64, **shape):
     def case():
-        from g2rpo_fast.kernels.grpo_loss import launch_g2rpo_loss_fwd
+        from g2rpo_fast.kernels.token_loss import launch_g2rpo_loss_fwd
 
         x = _logits(dtype, **shape)
         n = x.shape[:-1].numel()
@@ -128,7 +128,7 @@ CASES = {
     "logps_bwd-bf16-inplace": _logps_bwd(BF16, inplace=True),
     "logps_bwd-fp16-int32_ids-strided": _logps_bwd(F16, ids_dtype=torch.int32, vocab=SMALL_VOCAB, rows=4,
                                                    strided=True),
-    # kernels/grpo_loss.py: every flag combination in bf16, all flags in fp32 / fp16
+    # kernels/token_loss.py: every flag combination in bf16, all flags in fp32 / fp16
     **{f"loss-bf16-old{int(o)}-{r}-delta{int(dl)}": _loss(BF16, old=o, ref=r != "noref",
                                                           beta=0.04 if r == "kl" else 0.0, delta=2.0 if dl else None)
        for o in (False, True) for r in ("noref", "ref_beta0", "kl") for dl in (False, True)},

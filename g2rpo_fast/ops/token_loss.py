@@ -3,7 +3,7 @@
 - `token_terms`: the reference (the spec): from log-probs and their log-ratio to the old
   policy, the per-token loss `L_t`, the KL `kl_t` and the clip indicators;
 - `fused_token_loss`: the same at token level straight from logits, through the Triton kernel
-  `kernels/grpo_loss.py`, already weighted and summed: `Σ_t c_t·L_t` with the aggregation
+  `kernels/token_loss.py`, already weighted and summed: `Σ_t c_t·L_t` with the aggregation
   coefficients `c_t` of `g2rpo_fast.loss.aggregation`; `FusedTokenLoss` is its autograd Function.
 
 The kernel reads each logits row once and returns per-token `c_t·L_t` and `c_t·dL_t/dlogp_t`;
@@ -43,7 +43,7 @@ def token_terms(logps, log_ratio, adv_tok, weights, ref_logps, opts):
 class FusedTokenLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, ids, coef, adv_tok, old, ref, opts, inplace_backward):
-        from g2rpo_fast.kernels.grpo_loss import launch_g2rpo_loss_fwd
+        from g2rpo_fast.kernels.token_loss import launch_g2rpo_loss_fwd
 
         x = kernel_logits(logits)
         _, rowmax, logsum, loss_tok, dlogp, kl, low, high = launch_g2rpo_loss_fwd(
