@@ -1,4 +1,4 @@
-"""The loss's contract against float64 formulas written out here (not `ops/reference.py`).
+"""The loss's contract against float64 formulas written out here (not the `*_ref` functions of `g2rpo_fast/ops/`).
 
 A sequence at a time, in the words of DESIGN.md sections 3-6: the token ratio and the GSPO
 length-normalised sequence ratio, the clipped surrogate, k3 KL, guidance-masked token weights,
