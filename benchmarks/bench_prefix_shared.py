@@ -116,14 +116,15 @@ class Side:
         self.times, self.peaks, self.logp_times = [], [], []
 
     def logps(self):
-        from g2rpo_fast.trainer.policy_forward import PolicyHidden, lm_head_params, packed_hidden, token_logps
+        from g2rpo_fast.ops import fused_linear_logps
+        from g2rpo_fast.trainer.policy_forward import PolicyHidden, lm_head_params, packed_hidden
 
         hidden = packed_hidden(PolicyHidden(self.model), self.batch, self.autocast)
         weight, _ = lm_head_params(self.model)
-        return token_logps(hidden.to(self.dtype), weight.to(self.dtype), None, self.batch.token_ids)
+        return fused_linear_logps(hidden.to(self.dtype), weight.to(self.dtype), self.batch.token_ids)
 
     def step(self):
-        from g2rpo_fast.fused_linear_loss import FusedLinearG2RPOLoss
+        from g2rpo_fast.loss import FusedLinearG2RPOLoss
         from g2rpo_fast.trainer.policy_forward import PolicyHidden, lm_head_params, packed_hidden
 
         b = self.batch

@@ -14,7 +14,9 @@ import warnings
 import pytest
 import torch
 from attention_standins import VARLEN_SIGNATURES, make_flash_attn
+from helpers import tiny_model_and_tokenizer
 
+from g2rpo_fast.ops import fused_linear_logps
 from g2rpo_fast.rollout.backends import BACKENDS
 from g2rpo_fast.rollout.backends import flash_attn as flash_mod
 from g2rpo_fast.rollout.backends import torch_varlen as varlen_mod
@@ -28,10 +30,8 @@ from g2rpo_fast.trainer.policy_forward import (
     make_loss_fn,
     pack_samples,
     packed_hidden,
-    token_logps,
 )
 from g2rpo_fast.trainer.prefix_shared_attention import attention_kwargs, resolve_prefix_sharing
-from g2rpo_fast.trainer.testing import tiny_model_and_tokenizer
 
 GROUP = 4
 
@@ -159,7 +159,7 @@ def _trainer_side_loss(samples, cfg, backend, pack, dtype=torch.float32):
     def logps_of(model):
         hidden = packed_hidden(PolicyHidden(model), batch, autocast)
         weight, _ = lm_head_params(model)  # the tiny Qwen3 has no lm_head bias
-        return token_logps(hidden.to(dtype), weight.to(dtype), None, batch.token_ids, cfg.temperature)
+        return fused_linear_logps(hidden.to(dtype), weight.to(dtype), batch.token_ids, temperature=cfg.temperature)
 
     with torch.no_grad():
         old, ref = logps_of(old_model), logps_of(ref_model)
@@ -240,7 +240,8 @@ def test_prompt_gradient_sums_every_completion_of_its_group():
     model.get_input_embeddings().register_forward_hook(keep)
     hidden = packed_hidden(PolicyHidden(model), batch)
     weights = torch.linspace(0.5, 2.0, batch.num_tokens)
-    (token_logps(hidden, *lm_head_params(model), batch.token_ids) * weights).sum().backward()
+    weight, bias = lm_head_params(model)
+    (fused_linear_logps(hidden, weight, batch.token_ids, bias=bias) * weights).sum().backward()
     shared = seen["embeds"].grad[0]
 
     model64 = _float64(0)
@@ -268,7 +269,7 @@ def test_trainer_shared_equals_per_sample(tmp_path):
     """Two optimizer steps from one generated batch (num_iterations = 2, beta > 0, guidance):
     the same metrics and weights with prefix_shared_forward true and false; `auto` turns it on
     for the tiny Qwen3, and the micro-batch's row then holds each prompt once."""
-    from test_trainer import make_config, make_trainer, strip_timing
+    from helpers import make_config, make_trainer, strip_timing
 
     runs = {}
     for setting in ("auto", "false"):
@@ -281,7 +282,7 @@ def test_trainer_shared_equals_per_sample(tmp_path):
 
         def spy(*a, _fn=pack_fn, _out=packs, **k):
             mb = _fn(*a, **k)
-            _out.append(mb["batch"])
+            _out.append(mb.packed)
             return mb
 
         trainer.generate_micro_batch = spy
@@ -348,6 +349,6 @@ def test_old_logps_of_a_deep_copy_use_the_shared_layout():
     copy_ = copy.deepcopy(model).eval()
     batch, plain = pack_groups(_samples(), "cpu"), pack_samples(_samples(), "cpu")
     with torch.no_grad():
-        a = token_logps(packed_hidden(PolicyHidden(copy_), batch), *lm_head_params(copy_), batch.token_ids)
-        b = token_logps(packed_hidden(PolicyHidden(model), plain), *lm_head_params(model), plain.token_ids)
+        a = fused_linear_logps(packed_hidden(PolicyHidden(copy_), batch), lm_head_params(copy_)[0], batch.token_ids)
+        b = fused_linear_logps(packed_hidden(PolicyHidden(model), plain), lm_head_params(model)[0], plain.token_ids)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
