@@ -4,9 +4,9 @@ Variants (same batch, same options: grpo loss, beta=0.04 with ref/old log-probs)
   * ours      - g2rpo_fast.FusedLinearG2RPOLoss (Triton kernels on CUDA; chunked PyTorch on CPU)
   * liger     - liger_kernel.chunked_loss.LigerFusedLinearGRPOLoss (compiled=True on CUDA)
   * eager     - TRL style: logits = h @ W.T materialised, log_softmax, gather, then the loss
-  * compiled  - torch.compile of the chunked PyTorch reference (our loss, G2RPO_FAST_BACKEND=torch)
+  * compiled  - torch.compile of the chunked PyTorch reference (our loss, on the "torch" backend)
   * native    - CPU: FusedLinearG2RPOLoss with the C++ kernels (`torch.ops.g2rpo_fast`, g2rpo_fast._C)
-                in the same autograd Function (`_FusedLinearLogps`, its kernels swapped for
+                in the same autograd Function (`ops.fused_linear.FusedLinearLogps`, its kernels swapped for
                 `g2rpo_fast._native`'s): what the loss runs on the CPU once wired
   * native_loss - CPU: the C++ fused-linear loss (`_native.FusedLinearG2RPOLossFunction`: loss and
                 gradients in one pass, 3 GEMMs instead of 4), same input preparation as `ours`
@@ -98,7 +98,6 @@ def native(batch):
 def native_loss(batch):
     """The loss and its gradients in one pass on the C++ kernel (token level)."""
     from g2rpo_fast import _native
-    from g2rpo_fast.ops.grpo_loss_triton import aggregation_coefficients
 
     if not _native.AVAILABLE:
         raise RuntimeError(f"g2rpo_fast._C is not built ({_native.LOAD_ERROR})")
@@ -108,7 +107,7 @@ def native_loss(batch):
         inp = prepare_loss_inputs(opts, batch["token_ids"], w.shape[0], h.device, advantages=batch["advantages"],
                                   completion_mask=batch["completion_mask"], old_logps=batch["old_logps"],
                                   ref_logps=batch["ref_logps"])
-        coef = aggregation_coefficients(inp.weights, inp.layout, opts).contiguous()
+        coef = inp.coefficients.contiguous()
         adv_tok = inp.advantages[inp.layout.seq_idx].contiguous()
         loss, *_ = _native.FusedLinearG2RPOLossFunction.apply(
             h.reshape(-1, h.shape[-1]), w, None, inp.token_ids, coef, adv_tok, inp.old_logps, inp.ref_logps, opts)

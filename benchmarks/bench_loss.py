@@ -4,8 +4,9 @@ Candidates, all on the same inputs in one run:
   * g2rpo_fast      `G2RPOLoss` (fused Triton kernel on CUDA; PyTorch reference on the CPU,
                     or the kernel in Triton's interpreter with --interpret)
   * native_cpp      CPU: the C++ kernels (`torch.ops.g2rpo_fast`, built into g2rpo_fast._C) inside
-                    the same autograd Function as the Triton path (`fused_g2rpo_loss`, launchers
-                    swapped for `g2rpo_fast._native`'s), i.e. what `G2RPOLoss` runs once wired
+                    the same autograd Function as the Triton path (`ops.token_loss.FusedTokenLoss`
+                    through `loss.objective.objective_from_logits`, launchers swapped for
+                    `g2rpo_fast._native`'s), i.e. what `G2RPOLoss` runs once wired
   * liger           liger-kernel's `triton_grpo_loss` (CUDA, or the interpreter with --interpret)
   * trl_eager       TRL's formula in eager PyTorch (materialised fp32 log_softmax)
   * compiled_ref    `torch.compile` of our reference (per_token_logps_ref + loss.objective.objective_from_logps)
@@ -120,23 +121,24 @@ def cand_native(inp):
     """The fused-loss autograd Function of the Triton path, on the C++ kernels."""
     from unittest import mock
 
-    from g2rpo_fast.kernels import grpo_loss, logps
+    from g2rpo_fast.kernels import logps, token_loss
 
     from g2rpo_fast import _native
-    from g2rpo_fast.ops.grpo_loss import LossOptions
-    from g2rpo_fast.ops.grpo_loss_triton import fused_g2rpo_loss
-    from g2rpo_fast.ops.loss_inputs import prepare_loss_inputs
+    from g2rpo_fast.loss import LossOptions
+    from g2rpo_fast.loss.inputs import prepare_loss_inputs
+    from g2rpo_fast.loss.objective import objective_from_logits
+    from g2rpo_fast.ops.backend import use_backend
 
     if not _native.AVAILABLE:
         raise RuntimeError(f"g2rpo_fast._C is not built ({_native.LOAD_ERROR})")
     opts = LossOptions(**OPTS)
 
     def step(x):
-        with mock.patch.object(grpo_loss, "launch_g2rpo_loss_fwd", _native.launch_g2rpo_loss_fwd), \
-                mock.patch.object(logps, "launch_logps_bwd", _native.launch_logps_bwd):
+        with mock.patch.object(token_loss, "launch_g2rpo_loss_fwd", _native.launch_g2rpo_loss_fwd), \
+                mock.patch.object(logps, "launch_logps_bwd", _native.launch_logps_bwd), use_backend("triton"):
             li = prepare_loss_inputs(opts, inp["ids"], x.shape[-1], x.device, advantages=inp["adv"],
                                      completion_mask=inp["mask"], old_logps=inp["old"], ref_logps=inp["ref"])
-            loss, _ = fused_g2rpo_loss(x, li, opts)
+            loss, _ = objective_from_logits(x, li, opts)
             loss.backward()
         return loss
 

@@ -90,7 +90,7 @@ if AVAILABLE:
 
 
 # ----------------------------------------------------------------------------- launchers
-# Drop-ins for the Triton launchers (kernels/logps.py, kernels/grpo_loss.py,
+# Drop-ins for the Triton launchers (kernels/logps.py, kernels/token_loss.py,
 # kernels/fused_linear.py): same arguments, same outputs (None where those give None), so the
 # existing autograd Functions in g2rpo_fast/ops can call either by device.
 
@@ -112,7 +112,7 @@ def launch_logps_bwd(logits2d, ids, grad_rows, rowmax, logsum, inv_t, out=None):
 
 
 def launch_g2rpo_loss_fwd(logits2d, ids, coef, adv_tok, old, ref, *, inv_t, beta, eps_low, eps_high, delta):
-    """As `kernels.grpo_loss.launch_g2rpo_loss_fwd`: logp, rowmax, logsum, c·L, c·dL/dlogp, kl, low, high."""
+    """As `kernels.token_loss.launch_g2rpo_loss_fwd`: logp, rowmax, logsum, c·L, c·dL/dlogp, kl, low, high."""
     return torch.ops.g2rpo_fast.g2rpo_loss_fwd(logits2d, ids, coef, adv_tok, old, ref, float(inv_t), float(beta),
                                                float(eps_low), float(eps_high),
                                                None if delta is None else float(delta))

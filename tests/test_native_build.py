@@ -52,7 +52,7 @@ def test_default_copy_matches_float64():
     res = run_python("""
         import json, torch
         from g2rpo_fast import _native
-        from g2rpo_fast.ops.reference import per_token_logps_ref
+        from g2rpo_fast.ops.logps import per_token_logps_ref
         ops = torch.ops.g2rpo_fast
         g = torch.Generator().manual_seed(0)
         v = 2048 + 21

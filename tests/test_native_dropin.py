@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from g2rpo_fast import _native
-from g2rpo_fast.ops.grpo_loss import LossOptions, g2rpo_loss_from_logps
-from g2rpo_fast.ops.loss_inputs import prepare_loss_inputs
-from g2rpo_fast.ops.reference import per_token_logps_ref
+from g2rpo_fast.loss import LossOptions
+from g2rpo_fast.loss.inputs import prepare_loss_inputs
+from g2rpo_fast.loss.objective import objective_from_logits, objective_from_logps
+from g2rpo_fast.ops.backend import use_backend
+from g2rpo_fast.ops.logps import per_token_logps_ref
 
 pytestmark = pytest.mark.skipif(not _native.AVAILABLE,
                                 reason=f"g2rpo_fast._C is not built ({_native.LOAD_ERROR})")
@@ -18,11 +20,11 @@ pytestmark = pytest.mark.skipif(not _native.AVAILABLE,
 @pytest.fixture
 def native_launchers(monkeypatch):
     """Point the Triton launcher names the autograd Functions import at call time to the C++ ones."""
-    from g2rpo_fast.kernels import fused_linear, grpo_loss, logps
+    from g2rpo_fast.kernels import fused_linear, logps, token_loss
 
     monkeypatch.setattr(logps, "launch_logps_fwd", _native.launch_logps_fwd)
     monkeypatch.setattr(logps, "launch_logps_bwd", _native.launch_logps_bwd)
-    monkeypatch.setattr(grpo_loss, "launch_g2rpo_loss_fwd", _native.launch_g2rpo_loss_fwd)
+    monkeypatch.setattr(token_loss, "launch_g2rpo_loss_fwd", _native.launch_g2rpo_loss_fwd)
     monkeypatch.setattr(fused_linear, "forward", _native.fused_linear_forward)
     monkeypatch.setattr(fused_linear, "backward", _native.fused_linear_backward)
 
@@ -30,7 +32,7 @@ def native_launchers(monkeypatch):
 @pytest.mark.parametrize("inplace", [False, True], ids=["out_of_place", "in_place"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_per_token_logps_function(native_launchers, dtype, inplace):
-    from g2rpo_fast.ops.logps_triton import per_token_logps_triton
+    from g2rpo_fast.ops.logps import PerTokenLogps
 
     gen = torch.Generator().manual_seed(0)
     base = (torch.randn(3, 4, 2100, generator=gen) * 2).to(dtype)
@@ -41,7 +43,7 @@ def test_per_token_logps_function(native_launchers, dtype, inplace):
     lp64.backward(gout.double())
     buf = base.clone()
     leaf = buf.detach().requires_grad_()  # shares storage with buf
-    lp, ent = per_token_logps_triton(leaf, ids, 1.3, return_entropy=True, inplace_backward=inplace)
+    lp, ent = PerTokenLogps.apply(leaf, ids, 1.3, True, inplace)
     lp.backward(gout)
     torch.testing.assert_close(lp.double(), lp64.detach(), atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(ent.double(), ent64.detach(), atol=2e-5, rtol=1e-5)
@@ -53,8 +55,6 @@ def test_per_token_logps_function(native_launchers, dtype, inplace):
 @pytest.mark.parametrize("inplace", [False, True], ids=["out_of_place", "in_place"])
 @pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
 def test_fused_g2rpo_loss_function(native_launchers, loss_type, inplace):
-    from g2rpo_fast.ops.grpo_loss_triton import fused_g2rpo_loss
-
     gen = torch.Generator().manual_seed(1)
     b, t, v = 4, 6, 2100
     logits = torch.randn(b, t, v, generator=gen) * 2
@@ -69,12 +69,12 @@ def test_fused_g2rpo_loss_function(native_launchers, loss_type, inplace):
     inp64 = prepare_loss_inputs(opts, ids, v, torch.device("cpu"), compute_dtype=torch.float64, **kw)
     x64 = logits.double().requires_grad_()
     lp64 = per_token_logps_ref(x64.reshape(-1, v), inp64.token_ids)
-    loss64, metrics64 = g2rpo_loss_from_logps(lp64, inp64.advantages, inp64.weights, inp64.layout, opts,
-                                              inp64.old_logps, inp64.ref_logps)
+    loss64, metrics64 = objective_from_logps(lp64, inp64, opts)
     loss64.backward()
     leaf = logits.clone().requires_grad_()
     inp = prepare_loss_inputs(opts, ids, v, torch.device("cpu"), **kw)
-    loss, metrics = fused_g2rpo_loss(leaf, inp, opts, inplace_backward=inplace)
+    with use_backend("triton"):  # the fused kernel's path of G2RPOLoss, on the patched launcher
+        loss, metrics = objective_from_logits(leaf, inp, opts, inplace_backward=inplace)
     loss.backward()
     torch.testing.assert_close(loss.double(), loss64.detach(), atol=2e-5, rtol=2e-5)
     assert (leaf.grad.double() - x64.grad).abs().max() / x64.grad.abs().max() < 1e-4
@@ -84,7 +84,7 @@ def test_fused_g2rpo_loss_function(native_launchers, loss_type, inplace):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_linear_function(native_launchers, dtype):
-    from g2rpo_fast.ops.fused_linear import _FusedLinearLogps
+    from g2rpo_fast.ops.fused_linear import FusedLinearLogps
 
     gen = torch.Generator().manual_seed(2)
     n, h, v = 50, 32, 4096 + 5
@@ -97,7 +97,7 @@ def test_fused_linear_function(native_launchers, dtype):
     lp64 = per_token_logps_ref(ref[0] @ ref[1].T + ref[2], ids, 0.9)
     lp64.backward(gout.double())
     leaves = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
-    lp = _FusedLinearLogps.apply(*leaves, ids, 0.9, False, True)  # triton_path=True -> the patched launchers
+    lp = FusedLinearLogps.apply(*leaves, ids, 0.9, False, True)  # triton_path=True -> the patched launchers
     lp.backward(gout)
     torch.testing.assert_close(lp.double(), lp64.detach(), atol=5e-5, rtol=1e-5)
     tol = 1e-5 if dtype == torch.float32 else 1e-2

@@ -1,9 +1,10 @@
 """The C++ fused-linear G²RPO loss (`torch.ops.g2rpo_fast.fused_linear_g2rpo_loss`: loss and its
 gradients in one pass from hidden states) against the float64 reference objective.
 
-Ground truth: `g2rpo_loss_from_logps` (its own aggregation code) on float64 log-probs of
-`hidden @ weight.T + bias` from `per_token_logps_ref`, differentiated by autograd. The kernel gets
-the coefficients c_t from `aggregation_coefficients`, as the fused logits path does. Every loss
+Ground truth: the reference objective (`loss.objective.objective_from_logps`) on float64
+log-probs of `hidden @ weight.T + bias` from `per_token_logps_ref`, differentiated by autograd
+(the aggregation rule itself is pinned against written-out formulas in `test_loss_contract.py`).
+The kernel gets the coefficients c_t (`LossInputs.coefficients`), as the fused logits path does. Every loss
 type, padded and packed, guidance masked or included, δ, temperature, with and without old/ref
 log-probs; shapes cross the kernel's row chunks and, for bf16, its weight column blocks.
 """
@@ -13,10 +14,11 @@ import pytest
 import torch
 
 from g2rpo_fast import _native
-from g2rpo_fast.ops.grpo_loss import LossOptions, g2rpo_loss_from_logps
-from g2rpo_fast.ops.grpo_loss_triton import aggregation_coefficients
-from g2rpo_fast.ops.loss_inputs import prepare_loss_inputs
-from g2rpo_fast.ops.reference import per_token_logps_ref
+from g2rpo_fast.loss import LossOptions
+from g2rpo_fast.loss.inputs import prepare_loss_inputs
+from g2rpo_fast.loss.metrics import loss_metrics
+from g2rpo_fast.loss.objective import objective_from_logps
+from g2rpo_fast.ops.logps import per_token_logps_ref
 
 pytestmark = pytest.mark.skipif(not _native.AVAILABLE,
                                 reason=f"g2rpo_fast._C is not built ({_native.LOAD_ERROR})")
@@ -56,26 +58,26 @@ def to_packed(case):
     return out
 
 
-def loss_inputs(case, opts, dtype=torch.float32):
+def loss_inputs(case, opts, dtype=torch.float32, num_items=None):
     kw = {k: v for k, v in case.items() if k not in ("hidden", "weight", "bias", "token_ids")}
-    return prepare_loss_inputs(opts, case["token_ids"], case["weight"].shape[0], CPU, compute_dtype=dtype, **kw)
+    return prepare_loss_inputs(opts, case["token_ids"], case["weight"].shape[0], CPU, compute_dtype=dtype,
+                               num_items_in_batch=num_items, **kw)
 
 
 def reference(case, opts, num_items):
-    inp = loss_inputs(case, opts, torch.float64)
+    inp = loss_inputs(case, opts, torch.float64, num_items)
     leaves = [None if case[k] is None else case[k].double().requires_grad_() for k in ("hidden", "weight", "bias")]
     h, w, b = leaves
     logits = h.reshape(-1, h.shape[-1]) @ w.T + (0 if b is None else b)
     lp = per_token_logps_ref(logits, inp.token_ids, opts.temperature)
-    loss, metrics = g2rpo_loss_from_logps(lp, inp.advantages, inp.weights, inp.layout, opts, inp.old_logps,
-                                          inp.ref_logps, num_items)
+    loss, metrics = objective_from_logps(lp, inp, opts)
     loss.backward()
     return loss.detach(), [None if x is None else x.grad for x in leaves], metrics
 
 
 def native(case, opts, num_items, need=(True, True, True)):
-    inp = loss_inputs(case, opts)
-    coef = aggregation_coefficients(inp.weights, inp.layout, opts, num_items).contiguous()
+    inp = loss_inputs(case, opts, num_items=num_items)
+    coef = inp.coefficients.contiguous()
     h = case["hidden"].reshape(-1, case["hidden"].shape[-1])
     out = _native.fused_linear_g2rpo_loss(
         h, case["weight"], case["bias"], inp.token_ids.contiguous(), coef,
@@ -83,10 +85,7 @@ def native(case, opts, num_items, need=(True, True, True)):
         beta=opts.beta, eps_low=opts.epsilon_low, eps_high=opts.epsilon_high, delta=opts.delta, need_hidden=need[0],
         need_weight=need[1], need_bias=need[2])
     _, loss_tok, kl, low, high, d_h, d_w, d_b = out
-    w = inp.weights
-    mean = lambda t: (t * w).sum() / w.sum().clamp(min=1.0)
-    metrics = {"kl": mean(kl) if inp.ref_logps is not None else torch.zeros(()),
-               "clip_ratio_low": mean(low), "clip_ratio_high": mean(high), "clip_ratio": mean(low + high)}
+    metrics = loss_metrics(kl if inp.ref_logps is not None else None, low, high, inp.weights)
     d_h = None if d_h is None else d_h.view(case["hidden"].shape)
     return loss_tok.sum(), [d_h, d_w, d_b], metrics, coef
 
@@ -164,7 +163,7 @@ def test_autograd_function_scales_the_forward_gradients(grad_out):
     case = make_case(5, torch.float32)
     loss64, grads64, _ = reference(case, opts, None)
     inp = loss_inputs(case, opts)
-    coef = aggregation_coefficients(inp.weights, inp.layout, opts).contiguous()
+    coef = inp.coefficients.contiguous()
     leaves = [case[k].reshape(-1, 16) if k == "hidden" else case[k] for k in ("hidden", "weight", "bias")]
     leaves = [x.clone().requires_grad_() for x in leaves]
     loss, kl, low, high = _native.FusedLinearG2RPOLossFunction.apply(

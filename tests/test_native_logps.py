@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from g2rpo_fast import _native
-from g2rpo_fast.ops.reference import per_token_logps_ref
+from g2rpo_fast.ops.logps import per_token_logps_ref
 
 pytestmark = pytest.mark.skipif(not _native.AVAILABLE,
                                 reason=f"g2rpo_fast._C is not built ({_native.LOAD_ERROR})")

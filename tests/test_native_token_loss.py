@@ -1,10 +1,11 @@
 """The C++ fused token-level G²RPO loss (`torch.ops.g2rpo_fast.g2rpo_loss_fwd`, then `logps_bwd`
 for the gradient) against the float64 reference objective.
 
-The kernel gets per-token aggregation coefficients c_t (from `aggregation_coefficients`, as the
-Triton path computes them) and returns c_t·L_t and c_t·dL_t/dlogp_t. Ground truth: the
-reference `g2rpo_loss_from_logps` (which aggregates with its own code, `aggregate`) on float64
-log-probs from `per_token_logps_ref`, differentiated by autograd. Every loss type, padded and
+The kernel gets per-token aggregation coefficients c_t (`LossInputs.coefficients`, as the
+Triton path gets them) and returns c_t·L_t and c_t·dL_t/dlogp_t. Ground truth: the reference
+objective (`loss.objective.objective_from_logps`) on float64 log-probs from
+`per_token_logps_ref`, differentiated by autograd; the aggregation rule itself is pinned against
+formulas written out in `test_loss_contract.py`. Every loss type, padded and
 packed, guidance masked or included, δ, temperature, with and without old/ref log-probs.
 """
 from __future__ import annotations
@@ -13,10 +14,11 @@ import pytest
 import torch
 
 from g2rpo_fast import _native
-from g2rpo_fast.ops.grpo_loss import LossOptions, g2rpo_loss_from_logps
-from g2rpo_fast.ops.grpo_loss_triton import aggregation_coefficients
-from g2rpo_fast.ops.loss_inputs import prepare_loss_inputs
-from g2rpo_fast.ops.reference import per_token_logps_ref
+from g2rpo_fast.loss import LossOptions
+from g2rpo_fast.loss.inputs import prepare_loss_inputs
+from g2rpo_fast.loss.metrics import loss_metrics
+from g2rpo_fast.loss.objective import objective_from_logps
+from g2rpo_fast.ops.logps import per_token_logps_ref
 
 pytestmark = pytest.mark.skipif(not _native.AVAILABLE,
                                 reason=f"g2rpo_fast._C is not built ({_native.LOAD_ERROR})")
@@ -56,26 +58,25 @@ def to_packed(case):
     return out
 
 
-def inputs(case, opts, dtype=torch.float32):
+def inputs(case, opts, dtype=torch.float32, num_items=None):
     kw = {k: v for k, v in case.items() if k != "logits"}
     return prepare_loss_inputs(opts, kw.pop("token_ids"), case["logits"].shape[-1], torch.device("cpu"),
-                               compute_dtype=dtype, **kw)
+                               compute_dtype=dtype, num_items_in_batch=num_items, **kw)
 
 
 def reference(case, opts, num_items):
     """Loss, dloss/dlogits and metrics in float64 through the reference objective."""
-    inp = inputs(case, opts, torch.float64)
+    inp = inputs(case, opts, torch.float64, num_items)
     x = case["logits"].double().requires_grad_()
     lp = per_token_logps_ref(x.reshape(-1, x.shape[-1]), inp.token_ids, opts.temperature)
-    loss, metrics = g2rpo_loss_from_logps(lp, inp.advantages, inp.weights, inp.layout, opts, inp.old_logps,
-                                          inp.ref_logps, num_items)
+    loss, metrics = objective_from_logps(lp, inp, opts)
     loss.backward()
     return loss.detach(), x.grad, metrics
 
 
 def native(case, opts, num_items):
-    inp = inputs(case, opts)
-    coef = aggregation_coefficients(inp.weights, inp.layout, opts, num_items).contiguous()
+    inp = inputs(case, opts, num_items=num_items)
+    coef = inp.coefficients.contiguous()
     adv_tok = inp.advantages[inp.layout.seq_idx].contiguous()
     x = case["logits"]
     ids = inp.token_ids.contiguous()
@@ -84,10 +85,7 @@ def native(case, opts, num_items):
         x, ids, coef, adv_tok, inp.old_logps, inp.ref_logps, inv_t, opts.beta, opts.epsilon_low,
         opts.epsilon_high, opts.delta)
     dx = ops.logps_bwd(x, ids, (dlogp * inv_t).contiguous(), rowmax, logsum, inv_t)
-    w = inp.weights
-    mean = lambda t: (t * w).sum() / w.sum().clamp(min=1.0)
-    metrics = {"kl": mean(kl) if inp.ref_logps is not None else torch.zeros(()),
-               "clip_ratio_low": mean(low), "clip_ratio_high": mean(high), "clip_ratio": mean(low + high)}
+    metrics = loss_metrics(kl if inp.ref_logps is not None else None, low, high, inp.weights)
     return loss_tok.sum(), dx.view(x.shape), metrics, coef
 
 
