@@ -2,7 +2,7 @@
 
 Triton's driver launches on torch's *current* CUDA device, so a model on cuda:1 in a process
 whose current device is cuda:0 would run its kernels on cuda:0 over cuda:1 memory (an illegal
-memory access). `kernels.aot.run`, the one launch helper, enters `device_guard(tensor device)`
+memory access). `kernels.launch.run`, the one launch helper, enters `device_guard(tensor device)`
 around every launch. On the CPU this file checks both halves of that:
 
 1. every launcher (logps forward/backward, the G2RPO loss, fused linear forward/backward,
@@ -23,7 +23,7 @@ import contextlib
 import pytest
 import torch
 from conftest import HAS_CUDA, TRITON_READY
-from g2rpo_fast.kernels import aot
+from g2rpo_fast.kernels import launch
 from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
 
@@ -37,7 +37,7 @@ def launches(monkeypatch):
     """(kernel name, device the guard was entered with at launch time) of every interpreted launch."""
     state = {"guard": None}
     seen = []
-    real_guard = aot.device_guard
+    real_guard = launch.device_guard
 
     @contextlib.contextmanager
     def spy_guard(device):
@@ -54,14 +54,14 @@ def launches(monkeypatch):
             return real_run(self, *args, **kwargs)
         return run
 
-    monkeypatch.setattr(aot, "device_guard", spy_guard)
+    monkeypatch.setattr(launch, "device_guard", spy_guard)
     for cls in (InterpretedFunction, JITFunction):  # interpreted on the CPU, compiled on a GPU
         monkeypatch.setattr(cls, "run", spy(cls.run))
     return seen
 
 
 def _launch_every_kernel():
-    from g2rpo_fast.kernels import advantages, fused_linear, grpo_loss, logps, paged_attention
+    from g2rpo_fast.kernels import advantages, fused_linear, logps, paged_attention, token_loss
 
     g = torch.Generator().manual_seed(0)
     n, vocab, hidden = 5, 40, 16
@@ -74,8 +74,8 @@ def _launch_every_kernel():
     ones = torch.ones(n, device=DEVICE)
     _, rowmax, logsum, _ = logps.launch_logps_fwd(logits, ids, 1.0, True)
     logps.launch_logps_bwd(logits, ids, ones, rowmax, logsum, 1.0)
-    grpo_loss.launch_g2rpo_loss_fwd(logits, ids, ones, ones, None, None, inv_t=1.0, beta=0.0, eps_low=0.2,
-                                    eps_high=0.2, delta=None)
+    token_loss.launch_g2rpo_loss_fwd(logits, ids, ones, ones, None, None, inv_t=1.0, beta=0.0, eps_low=0.2,
+                                     eps_high=0.2, delta=None)
     h, w = randn(n, hidden), randn(vocab, hidden)
     _, lse, _ = fused_linear.forward(h, w, None, ids, 1.0, False)
     fused_linear.backward(h, w, None, ids, lse, ones, 1.0, True, True, False)
@@ -132,7 +132,7 @@ def test_guard_makes_the_tensor_device_current_for_the_launch(monkeypatch):
     kernel = StubKernel()
     x = torch.zeros(4).as_subclass(_ReportsCuda1)
     assert x.device == torch.device("cuda", 1)
-    aot.run(kernel, (1,), x, 3, BLOCK=16)
+    launch.run(kernel, (1,), x, 3, BLOCK=16)
     assert kernel.launched_on == [1] and entered == [1] and current["device"] == 0
-    aot.run(kernel, (1,), 7, torch.zeros(2), x)  # the first tensor argument decides: a CPU tensor, no guard
+    launch.run(kernel, (1,), 7, torch.zeros(2), x)  # the first tensor argument decides: a CPU tensor, no guard
     assert kernel.launched_on == [1, 0] and entered == [1]
