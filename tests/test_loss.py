@@ -15,6 +15,7 @@ import textwrap
 
 import pytest
 import torch
+from conftest import TRITON_READY
 
 import g2rpo_fast as g
 from g2rpo_fast.ops.backend import use_backend
@@ -295,3 +296,20 @@ def test_matches_liger_triton_grpo_loss():
     for key, (dloss, dgrad, scale) in result.items():
         assert dloss < 1e-5, f"{key}: loss differs by {dloss}"
         assert dgrad < 1e-5 * max(scale, 1.0), f"{key}: gradient differs by {dgrad}"
+
+
+@pytest.mark.skipif(not TRITON_READY, reason="triton cannot run here (no GPU, no interpreter)")
+@pytest.mark.parametrize("level, fused", [("token", True), ("sequence", False)])
+def test_triton_backend_takes_the_one_pass_kernel_for_token_level(monkeypatch, level, fused):
+    """The point of the Triton path is the one-pass loss kernel: token-level losses must take it
+    (the reference route gives the same numbers, so only the call shows it); GSPO's
+    sequence-level ratio cannot, and must not."""
+    import g2rpo_fast.loss.objective as objective
+
+    calls = []
+    real = objective.fused_token_loss
+    monkeypatch.setattr(objective, "fused_token_loss", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with use_backend("triton"):
+        loss, _ = g.G2RPOLoss(beta=0.04, importance_sampling_level=level)(**make_case())
+    assert torch.isfinite(loss)
+    assert bool(calls) == fused

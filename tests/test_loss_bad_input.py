@@ -74,6 +74,8 @@ CASES = {
     "advantages_integer": (lambda a: a.update(rewards=None, advantages=torch.zeros(B, dtype=torch.long)),
                            "advantages"),
     "rewards_integer": (lambda a: a.update(rewards=torch.tensor([1, 0, 1, 1])), "rewards"),
+    # [B/2, 2] has B elements but is not a [B, 1] column: it must not be flattened into B advantages
+    "advantages_not_a_column": (lambda a: a.update(rewards=None, advantages=torch.zeros(B // 2, 2)), "advantages"),
 }
 
 PACKED_CASES = {
