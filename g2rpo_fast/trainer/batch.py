@@ -61,9 +61,11 @@ def _map_tensors(value, fn):
 
 
 def build_rollout_batch(samples: list[Sample], scores: Scores, config, runtime, model, ref_model=None,
-                        prefix_shared: bool = False) -> RolloutBatch:
+                        prefix_shared: bool = False, align_forwards=None) -> RolloutBatch:
     """Advantages, packing (each group's prompt once in the row with `prefix_shared`, else once per
-    sample), and old / reference log-probs of one generated micro-batch."""
+    sample), and old / reference log-probs of one generated micro-batch. `model`, `ref_model`: causal
+    LMs or their `PackedPolicy`; `align_forwards(packed)`: agree with the other ranks on the number
+    of model calls (FSDP, `parallel.equal_forward_count`) before any forward."""
     from g2rpo_fast.ops import group_advantages
 
     device = runtime.device
@@ -72,6 +74,8 @@ def build_rollout_batch(samples: list[Sample], scores: Scores, config, runtime, 
     row_tokens = config.packed_row_tokens if config.packed_row_tokens >= 0 else (0 if device.type == "cuda" else 512)
     pack = pack_groups if prefix_shared else pack_samples
     packed = pack(samples, device, config.mask_truncated_completions, row_tokens)
+    if align_forwards is not None:
+        align_forwards(packed)
     batch = RolloutBatch(samples, scores, packed, advantages.to(device))
     if config.num_iterations > 1:
         batch.old_logps = policy_logps(model, packed, runtime, config.temperature)

@@ -108,6 +108,15 @@ class G2RPOConfig:
                                             "(on for Llama/Qwen2/Qwen3 without sliding-window layers, else off with "
                                             "one notice) | true (refused where unsupported) | false.")
 
+    # ---- several processes (torchrun): DDP, or FSDP2 with `fsdp` (trainer/parallel.py)
+    fsdp: bool = _f(False, "With more than one process: shard parameters, gradients and AdamW state over the ranks "
+                           "(FSDP2 fully_shard on each decoder layer and the root; checkpoints through "
+                           "torch.distributed.checkpoint). false: DDP (every rank holds the whole model).")
+    fsdp_cpu_offload: bool = _f(False, "With fsdp: keep the sharded parameters, gradients and AdamW state in CPU "
+                                       "memory (FSDP2 CPUOffloadPolicy; the optimizer step runs on the CPU).")
+    dist_timeout_s: float = _f(600.0, "Seconds a collective may wait for the other ranks before the process group "
+                                      "gives up (a rank that fails then brings the others down, never a hang).")
+
     # ---- rewards
     reward_funcs: list = _f(["accuracy"], "Reward function names (built-in or 'module:function').")
     reward_weights: list | None = _f(None, "Weight of each reward function (None: all 1).")
@@ -189,6 +198,8 @@ class G2RPOConfig:
                 raise ValueError(f"`reward_weights` has {len(self.reward_weights)} entries for "
                                  f"{len(self.reward_funcs)} reward_funcs")
             self.reward_weights = [_finite_weight(i, w) for i, w in enumerate(self.reward_weights)]
+        if self.fsdp_cpu_offload and not self.fsdp:
+            raise ValueError("`fsdp_cpu_offload` needs `fsdp: true` (it offloads the FSDP shards)")
         if not self.embedded_difficulties:
             raise ValueError("`embedded_difficulties` must be a non-empty list of digit counts")
         for d in self.embedded_difficulties:
@@ -309,7 +320,7 @@ FLOAT_RANGES = {
     "learning_rate": (0.0, INF, True, False), "weight_decay": (0.0, INF, True, False),
     "adam_beta1": (0.0, 1.0, True, False), "adam_beta2": (0.0, 1.0, True, False),
     "max_grad_norm": (0.0, INF, True, False), "guidance_ratio": (0.0, 1.0, True, True),
-    "reward_timeout": (0.0, INF, False, False),
+    "reward_timeout": (0.0, INF, False, False), "dist_timeout_s": (0.0, INF, False, False),
 }
 # String fields that must not be empty (the others are choices, checked against CHOICES).
 NON_EMPTY_STR = ("model_name_or_path", "dataset_name", "dataset_split", "prompt_field", "guidance_field",

@@ -1,7 +1,10 @@
 """torch.distributed set-up under `torchrun` (WORLD_SIZE > 1): nccl on CUDA, gloo on CPU.
 
 Prompts are sharded by rank (each rank takes its slice of every global batch), the policy is
-wrapped in DDP, step metrics are averaged over ranks, and only rank 0 writes files.
+wrapped in DDP or sharded by FSDP2 (`parallel.py`), step metrics are averaged over ranks, and
+only rank 0 writes files. The process group has a timeout (`dist_timeout_s`): a collective that
+waits longer for a stuck rank raises on the waiting ranks, and a rank that dies makes torchrun
+stop the others, so a failure ends the run with a message instead of a hang.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ class DistState:
     backend: str | None = None
 
 
-def setup_distributed() -> DistState:
+def setup_distributed(timeout_s: float = 600.0) -> DistState:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistState()
@@ -30,7 +33,9 @@ def setup_distributed() -> DistState:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend)
+        from datetime import timedelta
+
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
     return DistState(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
                      backend=dist.get_backend())
 
@@ -40,6 +45,7 @@ def teardown_distributed(state: DistState) -> None:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            dist.barrier()  # no rank tears down while another still has collectives in flight
             dist.destroy_process_group()
 
 
@@ -56,3 +62,9 @@ def all_reduce_mean(metrics: dict, state: DistState, device) -> dict:
     out = dict(metrics)
     out.update({k: float(v) for k, v in zip(keys, t.tolist())})
     return out
+
+
+def failure_notice(state: DistState, exc: BaseException, timeout_s: float) -> str:
+    """The line a failing rank prints before it exits (torchrun then stops the other ranks)."""
+    return (f"g2rpo-fast: rank {state.rank}/{state.world_size} failed: {type(exc).__name__}: {exc} "
+            f"(collectives time out after dist_timeout_s={timeout_s:g} s; torchrun stops the other ranks)")

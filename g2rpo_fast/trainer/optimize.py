@@ -1,8 +1,9 @@
 """Phase 3 of a step: optimise on the generated micro-batches.
 
-`accumulate_gradients`: for each micro-batch, the packed forward (DDP synchronises on the last
-micro-batch only), the fused loss on hidden states × lm_head (its matmuls in the compute dtype,
-its accumulation in fp32: `runtime.py`), backward. The loss is divided by the number of
+`accumulate_gradients`: for each micro-batch, one call of the `PackedPolicy` (packed forward, the
+fused loss on hidden states × lm_head, its matmuls in the compute dtype, its accumulation in fp32:
+`runtime.py`), backward. DDP synchronises on the last micro-batch only; FSDP reduce-scatters every
+micro-batch (skipping it would hold a full unsharded fp32 gradient per GPU). The loss is divided by the number of
 micro-batches, except with dapo, whose loss is already normalised by the step's global token
 count (`dapo_num_items`). `optimizer_step`: unscale (fp16), clip, step, schedule, zero.
 """
@@ -11,8 +12,6 @@ from __future__ import annotations
 import contextlib
 
 import torch
-
-from .policy_forward import lm_head_params, packed_hidden
 
 LOSS_METRICS = ("kl", "clip_ratio_low", "clip_ratio_high", "clip_ratio")
 
@@ -30,24 +29,20 @@ def dapo_num_items(batches, guidance_loss: str, dist, comm_device) -> float:
     return max(local, 1.0)
 
 
-def accumulate_gradients(batches, *, policy, loss_fn, model, runtime, grad_scaler=None, num_items=None) -> dict:
+def accumulate_gradients(batches, *, policy, grad_scaler=None, num_items=None) -> dict:
     """Backward over every micro-batch; returns the step's `loss` (summed as trained on) and
-    the loss metrics averaged over micro-batches. `policy`: the `PolicyHidden` module (wrapped
-    in DDP on several ranks); `loss_fn(hidden, weight, bias, **loss_inputs)`."""
+    the loss metrics averaged over micro-batches. `policy`: the `PackedPolicy` (wrapped in DDP
+    or sharded by FSDP on several ranks), called once per micro-batch."""
     count = len(batches)
-    weight, bias = lm_head_params(model)
     sums = {"loss": 0.0, **{key: 0.0 for key in LOSS_METRICS}}
     for k, batch in enumerate(batches):
         last = k == count - 1
         sync = contextlib.nullcontext() if last or not hasattr(policy, "no_sync") else policy.no_sync()
         with sync:
-            hidden = packed_hidden(policy, batch.packed, runtime.autocast_dtype)
-            # the loss's matmuls in the compute dtype, its accumulation in fp32 (runtime.py)
-            hidden, weight_c, bias_c = runtime.loss_operands(hidden, weight, bias)
             kwargs = batch.loss_inputs()
             if num_items is not None:
                 kwargs["num_items_in_batch"] = num_items
-            loss, metrics = loss_fn(hidden, weight_c, bias_c, **kwargs)
+            loss, metrics = policy(batch.packed, kwargs)
             scaled = loss if num_items is not None else loss / count
             (scaled if grad_scaler is None else grad_scaler.scale(scaled)).backward()
         sums["loss"] += float(scaled.detach())
@@ -63,7 +58,8 @@ def optimizer_step(model, optimizer, scheduler, grad_scaler=None, max_grad_norm=
     if grad_scaler is not None:
         grad_scaler.unscale_(optimizer)
     if max_grad_norm and max_grad_norm > 0:
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm))
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # a DTensor under FSDP
     if grad_scaler is not None:
         grad_scaler.step(optimizer)
         grad_scaler.update()

@@ -30,6 +30,9 @@ class PackedBatch:
     cu_seqlens: torch.Tensor  # [S+1] int32 offsets of each completion in the N tokens
     row_splits: tuple = ()  # sequence-boundary offsets in ΣL where the row is cut into forwards
     shared_prefix: tuple | None = None  # each group's prompt once in the row: its layout (group_packing.py)
+    # model calls to make at least (1-token dummies after the real ones): under FSDP every rank
+    # must call each layer as often as the others (parallel.equal_forward_count)
+    num_forwards: int = 0
 
     @property
     def num_tokens(self) -> int:
@@ -108,36 +111,65 @@ class PolicyHidden(torch.nn.Module):
 
 
 def packed_hidden(policy, batch: PackedBatch, autocast_dtype=None) -> torch.Tensor:
-    """Hidden states `[N, H]` that predict the completion tokens of `batch`."""
+    """Hidden states `[N, H]` that predict the completion tokens of `batch`: one `policy` call per
+    piece of the row (`row_splits`), then 1-token dummy calls up to `batch.num_forwards`, whose
+    output enters the result times zero (their backward runs, contributing zero gradients)."""
     device_type = batch.input_ids.device.type
     bounds = [0, *batch.row_splits, batch.input_ids.shape[1]]
+    pieces = list(itertools.pairwise(bounds))
+    dummies = max(0, batch.num_forwards - len(pieces))
     rows = []
-    for a, b in itertools.pairwise(bounds):
+    for k, (a, b) in enumerate(pieces + [(0, 1)] * dummies):
         kwargs = None
-        if batch.shared_prefix is not None:
+        if batch.shared_prefix is not None and k < len(pieces):
             from .prefix_shared_attention import attention_kwargs
 
             kwargs = attention_kwargs(batch.shared_prefix, a, b, batch.input_ids.device)
-        if autocast_dtype is not None:
-            with torch.autocast(device_type, dtype=autocast_dtype):
-                rows.append(policy(batch.input_ids[:, a:b], batch.position_ids[:, a:b], kwargs)[0])
-        else:
-            rows.append(policy(batch.input_ids[:, a:b], batch.position_ids[:, a:b], kwargs)[0])
-    hidden = rows[0] if len(rows) == 1 else torch.cat(rows, dim=0)
-    return hidden.index_select(0, batch.gather_index)
+        position_ids = batch.position_ids[:, a:b] if k < len(pieces) else torch.zeros_like(batch.position_ids[:, :1])
+        with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            rows.append(policy(batch.input_ids[:, a:b], position_ids, kwargs)[0])
+    hidden = rows[0] if len(pieces) == 1 else torch.cat(rows[:len(pieces)], dim=0)
+    hidden = hidden.index_select(0, batch.gather_index)
+    for dummy in rows[len(pieces):]:
+        hidden = hidden + dummy.sum() * 0.0
+    return hidden
+
+
+class PackedPolicy(torch.nn.Module):
+    """The module DDP wraps and FSDP shards: one call per micro-batch, whatever the row split.
+
+    `forward(batch)` -> the completion tokens' log-probs `[N]` (old / reference policy);
+    `forward(batch, loss_inputs)` -> `(loss, metrics)` of `loss_fn` (the training forward).
+    The lm_head is applied inside the call, so FSDP has its weight gathered there, and DDP sees
+    one forward (one set of collectives) per micro-batch on every rank.
+    """
+
+    def __init__(self, model, runtime, loss_fn=None, temperature: float = 1.0):
+        super().__init__()
+        self.model = model
+        self.runtime = runtime
+        self.loss_fn = loss_fn
+        self.temperature = temperature
+
+    def forward(self, batch: PackedBatch, loss_inputs: dict | None = None):
+        hidden = packed_hidden(PolicyHidden(self.model), batch, self.runtime.autocast_dtype)
+        # the loss's matmuls in the compute dtype, its accumulation in fp32 (runtime.py)
+        hidden, weight, bias = self.runtime.loss_operands(hidden, *lm_head_params(self.model))
+        if loss_inputs is None:
+            from g2rpo_fast.ops import fused_linear_logps
+
+            return fused_linear_logps(hidden, weight, batch.token_ids, bias=bias, temperature=self.temperature).float()
+        return self.loss_fn(hidden, weight, bias, **loss_inputs)
 
 
 @torch.no_grad()
 def policy_logps(model, batch: PackedBatch, runtime, temperature=1.0) -> torch.Tensor:
     """Per-token log-probs `[N]` (fp32) of `batch`'s completion tokens under `model` (the old or
-    the reference policy), computed as the training forward computes them (same autocast and
-    loss operands, runtime.py) so the ratio is exactly 1 before an update; `fused_linear_logps`
-    never holds the [N, V] logits."""
-    from g2rpo_fast.ops import fused_linear_logps
-
-    hidden = packed_hidden(PolicyHidden(model), batch, runtime.autocast_dtype)
-    hidden, weight, bias = runtime.loss_operands(hidden, *lm_head_params(model))
-    return fused_linear_logps(hidden, weight, batch.token_ids, bias=bias, temperature=temperature).float()
+    the reference policy; a causal LM or its `PackedPolicy`), computed as the training forward
+    computes them (same autocast and loss operands, runtime.py) so the ratio is exactly 1 before
+    an update; `fused_linear_logps` never holds the [N, V] logits."""
+    policy = model if isinstance(model, PackedPolicy) else PackedPolicy(model, runtime, temperature=temperature)
+    return policy(batch)
 
 
 def make_loss_fn(config):

@@ -22,6 +22,7 @@ import copy
 import json
 import math
 import os
+import sys
 import time
 import warnings
 
@@ -49,11 +50,12 @@ from .checkpoint import (
     warn_changed_config,
 )
 from .config import G2RPOConfig
-from .distributed import DistState, all_reduce_mean, setup_distributed
+from .distributed import DistState, all_reduce_mean, failure_notice, setup_distributed
 from .evaluation import evaluate
 from .metrics_log import MetricsLog, generated_tokens, read_metrics, step_metrics, write_metrics
 from .optimize import accumulate_gradients, dapo_num_items, optimizer_step
-from .policy_forward import PolicyHidden, make_loss_fn
+from .parallel import equal_forward_count, gathered_weights, shard_fsdp, wrap_policy
+from .policy_forward import PackedPolicy, make_loss_fn
 from .prefix_shared_attention import resolve_prefix_sharing
 from .rollouts import RewardScorer, Rollouts, reward_inputs, stop_token_ids
 from .run_dir import METRICS_FILE, RunSetupError, check_output_dir, delete_earlier_run
@@ -74,9 +76,14 @@ class G2RPOTrainer:
         from g2rpo_fast.rewards import check_code_sandbox
 
         check_code_sandbox(cfg.code_sandbox, self.rewards.funcs + [self.rewards.guidance_fn])
-        self.dist: DistState = setup_distributed()
+        self.dist: DistState = setup_distributed(cfg.dist_timeout_s)
         self.device = self._pick_device()
         self.runtime = resolve_runtime(cfg, self.device)
+        self.sharded = cfg.fsdp and self.dist.world_size > 1
+        if self.sharded and self.runtime.compute_dtype == torch.float16:
+            raise ValueError("`fsdp` with `torch_dtype: float16` is not supported (its loss scaling would need "
+                             "a sharded GradScaler): use bfloat16")
+        self.loss_fn = make_loss_fn(cfg)
 
         # ---- data (every row checked before the model is loaded), tokenizer, model
         self._load_datasets(train_dataset, eval_dataset)
@@ -85,7 +92,6 @@ class G2RPOTrainer:
         self.rollouts = Rollouts(self.engine, self.tokenizer, self.model, prompt_field=cfg.prompt_field,
                                  guidance_field=cfg.guidance_field, max_prompt_length=cfg.max_prompt_length,
                                  stop_token_ids=stop_token_ids(self.tokenizer, self.model))
-        self.loss_fn = make_loss_fn(cfg)
 
         # ---- optimisation and guidance
         from transformers import get_scheduler
@@ -169,22 +175,34 @@ class G2RPOTrainer:
         if hasattr(self.model.config, "use_cache"):
             self.model.config.use_cache = False  # the packed forward needs no KV cache
         self.grad_scaler = self.runtime.grad_scaler()
-        self.policy = PolicyHidden(self.model)
-        self.policy_for_grad = self.policy
-        if self.dist.world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.policy_for_grad = DDP(self.policy, device_ids=ids)
-        self.ref_model = None
+        self.ref_model = self.ref_policy = None
         if cfg.beta > 0:
             self.ref_model = copy.deepcopy(self.model).eval()
             self.ref_model.requires_grad_(False)
+            self.ref_policy = PackedPolicy(self.ref_model, self.runtime, temperature=cfg.temperature)
+            if self.sharded:  # sharded too: a full fp32 reference per GPU would undo FSDP's saving
+                shard_fsdp(self.ref_policy, self.ref_model, self.runtime.compute_dtype, cfg.fsdp_cpu_offload)
+        # PackedPolicy: one call per micro-batch (parallel.py); DDP wraps it, FSDP shards it in place
+        self.policy = PackedPolicy(self.model, self.runtime, self.loss_fn, temperature=cfg.temperature)
+        self.policy_for_grad = wrap_policy(self.policy, self.model, cfg, self.dist, self.device,
+                                           self.runtime.compute_dtype)
 
     def _make_engine(self):
         from g2rpo_fast.rollout import RolloutEngine
 
         return RolloutEngine(self.model, attn_backend=self.runtime.backend, dtype=self.runtime.compute_dtype)
+
+    @property
+    def loss_fn(self):
+        """The loss `(hidden, weight, bias, **loss_inputs) -> (loss, metrics)`; it runs inside the
+        `PackedPolicy` call (replacing it here replaces it there)."""
+        return self.policy.loss_fn if hasattr(self, "policy") else self._loss_fn
+
+    @loss_fn.setter
+    def loss_fn(self, fn) -> None:
+        self._loss_fn = fn
+        if hasattr(self, "policy"):
+            self.policy.loss_fn = fn
 
     @property
     def is_main(self) -> bool:
@@ -208,13 +226,18 @@ class G2RPOTrainer:
         # Seeds independent of the global RNG state and of the batch layout: resume reproduces them.
         seeds = np.random.SeedSequence([cfg.seed, self.step, micro, rank]).generate_state(len(rows) * group,
                                                                                            dtype=np.uint64)
-        samples = self.rollouts.generate(rows, group_size=group, n_guided=cfg.n_guided,
-                                         guidance_length=guidance_length, max_new_tokens=cfg.max_completion_length,
-                                         temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                                         seeds=[int(x) for x in seeds % (2**62)])
+        with gathered_weights(self.policy):  # FSDP: whole weights for the engine, freed after
+            samples = self.rollouts.generate(rows, group_size=group, n_guided=cfg.n_guided,
+                                             guidance_length=guidance_length,
+                                             max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature,
+                                             top_p=cfg.top_p, top_k=cfg.top_k, seeds=[int(x) for x in seeds % (2**62)])
         scores = self.rewards.score(*reward_inputs(rows, samples, cfg.prompt_field))
-        return build_rollout_batch(samples, scores, cfg, self.runtime, self.model, self.ref_model,
-                                   prefix_shared=self.prefix_shared)
+        align = None
+        if self.sharded:
+            def align(packed):
+                equal_forward_count(packed, self.dist, self._comm_device())
+        return build_rollout_batch(samples, scores, cfg, self.runtime, self.policy, self.ref_policy,
+                                   prefix_shared=self.prefix_shared, align_forwards=align)
 
     # ------------------------------------------------------------------ phase 3: optimise
     def train_micro_batches(self, batches: list[RolloutBatch]) -> dict:
@@ -223,8 +246,8 @@ class G2RPOTrainer:
         num_items = None
         if cfg.loss_type == "dapo":
             num_items = dapo_num_items(batches, cfg.guidance_loss, self.dist, self._comm_device())
-        sums = accumulate_gradients(batches, policy=self.policy_for_grad, loss_fn=self.loss_fn, model=self.model,
-                                    runtime=self.runtime, grad_scaler=self.grad_scaler, num_items=num_items)
+        sums = accumulate_gradients(batches, policy=self.policy_for_grad, grad_scaler=self.grad_scaler,
+                                    num_items=num_items)
         sums["grad_norm"] = optimizer_step(self.model, self.optimizer, self.scheduler, self.grad_scaler,
                                            cfg.max_grad_norm)
         return sums
@@ -277,7 +300,7 @@ class G2RPOTrainer:
         dataset = dataset if dataset is not None else self.eval_dataset
         if dataset is None:
             return {}
-        with torch.no_grad():
+        with torch.no_grad(), gathered_weights(self.policy):
             return evaluate(self.rollouts, dataset, self.rewards.guidance_fn, self.config, self.dist,
                             self._comm_device(), max_prompts=max_prompts, max_new_tokens=max_new_tokens,
                             temperature=temperature, num_samples=num_samples, prefix=prefix)
@@ -344,6 +367,14 @@ class G2RPOTrainer:
     # ------------------------------------------------------------------ main loop
     def train(self, resume_from_checkpoint=None) -> list[dict]:
         """Run to `max_steps`; `resume_from_checkpoint`: True (latest in output_dir) or a path."""
+        try:
+            return self._train(resume_from_checkpoint)
+        except Exception as exc:
+            if self.dist.world_size > 1:  # say which rank failed before torchrun stops the others
+                print(failure_notice(self.dist, exc, self.config.dist_timeout_s), file=sys.stderr, flush=True)
+            raise
+
+    def _train(self, resume_from_checkpoint) -> list[dict]:
         cfg = self.config
         out = cfg.output_dir
         metrics_path = os.path.join(out, METRICS_FILE)
