@@ -88,3 +88,31 @@ def strip_timing(rows):
     from g2rpo_fast.trainer.metrics_log import TIMING_KEYS
 
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
+
+
+def fixed_rollouts(trainer) -> list[bool]:
+    """Replace the trainer's roll-outs by completions that depend only on the prompt tokens and
+    the sample's index among identical prompts (not on seeds, ranks or batch layout), so that
+    runs over different world sizes train on the same completions. The real engine still runs
+    once per call (on the first prompt) to exercise the weights it reads. Returns a list that
+    records, per call, whether the parameters were whole tensors (not FSDP shards) then."""
+    from g2rpo_fast.rollout.engine import RolloutOutput
+
+    alphabet = trainer.tokenizer.encode("0123456789+= x", add_special_tokens=False)
+    real, record = trainer.engine.generate, []
+
+    def generate(prompts, max_new_tokens, **kwargs):
+        record.append(all(type(p).__name__ != "DTensor" for p in trainer.model.parameters()))
+        real(prompts[:1], max_new_tokens=2)
+        seen, outs = {}, []
+        for p in prompts:
+            key = tuple(p)
+            copy = seen[key] = seen.get(key, -1) + 1
+            h = sum((i + 1) * t for i, t in enumerate(p))
+            n = 1 + (h + 3 * copy) % max_new_tokens
+            outs.append(RolloutOutput([alphabet[(h * 7 + copy * 5 + j * 3) % len(alphabet)] for j in range(n)],
+                                      None, "length"))
+        return outs
+
+    trainer.engine.generate = generate
+    return record

@@ -61,9 +61,13 @@ def wrap_policy(policy, model, config, dist, device, compute_dtype):
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [device.index] if device.type == "cuda" else None
-    # broadcast_buffers=False: the buffers (RoPE tables) are computed identically on every rank;
-    # broadcasting them would be one more collective per forward for nothing.
-    return DDP(policy, device_ids=ids, broadcast_buffers=False)
+    # The buffers (RoPE tables) are computed identically on every rank: broadcasting them at every
+    # forward would be one more collective for nothing (the newer name of the switch first).
+    import inspect
+
+    no_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters \
+        else "broadcast_buffers"
+    return DDP(policy, device_ids=ids, **{no_sync: False})
 
 
 def is_fsdp(module) -> bool:

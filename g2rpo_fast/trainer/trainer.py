@@ -311,27 +311,54 @@ class G2RPOTrainer:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "guidance": self.guidance.state_dict(), "data_position": self.data_position,
                 "buffer": buffer, "buffer_uses": self.buffer_uses,
-                "buffer_guidance_length": self.buffer_guidance_length}
+                "buffer_guidance_length": self.buffer_guidance_length,
+                # fp16's loss scale and its growth tracker: a resume continues the same scaling
+                "grad_scaler": None if self.grad_scaler is None else self.grad_scaler.state_dict()}
 
-    def save(self, output_dir=None) -> str | None:
+    def save(self, output_dir=None, export: bool = False) -> str | None:
+        """Rank 0 writes the checkpoint (the model via `save_pretrained`); under FSDP every rank
+        writes its shards (`sharded_checkpoint.py`) and `export` adds the whole model."""
+        if self.sharded:
+            from .sharded_checkpoint import save_sharded_checkpoint
+
+            state = self.state_dict()
+            rank_state = {k: state.pop(k) for k in ("buffer", "buffer_uses", "buffer_guidance_length")}
+            state.pop("optimizer")
+            path = save_sharded_checkpoint(output_dir or self.config.output_dir, self.step, model=self.model,
+                                           optimizer=self.optimizer, tokenizer=self.tokenizer, global_state=state,
+                                           rank_state=rank_state, config=self.config, dist=self.dist,
+                                           save_total_limit=self.config.save_total_limit, export=export)
+            return path if self.is_main else None
         if not self.is_main:
             return None
         return save_checkpoint(output_dir or self.config.output_dir, self.step, self.model, self.tokenizer,
                                self.state_dict(), self.config, self.config.save_total_limit)
 
     def load(self, path: str) -> None:
-        load_model_weights(self.model, path)
-        state = load_trainer_state(path)
-        self.optimizer.load_state_dict(state["optimizer"])
+        from .sharded_checkpoint import is_sharded_checkpoint, load_sharded_checkpoint
+
+        if is_sharded_checkpoint(path):  # DCP: resharded to this world size (one process too)
+            state = load_sharded_checkpoint(path, model=self.model, optimizer=self.optimizer, dist=self.dist)
+            state.update(state.pop("rank_state"))
+        elif self.sharded:
+            raise RunSetupError(f"`resume`: {path} is a single-process/DDP checkpoint; an fsdp run resumes from "
+                                f"sharded checkpoints only (resume it with fsdp: false)")
+        else:
+            load_model_weights(self.model, path)
+            state = load_trainer_state(path)
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.guidance.load_state_dict(state["guidance"])
         self.data_position = int(state["data_position"])
+        if self.grad_scaler is not None and state.get("grad_scaler"):
+            self.grad_scaler.load_state_dict(state["grad_scaler"])
         buffer = state.get("buffer")
         self.buffer = None if buffer is None else [RolloutBatch.from_state_dict(b, self.device) for b in buffer]
         self.buffer_uses = int(state.get("buffer_uses", 0))
         self.buffer_guidance_length = state.get("buffer_guidance_length")
         self.step = int(state["step"])
-        set_rng_state(state["rng"])
+        if "rng" in state:  # a sharded checkpoint restored this rank's RNG already
+            set_rng_state(state["rng"])
 
     # ------------------------------------------------------------------ run directory
     def prepare_output_dir(self, resume: bool) -> None:
@@ -405,8 +432,8 @@ class G2RPOTrainer:
         if log is not None:
             log.close()
         self.final_eval = self._final_evaluation()
+        self.save(export=True)  # under FSDP every rank writes its shards; the whole model too
         if self.is_main:
-            self.save()
             if self.final_eval:
                 with open(os.path.join(out, "eval_results.json"), "w", encoding="utf-8") as fh:
                     json.dump(self.final_eval, fh, indent=2)
