@@ -123,6 +123,17 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from g2rpo_fast.trainer.export import export_checkpoint
+
+    try:
+        out = export_checkpoint(args.checkpoint, args.out_dir)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"exported {args.checkpoint} to {out} (transformers' save_pretrained format)")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from g2rpo_fast.demo import run_demo
 
@@ -157,6 +168,9 @@ def build_parser():
     e.add_argument("--split", default=None, help="dataset split (default: eval_split)")
     e.add_argument("--max-prompts", dest="max_prompts", type=int, default=None)
     _add_config_fields(e, skip=())
+    x = sub.add_parser("export", help="write a checkpoint (sharded FSDP ones too) as a Hugging Face model directory")
+    x.add_argument("checkpoint", help="a checkpoint-N directory")
+    x.add_argument("out_dir", help="where to write the model (a new or empty directory)")
     return parser
 
 
@@ -178,7 +192,7 @@ def main(argv=None) -> int:
     _short_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
-    commands = {"train": cmd_train, "demo": cmd_demo, "eval": cmd_eval}
+    commands = {"train": cmd_train, "demo": cmd_demo, "eval": cmd_eval, "export": cmd_export}
     try:
         return commands[args.command](args)
     except UsageError as exc:

@@ -86,12 +86,22 @@ def test_fsdp_resume_from_sharded_checkpoint_equals_uninterrupted(launched):
     assert {"dcp/.metadata", "dcp/__0_0.distcp", "dcp/__1_0.distcp", "rank0_state.pt", "rank1_state.pt"} <= set(files)
 
 
-def test_fsdp_export_loads_with_transformers_and_gives_the_trained_logits(launched, single):
+@pytest.mark.parametrize("how", ["at the end of training", "g2rpo-fast export"])
+def test_fsdp_export_loads_with_transformers_and_gives_the_trained_logits(launched, single, how, tmp_path):
+    """The final checkpoint's rank-0 export, and the CLI's export of its DCP shards, load with
+    transformers and give the logits of the model trained in one process."""
     from transformers import AutoModelForCausalLM
 
+    from g2rpo_fast.cli import main
+
     out, _ = launched
-    exported = AutoModelForCausalLM.from_pretrained(out / "fsdp" / "checkpoint-2", torch_dtype=torch.float32).eval()
-    reference = make_trainer(make_config(out, "ref", **BASE)).model
+    path = out / "fsdp" / "checkpoint-2"
+    if how == "g2rpo-fast export":
+        assert main(["export", str(path), str(tmp_path / "hf")]) == 0
+        path = tmp_path / "hf"
+        assert main(["export", str(out / "fsdp" / "checkpoint-1"), str(path)]) == 2  # not an empty directory
+    exported = AutoModelForCausalLM.from_pretrained(path).float().eval()
+    reference = make_trainer(make_config(tmp_path, "ref", **BASE)).model
     reference.load_state_dict(single[1])
     ids = torch.tensor([[5, 9, 12, 7, 30, 4, 11]])
     with torch.no_grad():
