@@ -22,6 +22,7 @@ from g2rpo_fast.trainer.config import (
     ("guidance_schedule", "cosine"), ("guidance_loss", "drop"), ("importance_sampling_level", "seq"),
     ("reward_funcs", ["no_such_reward"]), ("learning_rate", "fast"), ("max_steps", 0),
     ("bf16", "yes"), ("guidance_reward", "nope"),
+    ("fsdp", "yes"), ("fsdp_cpu_offload", True),  # offloading needs fsdp: true
 ])
 def test_bad_field_named(field, value):
     kwargs = {field: value}

@@ -106,3 +106,21 @@ def test_fsdp_export_loads_with_transformers_and_gives_the_trained_logits(launch
     ids = torch.tensor([[5, 9, 12, 7, 30, 4, 11]])
     with torch.no_grad():
         torch.testing.assert_close(exported(ids).logits, reference.eval()(ids).logits, rtol=1e-4, atol=1e-5)
+
+
+def test_sharded_checkpoint_resumes_in_one_process(launched, single, tmp_path):
+    """Another world size (2 ranks -> 1 process, twice the per-device batch: the same global
+    batch): DCP reshards model and AdamW state; the run continues (with a warning that the
+    per-rank RNG states do not map) to the weights of the uninterrupted one-process run."""
+    import shutil
+
+    out, _ = launched
+    run = tmp_path / "one"
+    shutil.copytree(out / "fsdp" / "checkpoint-1", run / "checkpoint-1")
+    trainer = make_trainer(make_config(tmp_path, "one", per_device_train_batch_size=16, **BASE))
+    fixed_rollouts(trainer)
+    with pytest.warns(RuntimeWarning, match="saved by 2 ranks, this run has 1"):
+        history = trainer.train(resume_from_checkpoint=True)
+    assert trainer.step == 2 and [m["step"] for m in history] == [2]
+    torch.testing.assert_close(history[-1]["loss"], single[0]["loss"][-1], rtol=1e-5, atol=1e-6)
+    _assert_weights_close(trainer.model.state_dict(), single[1])

@@ -13,8 +13,9 @@ It is as atomic as a single-process checkpoint (`checkpoint.py`): every rank wri
 file system), then, after a barrier, rank 0 writes the SHA-256 manifest over all files (DCP's
 included) and renames the directory into place.
 
-Resume onto another world size: DCP reshards the model and optimizer state on load, and the
-scheduler, guidance controller and data position are global; the per-rank RNG states cannot
+Resume onto another world size (tested: 2 ranks -> 1 process, `tests/test_trainer_fsdp.py`):
+DCP reshards the model and optimizer state on load, and the scheduler, guidance controller and
+data position are global (keep the global batch: per-device batch x ranks); the per-rank RNG states cannot
 map (a new rank takes a fresh state, with a warning: the run continues, not bit for bit), and
 pending roll-outs (num_iterations > 1, saved mid-batch) belong to the ranks that generated
 them, so such a checkpoint is refused on another world size.
@@ -149,7 +150,9 @@ def load_sharded_checkpoint(path: str, *, model, optimizer, dist) -> dict:
                       f"optimizer are resharded, RNG states do not map (the run continues, not bit for bit)",
                       RuntimeWarning, stacklevel=2)
     sds = _state_dicts(model, optimizer)
-    dcp.load(sds, checkpoint_id=os.path.join(path, DCP_DIR))
+    with warnings.catch_warnings():  # one process: DCP says it assumes so, which is the point
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        dcp.load(sds, checkpoint_id=os.path.join(path, DCP_DIR))
     set_state_dict(model, optimizer, model_state_dict=sds["model"], optim_state_dict=sds["optimizer"])
     rng = rank_state.pop("rng", None)
     if saved_world == dist.world_size and rng is not None:
