@@ -13,25 +13,51 @@ from fsdp_child import BASE
 from helpers import TESTS_DIR, child_env, fixed_rollouts, make_config, make_trainer
 
 
-@pytest.fixture(scope="module")
-def launched(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fsdp")
+def _once(tmp_path_factory, worker_id, name, compute):
+    """`compute(dir)` once per test session, even when pytest-xdist spreads this module's tests
+    over several workers (they share the session's base directory and take turns on a lock; the
+    launch keeps both cores busy meanwhile, so the waiting worker costs no CI time)."""
+    if worker_id == "master":
+        path = tmp_path_factory.mktemp(name)
+        compute(path)
+        return path
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent
+    path = root / name
+    with FileLock(str(root / f"{name}.lock")):
+        if not (path / "done").exists():
+            path.mkdir(exist_ok=True)
+            compute(path)
+            (path / "done").touch()
+    return path
+
+
+def _launch(out):
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            f"{TESTS_DIR}/fsdp_child.py", str(out)],
                           capture_output=True, text=True, timeout=240, env=child_env(OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-4000:]  # never ignored: an abort at exit fails here too
+
+
+def _train_single(out):
+    """One process, twice the per-device batch: the same prompts and completions as both ranks."""
+    trainer = make_trainer(make_config(out, **BASE, per_device_train_batch_size=16))
+    fixed_rollouts(trainer)
+    history = trainer.train()
+    torch.save(({key: [m[key] for m in history] for key in ("loss", "grad_norm")}, trainer.model.state_dict()),
+               out / "single.pt")
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory, worker_id):
+    out = _once(tmp_path_factory, worker_id, "fsdp_launch", _launch)
     return out, json.loads((out / "result.json").read_text())
 
 
 @pytest.fixture(scope="module")
-def single(tmp_path_factory):
-    """One process, twice the per-device batch: the same prompts and completions as both ranks."""
-    cfg = make_config(tmp_path_factory.mktemp("single"), per_device_train_batch_size=16, **BASE)
-    trainer = make_trainer(cfg)
-    fixed_rollouts(trainer)
-    history = trainer.train()
-    return ({key: [m[key] for m in history] for key in ("loss", "grad_norm")},
-            {k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+def single(tmp_path_factory, worker_id):
+    return torch.load(_once(tmp_path_factory, worker_id, "fsdp_single", _train_single) / "single.pt")
 
 
 def _assert_weights_close(got: dict, want: dict):
