@@ -89,6 +89,9 @@ class G2RPOTrainer:
         self._load_datasets(train_dataset, eval_dataset)
         self._load_policy(model, tokenizer, given=(train_dataset is not None, eval_dataset is not None))
         self.engine = self._make_engine()
+        if self.sharded and not self.engine.packed:
+            raise ValueError("`fsdp`: the roll-out engine runs this model family through the model's own forward, "
+                             "whose FSDP hooks would reshard the layers in mid-roll-out; use fsdp: false (DDP)")
         self.rollouts = Rollouts(self.engine, self.tokenizer, self.model, prompt_field=cfg.prompt_field,
                                  guidance_field=cfg.guidance_field, max_prompt_length=cfg.max_prompt_length,
                                  stop_token_ids=stop_token_ids(self.tokenizer, self.model))
