@@ -116,7 +116,9 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist", "liger-kernel>=0.6", "trl>=0.20", "ruff", "mutmut>=3,<4"],
+        "test": ["pytest>=8", "pytest-xdist", "liger-kernel>=0.6", "trl>=0.20", "ruff", "mutmut>=3,<4",
+                 "tensorboard>=2.14"],
+        "tensorboard": ["tensorboard>=2.14"],
         "bench": ["liger-kernel>=0.6", "trl>=0.20"],
         "gpu": ["liger-kernel>=0.6", "flash-attn>=2.6"],
     },

@@ -3,7 +3,9 @@
     g2rpo-fast train                                  # built-in task and tiny model, CPU-friendly
     g2rpo-fast train --config run.yaml --max-steps 50 --guidance fixed --learning-rate 1e-5
     g2rpo-fast train --output-dir out --resume        # continue from the last complete checkpoint
-    g2rpo-fast demo --seeds 0 1 2                     # GRPO vs fixed guidance vs G²RPO-A
+    g2rpo-fast demo --seeds 0 1 2                     # GRPO vs fixed / linear guidance vs G²RPO-A
+    g2rpo-fast demo --regime hard --jobs 2            # the same on 4-digit sums (sparse rewards)
+    g2rpo-fast train --config hard --report-to tensorboard
     g2rpo-fast eval --checkpoint out/checkpoint-30    # greedy held-out accuracy
 
 Every `G2RPOConfig` field is also an option `--field-name value` (lists/None in YAML syntax,
@@ -20,8 +22,6 @@ import dataclasses
 import errno
 import sys
 import time
-
-DEMO_MAX_STEPS, DEMO_BATCH_SIZE = 100, 64
 
 
 def _add_config_fields(parser, skip=()):
@@ -61,7 +61,8 @@ def _config_from_args(args, fixed: dict | None = None):
 
 def _train_parser(sub):
     p = sub.add_parser("train", help="train a policy with G²RPO-A (or a baseline schedule)")
-    p.add_argument("--config", default=None, help="YAML file of G2RPOConfig fields (default: packaged default.yaml)")
+    p.add_argument("--config", default=None, help="YAML file of G2RPOConfig fields, or a packaged preset: default "
+                                                  "(the default), hard (sparse rewards: 4-digit sums)")
     p.add_argument("--output-dir", dest="output_dir", default=None)
     p.add_argument("--max-steps", dest="max_steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
@@ -135,17 +136,24 @@ def cmd_export(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from g2rpo_fast.demo import run_demo
+    from g2rpo_fast.demo import REGIMES, run_demo
 
-    # Demo budget (each run about a minute on 2 CPU cores) unless the user chose one.
-    budget = {}
+    if args.jobs < 1:
+        raise UsageError(f"`jobs` must be an int >= 1, got {args.jobs}")
+    # The regime's packaged preset and demo budget (each run about a minute or two on 2 CPU
+    # cores), unless the user chose a config file or the budget fields.
+    preset, budget = REGIMES[args.regime]
     if args.config is None:
-        if args.max_steps is None:
-            budget["max_steps"] = DEMO_MAX_STEPS
-        if args.cfg_per_device_train_batch_size is None:
-            budget["per_device_train_batch_size"] = DEMO_BATCH_SIZE
+        args.config = preset
+        budget = {k: v for k, v in budget.items()
+                  if getattr(args, k, None) is None and getattr(args, f"cfg_{k}", None) is None}
+    else:
+        budget = {}
+    if args.output_dir is None:
+        args.output_dir = "g2rpo_demo" if args.regime == "easy" else f"g2rpo_demo_{args.regime}"
     cfg = _setup(_config_from_args, args, budget)
-    run_demo(cfg, seeds=args.seeds, methods=args.methods, output_dir=cfg.output_dir)
+    run_demo(cfg, seeds=args.seeds, methods=args.methods, output_dir=cfg.output_dir, jobs=args.jobs,
+             regime=args.regime)
     return 0
 
 
@@ -155,11 +163,16 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     d = sub.add_parser("demo", help="GRPO vs fixed guidance vs G²RPO-A over seeds, held-out accuracy")
-    d.add_argument("--config", default=None)
+    d.add_argument("--regime", choices=["easy", "hard"], default="easy",
+                   help="easy: 3-digit sums (default.yaml, 100 steps); hard: 4-digit sums, sparse rewards "
+                        "(the `hard` preset, configs/hard.yaml)")
+    d.add_argument("--config", default=None, help="YAML file or preset name (default: the regime's preset)")
     d.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    d.add_argument("--methods", nargs="+", default=["none", "fixed", "adaptive"],
+    d.add_argument("--methods", nargs="+", default=["none", "fixed", "linear", "adaptive"],
                    choices=["none", "fixed", "linear", "adaptive"])
-    d.add_argument("--output-dir", dest="output_dir", default="g2rpo_demo")
+    d.add_argument("--jobs", type=int, default=1, help="runs at a time, one process each")
+    d.add_argument("--output-dir", dest="output_dir", default=None,
+                   help="default: g2rpo_demo (easy), g2rpo_demo_hard (hard)")
     d.add_argument("--max-steps", dest="max_steps", type=int, default=None)
     _add_config_fields(d, skip=("output_dir", "max_steps", "seed"))
     e = sub.add_parser("eval", help="greedy held-out accuracy of a checkpoint")

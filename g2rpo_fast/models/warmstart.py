@@ -265,6 +265,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=DEFAULT_RECIPE.lr)
     ap.add_argument("--mix", default=None, help='JSON {"1":0.3,...}')
     ap.add_argument("--n-eval", type=int, default=32, help="eval problems per difficulty")
+    ap.add_argument("--levels", default="1,2,3,4", help="comma list of difficulties (digits) to measure")
     ap.add_argument("--guided", default="", help="comma list of guidance lengths l to evaluate too")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args(argv)
@@ -279,10 +280,10 @@ def main(argv=None) -> int:
           f"({embedded_cache_path(args.cache_dir, recipe)})")
     if args.report:
         t0 = time.perf_counter()
-        evals = heldout_eval_set(args.n_eval)
+        evals = heldout_eval_set(args.n_eval, levels=tuple(int(x) for x in args.levels.split(",")))
         for ell in [0] + [int(x) for x in args.guided.split(",") if x]:
             print(f"-- guidance tokens l={ell}, samples at temperature 1")
-            for level, m in evaluate(model, tokenizer, evals, guidance_tokens=ell).items():
+            for level, m in evaluate(model, tokenizer, evals, guidance_tokens=ell, max_new_tokens=64).items():
                 print(f"difficulty {level}: " + "  ".join(
                     f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()))
         print(f"report took {time.perf_counter() - t0:.1f} s")

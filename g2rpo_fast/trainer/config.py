@@ -29,6 +29,7 @@ CHOICES = {
     "torch_dtype": ("auto", "float32", "bfloat16", "float16"),
     "attn_implementation": ("auto", "flash_attention_2", "torch_varlen", "sdpa"),
     "prefix_shared_forward": ("auto", "true", "false"),
+    "report_to": ("none", "tensorboard"),
 }
 
 
@@ -151,6 +152,8 @@ class G2RPOConfig:
     eval_num_samples: int = _f(4, "Final evaluation also reports the mean accuracy of this many sampled "
                                   "completions per prompt at the training temperature (0: greedy only).")
     plots: bool = _f(True, "Write PNG plots of the metrics at the end.")
+    report_to: str = _f("none", "Also log every metric to: none | tensorboard (scalars under output_dir/runs/, "
+                                "rank 0; needs the tensorboard package).")
     progress_bar: bool = _f(True, "Show a tqdm progress bar.")
 
     def __post_init__(self):
@@ -169,6 +172,12 @@ class G2RPOConfig:
         if self.per_device_train_batch_size % self.num_generations != 0:
             raise ValueError(f"`per_device_train_batch_size` ({self.per_device_train_batch_size}) must be divisible "
                              f"by `num_generations` ({self.num_generations}): it counts completions")
+        if self.report_to == "tensorboard":
+            import importlib.util
+
+            if importlib.util.find_spec("tensorboard") is None:
+                raise ValueError("`report_to`: tensorboard is not installed (pip install tensorboard, or "
+                                 "g2rpo_fast[tensorboard])")
         if self.guidance_min_length > self.guidance_max_length:
             raise ValueError(f"`guidance_min_length` ({self.guidance_min_length}) must be <= `guidance_max_length` "
                              f"({self.guidance_max_length})")
@@ -263,7 +272,7 @@ class G2RPOConfig:
     def from_yaml(cls, path=None, **overrides) -> G2RPOConfig:
         """Fields from a YAML mapping (None: the packaged default.yaml), then `overrides`.
         A missing or unreadable file or a YAML syntax error is a `ValueError` naming the file."""
-        values = read_yaml_mapping(path or default_config_path())
+        values = read_yaml_mapping(resolve_config_path(path))
         values.update(overrides)
         return cls.from_dict(values)
 
@@ -393,6 +402,20 @@ def _callable_name(x):
 
 def default_config_path() -> str:
     return os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "default.yaml")
+
+
+# Packaged presets (`--config NAME`): g2rpo_fast/configs/NAME.yaml.
+PRESETS = ("default", "hard")
+
+
+def resolve_config_path(path) -> str:
+    """None -> the packaged default.yaml; a preset name that is not an existing file -> its
+    packaged YAML; anything else unchanged."""
+    if path is None:
+        return default_config_path()
+    if str(path) in PRESETS and not os.path.exists(path):
+        return os.path.join(os.path.dirname(default_config_path()), f"{path}.yaml")
+    return path
 
 
 def parse_value(text: str, annotation: Any, name: str = "value"):

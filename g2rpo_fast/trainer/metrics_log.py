@@ -11,6 +11,35 @@ import numpy as np
 import torch
 
 TIMING_KEYS = ("tokens_per_s", "step_time_s", "rollout_time_s", "train_time_s")
+# Group-outcome metrics (`group_outcomes`), all over the groups' total rewards (what the
+# advantages see). TRL's name where it has one (frac_reward_zero_std).
+GROUP_KEYS = ("frac_reward_zero_std", "frac_groups_all_zero", "frac_groups_all_one")
+
+
+def group_outcomes(rewards, num_generations: int) -> dict:
+    """Fractions of the step's groups: `frac_reward_zero_std` (TRL's): all G rewards equal, so
+    every advantage is 0 and the group teaches nothing; `frac_groups_all_zero`: every reward
+    <= 0 (with 0/1 rewards: all wrong); `frac_groups_all_one`: every reward >= 1 (all right).
+    With other rewards the two are "no sample scored above 0" and "every sample scored at
+    least 1"; a group can be zero-std without being either (e.g. all 0.5)."""
+    groups = np.asarray(rewards, dtype=np.float64).reshape(-1, num_generations)
+    equal = np.isclose(groups, groups[:, :1], rtol=0.0, atol=1e-6).all(axis=1)
+    return {"frac_reward_zero_std": float(equal.mean()),
+            "frac_groups_all_zero": float((groups <= 0).all(axis=1).mean()),
+            "frac_groups_all_one": float((groups >= 1).all(axis=1).mean())}
+
+
+def guidance_split(samples, rewards) -> dict:
+    """`reward_guided` / `reward_unguided`: mean total reward of the guided / unguided samples,
+    None (JSON null, left out of TensorBoard) when the step has none of that kind;
+    `guidance_length_injected`: mean guidance tokens actually given to a guided sample (less
+    than ℓ when the solution is shorter), 0.0 when no sample is guided."""
+    guided = [r for s, r in zip(samples, rewards) if s.guided]
+    unguided = [r for s, r in zip(samples, rewards) if not s.guided]
+    injected = [len(s.guidance_ids) for s in samples if s.guided]
+    return {"reward_guided": float(np.mean(guided)) if guided else None,
+            "reward_unguided": float(np.mean(unguided)) if unguided else None,
+            "guidance_length_injected": float(np.mean(injected)) if injected else 0.0}
 
 
 def step_metrics(batches, *, num_generations: int, guidance_length: float, learning_rate: float,
@@ -32,6 +61,8 @@ def step_metrics(batches, *, num_generations: int, guidance_length: float, learn
         "accuracy_guided": float(np.mean(guided)) if guided else float("nan"),
         "advantage_std": float(adv.std()) if adv.numel() > 1 else 0.0,
         "guidance_length": float(guidance_length),
+        **group_outcomes(rewards, num_generations),
+        **guidance_split(samples, rewards),
         "guided_fraction": float(np.mean([s.guided for s in samples])),
         "completion_length": float(np.mean([len(s.completion_ids) for s in samples])),
         "generated_length": float(generated_tokens(batches) / max(len(samples), 1)),
@@ -85,12 +116,23 @@ def read_metrics(path: str, upto: int) -> list[dict]:
     return out
 
 
+TENSORBOARD_DIR = "runs"
+
+
 class MetricsLog:
     """Appends each step to `metrics.jsonl` and prints a progress line every `logging_steps`
-    (through a tqdm bar when `progress_bar`). Used on rank 0 only."""
+    (through a tqdm bar when `progress_bar`); with `report_to="tensorboard"` also writes every
+    finite numeric metric as a scalar (tag = the metrics.jsonl key) under `<output_dir>/runs/`.
+    Used on rank 0 only."""
 
-    def __init__(self, path: str, max_steps: int, logging_steps: int, progress_bar: bool, initial_step: int):
+    def __init__(self, path: str, max_steps: int, logging_steps: int, progress_bar: bool, initial_step: int,
+                 report_to: str = "none"):
         self.path, self.max_steps, self.logging_steps = path, max_steps, logging_steps
+        self.writer = None
+        if report_to == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=os.path.join(os.path.dirname(path) or ".", TENSORBOARD_DIR))
         self.bar = None
         if progress_bar:
             from tqdm.auto import tqdm
@@ -100,8 +142,15 @@ class MetricsLog:
     def log(self, step: int, m: dict) -> None:
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(_jsonable(m)) + "\n")
+        if self.writer is not None:
+            for key, value in m.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+                        and key != "step":
+                    self.writer.add_scalar(key, value, global_step=step)
+            self.writer.flush()
         line = (f"step {step}/{self.max_steps} reward {m['reward']:.3f} acc {m['accuracy']:.3f} "
-                f"adv_std {m['advantage_std']:.3f} len {m['guidance_length']:.0f} loss {m['loss']:.4f} "
+                f"adv_std {m['advantage_std']:.3f} zero_std {m['frac_reward_zero_std']:.2f} "
+                f"len {m['guidance_length']:.0f} loss {m['loss']:.4f} "
                 f"{m['step_time_s']:.1f}s")
         if self.bar is not None:
             self.bar.update(1)
@@ -112,5 +161,7 @@ class MetricsLog:
             print(line, flush=True)
 
     def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
         if self.bar is not None:
             self.bar.close()

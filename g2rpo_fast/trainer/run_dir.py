@@ -85,6 +85,9 @@ def delete_earlier_run(output_dir: str) -> list[str]:
         if (CHECKPOINT_NAME.match(name) or name.startswith(TMP_PREFIX)) and os.path.isdir(path):
             shutil.rmtree(path)
             removed.append(name)
+        elif name == "runs" and os.path.isdir(path):  # TensorBoard events (report_to)
+            shutil.rmtree(path)
+            removed.append(name)
         elif name in RUN_FILES and os.path.isfile(path):
             os.remove(path)
             removed.append(name)

@@ -419,7 +419,8 @@ class G2RPOTrainer:
         if self.is_main:
             write_metrics(metrics_path, self.history)
             cfg.save_json(os.path.join(out, "config.json"))
-            log = MetricsLog(metrics_path, cfg.max_steps, cfg.logging_steps, cfg.progress_bar, self.step)
+            log = MetricsLog(metrics_path, cfg.max_steps, cfg.logging_steps, cfg.progress_bar, self.step,
+                             report_to=cfg.report_to)
         while self.step < cfg.max_steps:
             m = self.training_step()
             if cfg.eval_steps and self.step % cfg.eval_steps == 0 and self.step < cfg.max_steps:

@@ -1,0 +1,84 @@
+"""The group-outcome and guidance metrics of a step (`trainer/metrics_log.py`), on hand-built
+groups whose expected values are counted by hand here."""
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from g2rpo_fast.trainer.composition import Sample
+from g2rpo_fast.trainer.metrics_log import group_outcomes, guidance_split, step_metrics
+
+# Six groups of G = 4, each built to land in a known set of categories.
+GROUPS = [
+    [0.0, 0.0, 0.0, 0.0],    # all wrong: zero std and all-zero
+    [1.0, 1.0, 1.0, 1.0],    # all right: zero std and all-one
+    [0.0, 1.0, 0.0, 0.0],    # mixed: the only kind that teaches GRPO something
+    [0.5, 0.5, 0.5, 0.5],    # equal but neither 0 nor 1: zero std only
+    [-1.0, 0.0, 0.0, -0.5],  # nothing above 0, not equal: all-zero only
+    [1.0, 2.0, 1.0, 1.5],    # everything at least 1, not equal: all-one only
+]
+
+
+def test_group_outcomes_hand_built():
+    flat = [r for g in GROUPS for r in g]
+    m = group_outcomes(flat, num_generations=4)
+    assert m == {"frac_reward_zero_std": 3 / 6, "frac_groups_all_zero": 2 / 6, "frac_groups_all_one": 2 / 6}
+
+
+def test_group_outcomes_one_group_each_way():
+    assert group_outcomes([0, 0], 2) == {"frac_reward_zero_std": 1.0, "frac_groups_all_zero": 1.0,
+                                         "frac_groups_all_one": 0.0}
+    assert group_outcomes([1, 0, 1, 1], 2) == {"frac_reward_zero_std": 0.5, "frac_groups_all_zero": 0.0,
+                                               "frac_groups_all_one": 0.5}
+
+
+def _sample(guidance_len: int, generated: int = 3) -> Sample:
+    return Sample(prompt_index=0, prompt_ids=[1, 2], guidance_ids=list(range(guidance_len)),
+                  generated_ids=[5] * generated)
+
+
+def test_guidance_split_hand_built():
+    # ℓ = 4 but the second guided sample's solution had only 2 tokens: 3 tokens injected on average.
+    samples = [_sample(4), _sample(2), _sample(0), _sample(0), _sample(0)]
+    rewards = [1.0, 0.0, 0.0, 1.0, 1.0]
+    m = guidance_split(samples, rewards)
+    assert m["reward_guided"] == pytest.approx(0.5)
+    assert m["reward_unguided"] == pytest.approx(2 / 3)
+    assert m["guidance_length_injected"] == pytest.approx(3.0)
+
+
+def test_guidance_split_absent_kinds_are_null_not_nan():
+    none_guided = guidance_split([_sample(0), _sample(0)], [1.0, 0.0])
+    assert none_guided == {"reward_guided": None, "reward_unguided": 0.5, "guidance_length_injected": 0.0}
+    all_guided = guidance_split([_sample(3), _sample(1)], [1.0, 0.0])
+    assert all_guided == {"reward_guided": 0.5, "reward_unguided": None, "guidance_length_injected": 2.0}
+
+
+def _batch(samples, rewards):
+    scores = SimpleNamespace(total=list(rewards), guide=list(rewards), per_func=[list(rewards)])
+    return SimpleNamespace(samples=samples, scores=scores, advantages=torch.zeros(len(samples)))
+
+
+def test_step_metrics_carries_them_over_micro_batches_and_into_json():
+    # Two micro-batches of two groups (G = 2): groups [1, 1] [0, 1] | [0, 0] [0, 0].
+    b1 = _batch([_sample(6), _sample(0), _sample(4), _sample(0)], [1.0, 1.0, 0.0, 1.0])
+    b2 = _batch([_sample(6), _sample(0), _sample(6), _sample(0)], [0.0, 0.0, 0.0, 0.0])
+    m = step_metrics([b1, b2], num_generations=2, guidance_length=6, learning_rate=1e-4, reward_names=["acc"],
+                     train_metrics={"loss": 0.0})
+    assert m["frac_reward_zero_std"] == 3 / 4
+    assert m["frac_groups_all_zero"] == 2 / 4
+    assert m["frac_groups_all_one"] == 1 / 4
+    assert m["reward_guided"] == pytest.approx(1 / 4)      # guided rewards 1, 0, 0, 0
+    assert m["reward_unguided"] == pytest.approx(2 / 4)    # unguided rewards 1, 1, 0, 0
+    assert m["guidance_length_injected"] == pytest.approx((6 + 4 + 6 + 6) / 4)
+    assert m["guidance_length"] == 6.0
+    unguided = step_metrics([_batch([_sample(0), _sample(0)], [0.0, 1.0])], num_generations=2, guidance_length=0,
+                            learning_rate=1e-4, reward_names=["acc"], train_metrics={"loss": 0.0})
+    row = json.loads(json.dumps(unguided))
+    assert row["reward_guided"] is None and row["guidance_length_injected"] == 0.0
+    assert all(not (isinstance(v, float) and math.isnan(v)) for k, v in row.items()
+               if k in ("reward_guided", "reward_unguided", "guidance_length_injected", "frac_reward_zero_std"))
