@@ -59,6 +59,18 @@ def _run_one(cfg, threads: int = 0) -> dict:
             "curves": {k: [m.get(k) for m in history] for k in CURVES}}
 
 
+def _evaluate_start(cfg, threads: int = 0) -> dict:
+    """Held-out accuracy of the policy before any training (the common starting point)."""
+    import torch
+
+    from g2rpo_fast.trainer.trainer import G2RPOTrainer
+
+    if threads:
+        torch.set_num_threads(threads)
+    final = G2RPOTrainer(cfg)._final_evaluation()
+    return {"eval_accuracy": final.get("eval_accuracy"), "eval_sampled_accuracy": final.get("eval_sampled_accuracy")}
+
+
 def run_demo(config, seeds=(0, 1, 2), methods=METHODS, output_dir="g2rpo_demo", jobs: int = 1,
              regime: str | None = None) -> dict:
     os.makedirs(output_dir, exist_ok=True)
@@ -67,6 +79,7 @@ def run_demo(config, seeds=(0, 1, 2), methods=METHODS, output_dir="g2rpo_demo", 
                                    # each demo run replaces the same run of an earlier demo in output_dir
                                    output_dir=os.path.join(output_dir, f"{method}-seed{seed}"))
                for method in methods for seed in seeds]
+    start_cfg = dataclasses.replace(configs[0], guidance_schedule="none", output_dir=os.path.join(output_dir, "start"))
     results: dict[str, list[dict]] = {m: [] for m in methods}
     t_all = time.perf_counter()
 
@@ -78,6 +91,7 @@ def run_demo(config, seeds=(0, 1, 2), methods=METHODS, output_dir="g2rpo_demo", 
               f"{run['mean_frac_reward_zero_std']:.2f}, {run['seconds']:.0f} s", flush=True)
 
     if jobs <= 1:
+        start = _evaluate_start(start_cfg)
         for cfg in configs:
             report(_run_one(cfg))
     else:
@@ -86,20 +100,24 @@ def run_demo(config, seeds=(0, 1, 2), methods=METHODS, output_dir="g2rpo_demo", 
 
         threads = max(1, (os.cpu_count() or 1) // jobs)
         with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+            pending_start = pool.submit(_evaluate_start, start_cfg, threads)
             for run in pool.map(_run_one, configs, [threads] * len(configs)):
                 report(run)
+            start = pending_start.result()
+    print(f"[demo] before training: held-out greedy {start['eval_accuracy']}, sampled "
+          f"{start['eval_sampled_accuracy']}", flush=True)
     for runs in results.values():
         runs.sort(key=lambda r: r["seed"])
     total = time.perf_counter() - t_all
-    _write_table(results, config, seeds, total, output_dir, regime, jobs)
+    _write_table(results, start, config, seeds, total, output_dir, regime, jobs)
     with open(os.path.join(output_dir, "demo_results.json"), "w", encoding="utf-8") as fh:
-        json.dump({"regime": regime, "jobs": jobs, "config": config.to_dict(), "seconds": total, "runs": results},
-                  fh, indent=2)
+        json.dump({"regime": regime, "jobs": jobs, "config": config.to_dict(), "seconds": total, "start": start,
+                   "runs": results}, fh, indent=2)
     _plot(results, os.path.join(output_dir, "demo.png"), regime)
     return results
 
 
-def _write_table(results, config, seeds, total, output_dir, regime, jobs) -> None:
+def _write_table(results, start, config, seeds, total, output_dir, regime, jobs) -> None:
     lines = [
         f"# g2rpo-fast demo{f' ({regime} regime)' if regime else ''}: GRPO vs guidance schedules vs G²RPO-A",
         "",
@@ -118,6 +136,8 @@ def _write_table(results, config, seeds, total, output_dir, regime, jobs) -> Non
         "| method | held-out accuracy (greedy) | held-out accuracy (sampled) | zero-std groups | "
         "final advantage std | train reward first → final |",
         "| --- | --- | --- | --- | --- | --- |",
+        f"| before training (the common start) | {_fmt(start['eval_accuracy'])} | "
+        f"{_fmt(start['eval_sampled_accuracy'])} | — | — | — |",
     ]
     for method, runs in results.items():
         g_m, g_s = _mean_std([r["eval_accuracy"] for r in runs])
@@ -131,6 +151,10 @@ def _write_table(results, config, seeds, total, output_dir, regime, jobs) -> Non
     with open(os.path.join(output_dir, "demo_results.md"), "w", encoding="utf-8") as fh:
         fh.write("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def _fmt(value) -> str:
+    return "—" if value is None else f"{value:.3f}"
 
 
 def _plot(results, path, regime=None) -> None:

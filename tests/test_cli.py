@@ -55,3 +55,32 @@ def test_demo_writes_table_and_plot(assets, tmp_path):
     table = (out / "demo_results.md").read_text()
     assert "G²RPO-A" in table and "GRPO (no guidance)" in table and "±" in table
     assert os.path.isfile(out / "demo.png")
+
+
+def test_demo_hard_regime_tiny_budget(assets, tmp_path):
+    """`demo --regime hard`: the hard preset (4-digit sums of the built-in task) for all four
+    methods, two runs at a time; the tiny model stands in for the built-in one."""
+    model, _ = assets
+    out = tmp_path / "hard"
+    assert main(["demo", "--regime", "hard", "--model-name-or-path", model, "--output-dir", str(out),
+                 "--max-steps", "2", "--seeds", "0", "--jobs", "2", "--num-generations", "2",
+                 "--per-device-train-batch-size", "4", "--max-completion-length", "6", "--embedded-train-size", "8",
+                 "--embedded-eval-size", "3", "--eval-num-samples", "2", "--learning-rate", "1e-3",
+                 "--guidance-ratio", "0.5"]) == 0
+    result = json.loads((out / "demo_results.json").read_text())
+    assert result["regime"] == "hard" and result["jobs"] == 2
+    assert result["config"]["embedded_difficulties"] == [4] and result["config"]["dataset_name"] == "embedded"
+    assert list(result["runs"]) == ["none", "fixed", "linear", "adaptive"]
+    for method, runs in result["runs"].items():
+        (run,) = runs
+        assert len(run["curves"]["frac_reward_zero_std"]) == 2 and len(run["curves"]["reward"]) == 2
+        assert 0.0 <= run["eval_accuracy"] <= 1.0 and 0.0 <= run["eval_sampled_accuracy"] <= 1.0
+        config = json.loads((out / f"{method}-seed0" / "config.json").read_text())
+        assert config["guidance_schedule"] == method and config["embedded_difficulties"] == [4]
+        assert json.loads((out / f"{method}-seed0" / "eval_results.json").read_text())["eval_count"] == 3
+    assert result["runs"]["none"][0]["curves"]["guidance_length_injected"] == [0.0, 0.0]
+    assert result["runs"]["fixed"][0]["curves"]["guidance_length_injected"] == [18.0, 18.0]
+    table = (out / "demo_results.md").read_text()
+    assert "hard regime" in table and "linear decay" in table and "zero-std groups" in table
+    assert "before training" in table and 0.0 <= result["start"]["eval_accuracy"] <= 1.0
+    assert os.path.isfile(out / "demo.png")

@@ -95,6 +95,9 @@ PRE_LOAD_CASES = {
     "used output dir": (["--output-dir", "{tmp}/used"], ["already holds a run (metrics.jsonl)", "--resume",
                                                          "--overwrite-output-dir"]),
     "resume without checkpoint": (["--output-dir", "{tmp}/used", "--resume"], ["`resume`: no checkpoint in"]),
+    "--report-to wandb": (["--report-to", "wandb"], ["`report_to` must be one of ['none', 'tensorboard']"]),
+    "--embedded-difficulties [4, 6]": (["--embedded-difficulties", "[4, 6]"],
+                                       ["`embedded_difficulties`: 6 is not a digit count"]),
 }
 
 
