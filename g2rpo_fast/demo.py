@@ -24,7 +24,7 @@ METHODS = ("none", "fixed", "linear", "adaptive")
 # regime -> (packaged config preset, demo budget overrides unless the user chose them)
 REGIMES = {"easy": ("default", {"max_steps": 100, "per_device_train_batch_size": 64}),
            "hard": ("hard", {})}
-CURVES = ("reward", "accuracy_unguided", "advantage_std", "guidance_length", "guidance_length_injected",
+CURVES = ("reward", "accuracy", "accuracy_unguided", "advantage_std", "guidance_length", "guidance_length_injected",
           "frac_reward_zero_std", "frac_groups_all_zero", "frac_groups_all_one", "reward_guided",
           "reward_unguided")
 

@@ -25,6 +25,8 @@ def test_hard_preset_by_name_and_a_local_file_wins(tmp_path, monkeypatch):
     cfg = _config_from_args(args)
     assert cfg.embedded_difficulties == [4] and cfg.max_steps == 3
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "default").mkdir()  # a directory of that name (a run's output) is not a config file
+    assert G2RPOConfig.from_yaml("default").embedded_difficulties == [3]
     (tmp_path / "hard").write_text("embedded_difficulties: [2]\n")
     assert G2RPOConfig.from_yaml("hard").embedded_difficulties == [2]
 

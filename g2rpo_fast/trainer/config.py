@@ -409,11 +409,12 @@ PRESETS = ("default", "hard")
 
 
 def resolve_config_path(path) -> str:
-    """None -> the packaged default.yaml; a preset name that is not an existing file -> its
-    packaged YAML; anything else unchanged."""
+    """None -> the packaged default.yaml; a preset name that is not an existing file (a
+    directory of that name, such as a demo's output, does not count) -> its packaged YAML;
+    anything else unchanged."""
     if path is None:
         return default_config_path()
-    if str(path) in PRESETS and not os.path.exists(path):
+    if str(path) in PRESETS and not os.path.isfile(path):
         return os.path.join(os.path.dirname(default_config_path()), f"{path}.yaml")
     return path
 
