@@ -84,3 +84,8 @@ def test_demo_hard_regime_tiny_budget(assets, tmp_path):
     assert "hard regime" in table and "linear decay" in table and "zero-std groups" in table
     assert "before training" in table and 0.0 <= result["start"]["eval_accuracy"] <= 1.0
     assert os.path.isfile(out / "demo.png")
+
+
+def test_demo_jobs_below_one_is_a_usage_error(capsys):
+    assert main(["demo", "--jobs", "0"]) == 2
+    assert "`jobs` must be an int >= 1" in capsys.readouterr().err
