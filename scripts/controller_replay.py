@@ -19,12 +19,12 @@ import numpy as np
 
 from g2rpo_fast.guidance import AdaptiveGuidance
 
-# (label, window, update_every, min_length, max_length); ℓ0 = the run's guidance_initial_length
-SETTINGS = (("as run: window 2, every step, [1, 36]", 2, 1, 1, 36),
-            ("window 8, every step, [1, 36]", 8, 1, 1, 36),
-            ("authors' cycle: window 2, update_every 3, [1, 36]", 2, 3, 1, 36),
-            ("window 2, update_every 3, [9, 36]", 2, 3, 9, 36),
-            ("window 8, update_every 4, [9, 36]", 8, 4, 9, 36))
+# (label, window, update_every, min_length); ℓ0 and max_length: the run's config
+SETTINGS = (("as run: window 2, every step, min 1", 2, 1, 1),
+            ("window 8, every step, min 1", 8, 1, 1),
+            ("authors' cycle: window 2, update_every 3, min 1", 2, 3, 1),
+            ("window 2, update_every 3, min 9", 2, 3, 9),
+            ("window 8, update_every 4, min 9", 8, 4, 9))
 
 
 def replay(rewards, initial, window, update_every, lo, hi):
@@ -37,16 +37,17 @@ def replay(rewards, initial, window, update_every, lo, hi):
 
 def main(path: str) -> int:
     data = json.load(open(path, encoding="utf-8"))
-    initial = data["config"]["guidance_initial_length"]
+    initial, hi = data["config"]["guidance_initial_length"], data["config"]["guidance_max_length"]
     sequences = [[m or 0.0 for m in run["curves"].get("accuracy") or run["curves"]["reward"]]
                  for runs in data["runs"].values() for run in runs]
     mean_reward = float(np.mean([r for s in sequences for r in s]))
     zero = float(np.mean([r == 0 for s in sequences for r in s]))
     print(f"Replay of {len(sequences)} measured reward sequences ({path}; {len(sequences[0])} steps each, mean "
-          f"step reward {mean_reward:.3f}, {zero:.0%} of steps with reward 0), ℓ0 = {initial}, open loop.\n")
+          f"step reward {mean_reward:.3f}, {zero:.0%} of steps with reward 0), ℓ0 = {initial}, max_length {hi}, "
+          "open loop.\n")
     print("| setting | final ℓ (mean, min-max) | steps at a bound | updates that changed ℓ | largest factor |")
     print("| --- | --- | --- | --- | --- |")
-    for label, window, every, lo, hi in SETTINGS:
+    for label, window, every, lo in SETTINGS:
         finals, at_bound, changes, factor = [], [], [], 1.0
         for seq in sequences:
             lengths = replay(seq, min(max(initial, lo), hi), window, every, lo, hi)
