@@ -1,9 +1,10 @@
 """Shared fixtures of the op and loss tests.
 
-`backend` runs a test twice: on the PyTorch reference path and on the Triton path (CUDA when
-present, else Triton's interpreter on the CPU). It switches `g2rpo_fast.ops.backend` with
-`use_backend("torch" | "triton")` for the test's duration; the process environment is never
-touched (the ops read it once, at import).
+`backend` runs a test three times: on the PyTorch reference path, on the Triton path (CUDA when
+present, else Triton's interpreter on the CPU) and on the native path (the C++ CPU kernels of
+`g2rpo_fast._C`; skipped, saying why, when the extension is not built). It switches
+`g2rpo_fast.ops.backend` with `use_backend("torch" | "triton" | "native")` for the test's
+duration; the process environment is never touched (the ops read it once, at import).
 
 Why triton is imported here: `@triton.jit` picks compiled vs interpreted when a function is
 *decorated*, and Triton's own library functions (`tl.sum`, `tl.max`, ...) are decorated when
@@ -62,13 +63,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture(params=["torch", "triton"])
+@pytest.fixture(params=["torch", "triton", "native"])
 def backend(request):
+    from g2rpo_fast import _native
     from g2rpo_fast.ops.backend import use_backend
 
     if request.param == "triton" and not TRITON_READY:
         pytest.skip("no GPU, and triton was imported before tests/conftest.py without "
                     "TRITON_INTERPRET=1, so its library cannot run in the interpreter")
+    if request.param == "native" and not _native.AVAILABLE:
+        pytest.skip(f"the C++ kernels (g2rpo_fast._C) are not built: {_native.LOAD_ERROR}")
     with use_backend(request.param):
         yield request.param
 

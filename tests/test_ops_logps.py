@@ -93,8 +93,9 @@ def test_logps_zero_grad_rows_give_zero_gradient(backend, device, small_tiles):
     assert (x.grad[mask == 1].abs().sum(-1) > 0).all()
 
 
-def test_logps_inplace_backward_writes_into_logits(device, small_tiles):
-    # A Triton-path option only, so this test calls the autograd Function of the kernels directly.
+def test_logps_inplace_backward_writes_into_logits(backend, device, small_tiles):
+    # A kernel-path option only, so this test calls the autograd Function of the kernels directly:
+    # the C++ launchers on the native backend, else the Triton ones.
     from g2rpo_fast.ops.logps import PerTokenLogps
 
     torch.manual_seed(5)
@@ -104,7 +105,7 @@ def test_logps_inplace_backward_writes_into_logits(device, small_tiles):
     expected = float64_truth(base, ids, 1.3, gout)[2].float()
     buf = base.clone()
     leaf = buf.detach().requires_grad_()  # shares storage with buf
-    lp = PerTokenLogps.apply(leaf, ids, 1.3, False, True)
+    lp = PerTokenLogps.apply(leaf, ids, 1.3, False, True, backend == "native")
     lp.backward(gout.to(device))
     torch.testing.assert_close(buf.cpu(), expected, atol=1e-5, rtol=1e-4)  # gradient landed in the buffer
     torch.testing.assert_close(leaf.grad.cpu(), expected, atol=1e-5, rtol=1e-4)

@@ -22,10 +22,10 @@ from __future__ import annotations
 import torch
 
 from g2rpo_fast.ops.checks import check_same_device, check_tensor
-from g2rpo_fast.ops.fused_linear import check_linear_inputs, compute_fused_linear_logps
+from g2rpo_fast.ops.fused_linear import check_linear_inputs
 
 from .inputs import prepare_loss_inputs
-from .objective import objective_from_logits, objective_from_logps
+from .objective import objective_from_hidden, objective_from_logits
 from .options import LossOptions
 
 
@@ -98,6 +98,4 @@ class FusedLinearG2RPOLoss(torch.nn.Module):
             active = torch.nonzero(inp.weights != 0).squeeze(1)
             if active.numel() < inp.weights.numel():
                 inp, flat_hidden = inp.select(active), flat_hidden.index_select(0, active)
-        logps = compute_fused_linear_logps(flat_hidden, weight, inp.token_ids, bias=bias,
-                                           temperature=self.opts.temperature)
-        return objective_from_logps(logps.to(dtype), inp, self.opts)
+        return objective_from_hidden(flat_hidden, weight, bias, inp, self.opts)

@@ -3,15 +3,20 @@
 - `objective_from_logps`: the PyTorch path, from per-token log-probs (of logits, or of hidden
   states × lm_head); the log-ratio is token-level, or the sequence's (GSPO);
 - `objective_from_logits`: `G2RPOLoss`'s path, and the one place that chooses between the fused
-  Triton kernel (`ops.token_loss.fused_token_loss`: token level, Triton backend) and log-probs
-  followed by `objective_from_logps`. Both paths consume the same coefficients c_t
-  (`aggregation.py`) and report the same metrics (`metrics.py`).
+  kernel (`ops.token_loss.fused_token_loss`: token level, Triton or C++) and log-probs
+  followed by `objective_from_logps`;
+- `objective_from_hidden`: `FusedLinearG2RPOLoss`'s path: on the native backend at token level
+  the one-pass C++ fused-linear loss (`torch.ops.g2rpo_fast.linear_token_loss`: gradients come
+  out of the forward, 3 GEMMs instead of 4), else fused-linear log-probs + `objective_from_logps`.
+All paths consume the same coefficients c_t (`aggregation.py`) and report the same metrics
+(`metrics.py`).
 """
 from __future__ import annotations
 
 import torch
 
-from g2rpo_fast.ops.backend import use_triton
+from g2rpo_fast.ops.backend import implementation
+from g2rpo_fast.ops.fused_linear import compute_fused_linear_logps
 from g2rpo_fast.ops.logps import compute_per_token_logps
 from g2rpo_fast.ops.token_loss import fused_token_loss, token_terms
 
@@ -42,21 +47,55 @@ def objective_from_logps(logps: torch.Tensor, inp: LossInputs, opts: LossOptions
     return loss, loss_metrics(kl, low, high, inp.weights)
 
 
+def fused_kernel_path(x: torch.Tensor, opts: LossOptions) -> str | None:
+    """"triton" | "native" when a fused loss kernel covers the case (token-level ratios,
+    fp32/bf16/fp16 inputs), else None (log-probs, then the PyTorch objective)."""
+    if opts.importance_sampling_level != "token" or x.dtype == torch.float64:
+        return None
+    path = implementation(x)
+    return None if path == "torch" else path
+
+
 def uses_fused_kernel(logits: torch.Tensor, opts: LossOptions) -> bool:
-    """The fused kernel covers token-level ratios in fp32/bf16/fp16 on the Triton backend."""
-    return use_triton(logits) and opts.importance_sampling_level == "token" and logits.dtype != torch.float64
+    return fused_kernel_path(logits, opts) is not None
 
 
 def objective_from_logits(logits: torch.Tensor, inp: LossInputs, opts: LossOptions, *, inplace_backward=False):
     """(loss, metrics) from logits `[N, V]` or `[B, T, V]`. `inplace_backward=True` lets the
     Triton paths write the logits gradient into the logits buffer (see `ops.logps`)."""
-    if uses_fused_kernel(logits, opts):
+    path = fused_kernel_path(logits, opts)
+    if path is not None:
         adv_tok = inp.advantages.to(torch.float32)[inp.layout.seq_idx]
         # Unflattened: the kernel reads strided views such as TRL's logits[:, :-1] in place.
         loss, kl, low, high = fused_token_loss(logits, inp.token_ids, inp.coefficients, adv_tok, inp.old_logps,
-                                               inp.ref_logps, opts, inplace_backward=inplace_backward)
+                                               inp.ref_logps, opts, inplace_backward=inplace_backward,
+                                               native=path == "native")
         return loss, loss_metrics(kl if inp.ref_logps is not None else None, low, high,
                                   inp.weights.to(torch.float32))
     logps = compute_per_token_logps(logits.reshape(-1, logits.shape[-1]), inp.token_ids, opts.temperature,
                                     inplace_backward=inplace_backward)
     return objective_from_logps(logps, inp, opts)
+
+
+def objective_from_hidden(hidden: torch.Tensor, weight: torch.Tensor, bias, inp: LossInputs, opts: LossOptions):
+    """(loss, metrics) from flat hidden states `[N, H]` and the lm_head `weight [V, H]` (+ `bias`)."""
+    if fused_kernel_path(hidden, opts) == "native":
+        from g2rpo_fast.ops import library
+
+        f32 = lambda t: None if t is None else t.to(torch.float32).contiguous()
+        adv_tok = inp.advantages.to(torch.float32)[inp.layout.seq_idx]
+        # Which gradients to form is fixed when the op runs (the gradients come out of the forward).
+        need = [t is not None and t.requires_grad and torch.is_grad_enabled() for t in (hidden, weight, bias)]
+        loss, kl, low, high, *_ = library.linear_token_loss(
+            hidden.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(),
+            inp.token_ids.long().contiguous(), f32(inp.coefficients), adv_tok.contiguous(), f32(inp.old_logps),
+            f32(inp.ref_logps), float(opts.temperature), float(opts.beta), float(opts.epsilon_low),
+            float(opts.epsilon_high), None if opts.delta is None else float(opts.delta), *need)
+        return loss, loss_metrics(kl if inp.ref_logps is not None else None, low, high,
+                                  inp.weights.to(torch.float32))
+    logps = compute_fused_linear_logps(hidden, weight, inp.token_ids, bias=bias, temperature=opts.temperature)
+    return objective_from_logps(logps.to(_compute_dtype(hidden)), inp, opts)
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32

@@ -1,15 +1,19 @@
 """Which implementation every op runs: one setting, decided once.
 
-- ``"auto"`` (the default): CUDA tensors run the Triton kernels, CPU tensors the PyTorch
-  reference (the C++ CPU kernels will slot in here);
+- ``"auto"`` (the default): CUDA tensors run the Triton kernels; CPU tensors run the C++
+  kernels (`g2rpo_fast._C`, through the custom ops of `ops/library.py`) when the extension is
+  built, else the PyTorch reference;
+- ``"native"``: the C++ kernels for CPU tensors (an error if `_C` is not built); CUDA tensors
+  keep Triton (there are no CUDA C++ kernels);
 - ``"triton"``: the Triton kernels everywhere; CPU tensors run them in Triton's interpreter
   (how CI checks the kernels without a GPU);
 - ``"torch"``: the PyTorch reference everywhere (debugging, parity checks).
 
-The setting is read from the environment once, when this module is imported:
-``G2RPO_FAST_BACKEND=auto|triton|torch``, else ``"triton"`` when ``TRITON_INTERPRET=1`` (the
-interpreter was asked for), else ``"auto"``. After that only ``set_backend(name)`` or the
-``use_backend(name)`` context manager change it; the environment is never read again nor written.
+Each op sends float64 inputs (a test dtype) to its reference. The setting is read from the
+environment once, when this module is imported: ``G2RPO_FAST_BACKEND=auto|native|triton|torch``,
+else ``"triton"`` when ``TRITON_INTERPRET=1`` (the interpreter was asked for), else ``"auto"``.
+After that only ``set_backend(name)`` or the ``use_backend(name)`` context manager change it;
+the environment is never read again nor written.
 """
 from __future__ import annotations
 
@@ -18,21 +22,25 @@ import os
 
 import torch
 
-SETTINGS = ("auto", "triton", "torch")
+from g2rpo_fast import _native
+
+SETTINGS = ("auto", "native", "triton", "torch")
+NATIVE_BUILT = _native.AVAILABLE  # whether torch.ops.g2rpo_fast's C++ kernels exist, known once
 
 
-def _check(name) -> str:
+def _check(name, what="`backend`") -> str:
     if name not in SETTINGS:
-        raise ValueError(f"`backend` must be one of {list(SETTINGS)}, got {name!r}")
+        raise ValueError(f"{what} must be one of {list(SETTINGS)}, got {name!r}")
+    if name == "native" and not NATIVE_BUILT:
+        raise ValueError(f"{what}='native' needs the C++ kernels, which are not built ({_native.LOAD_ERROR}); "
+                         "reinstall with CMake and a C++ compiler (scripts/setup_env.sh)")
     return name
 
 
 def _from_environment() -> str:
     forced = os.environ.get("G2RPO_FAST_BACKEND", "").strip().lower()
     if forced:
-        if forced not in SETTINGS:
-            raise ValueError(f"`G2RPO_FAST_BACKEND` must be one of {list(SETTINGS)}, got {forced!r}")
-        return forced
+        return _check(forced, "`G2RPO_FAST_BACKEND`")
     return "triton" if os.environ.get("TRITON_INTERPRET", "0") == "1" else "auto"
 
 
@@ -44,7 +52,7 @@ def get_backend() -> str:
 
 
 def set_backend(name: str) -> str:
-    """Switch every op to `name` ("auto" | "triton" | "torch"); returns the previous setting."""
+    """Switch every op to `name` ("auto" | "native" | "triton" | "torch"); returns the previous setting."""
     global _setting
     previous, _setting = _setting, _check(name)
     return previous
@@ -60,8 +68,20 @@ def use_backend(name: str):
         set_backend(previous)
 
 
+def implementation(x: torch.Tensor) -> str:
+    """Which path an op on `x` takes: "triton", "native" (C++) or "torch" (the reference)."""
+    if _setting in ("auto", "native"):
+        if x.is_cuda:
+            return "triton"
+        return "native" if NATIVE_BUILT and x.device.type == "cpu" else "torch"
+    return _setting
+
+
 def use_triton(x: torch.Tensor) -> bool:
-    """Whether an op on `x` runs its Triton kernel (else its PyTorch reference)."""
-    if _setting == "auto":
-        return x.is_cuda
-    return _setting == "triton"
+    """Whether an op on `x` runs its Triton kernel."""
+    return implementation(x) == "triton"
+
+
+def use_native(x: torch.Tensor) -> bool:
+    """Whether an op on `x` runs its C++ CPU kernel."""
+    return implementation(x) == "native"

@@ -7,7 +7,9 @@
 - `chunked_forward` / `chunked_backward`: its PyTorch path, which walks `CHUNK_ELEMS`-sized row
   blocks (the spec it is tested against is `per_token_logps_ref` of the materialised logits);
 - `FusedLinearLogps`: the autograd Function over either path; the Triton one is
-  `kernels/fused_linear.py` (CUDA tensors, or CPU tensors on the "triton" backend).
+  `kernels/fused_linear.py` (CUDA tensors, or CPU tensors on the "triton" backend);
+- the native path (CPU, `g2rpo_fast._C` built): the custom op `torch.ops.g2rpo_fast.linear_logps`
+  (`ops/library.py`) over the C++ kernels of `kernels/cpu/fused_linear.cpp`.
 Both keep only `lse [N]` for backward and recompute the logits there, so the [N, V] logits and
 their gradient are never written.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .backend import use_triton
+from .backend import implementation
 from .checks import check_same_device, check_shape, check_temperature, check_tensor, check_token_ids
 
 # Logit elements per chunk on the PyTorch path: 2**23 fp32 = 32 MiB (256 rows at V = 32768).
@@ -158,7 +160,18 @@ def compute_fused_linear_logps(hidden, weight, token_ids, bias=None, temperature
     w = weight.contiguous()
     b = None if bias is None else bias.contiguous()
     t = token_ids.reshape(-1).long().contiguous()
-    triton_path = use_triton(hidden) and hidden.dtype in _TRITON_DTYPES
+    path = implementation(hidden) if hidden.dtype in _TRITON_DTYPES else "torch"
+    if path == "native":
+        from . import library
+
+        if torch.is_grad_enabled():
+            logps, _, entropy = library.linear_logps(h2, w, b, t, float(temperature), bool(return_entropy))
+        else:  # reference / old log-probs: the C++ forward alone, nothing kept
+            logps, _, entropy = torch.ops.g2rpo_fast.fused_linear_logps_fwd(h2, w, b, t, float(temperature),
+                                                                             bool(return_entropy))
+        logps = logps.reshape(lead)
+        return (logps, entropy.detach().reshape(lead)) if return_entropy else logps
+    triton_path = path == "triton"
     needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (hidden, weight, bias))
     if needs_grad:
         out = FusedLinearLogps.apply(h2, w, b, t, float(temperature), bool(return_entropy), triton_path)

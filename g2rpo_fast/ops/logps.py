@@ -2,7 +2,10 @@
 
 - `per_token_logps`: the checked public op;
 - `per_token_logps_ref`: its PyTorch reference (the spec);
-- `PerTokenLogps`: the autograd Function over the Triton kernels of `kernels/logps.py`.
+- `PerTokenLogps`: the autograd Function over the Triton kernels of `kernels/logps.py` (or, for
+  the in-place backward on the native path, the C++ ones);
+- the native path (CPU, `g2rpo_fast._C` built) is the custom op `torch.ops.g2rpo_fast.token_logps`
+  (`ops/library.py`), which `torch.compile` traces.
 
 Memory of the Triton path: the forward saves the logits (a reference, not a copy) plus 8 bytes
 per row; the backward writes one `[N, V]` gradient in the logits' dtype, or, with
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .backend import use_triton
+from .backend import implementation
 from .checks import check_same_device, check_shape, check_temperature, check_tensor, check_token_ids
 
 
@@ -49,8 +52,18 @@ def compute_per_token_logps(logits, token_ids, temperature=1.0, return_entropy=F
     """`per_token_logps` without the checks, for callers that validated already (the losses):
     the token-id range check costs a device sync, which the hot path should pay once.
     float64 logits (a test/debug dtype, never a training one) always take the reference."""
-    if use_triton(logits) and logits.dtype != torch.float64:
-        return PerTokenLogps.apply(logits, token_ids, float(temperature), bool(return_entropy), inplace_backward)
+    path = "torch" if logits.dtype == torch.float64 else implementation(logits)
+    if path == "native" and not inplace_backward:
+        from . import library
+
+        ids = token_ids.reshape(-1).long().contiguous()
+        logp, _, _, entropy = library.token_logps(kernel_logits(logits), ids, 1.0 / float(temperature),
+                                                  bool(return_entropy))
+        shape = logits.shape[:-1]
+        return (logp.view(shape), entropy.detach().view(shape)) if return_entropy else logp.view(shape)
+    if path != "torch":
+        return PerTokenLogps.apply(logits, token_ids, float(temperature), bool(return_entropy), inplace_backward,
+                                   path == "native")
     out = per_token_logps_ref(logits, token_ids, temperature, return_entropy)
     return (out[0], out[1].detach()) if return_entropy else out
 
@@ -65,11 +78,20 @@ def can_write_in_place(x: torch.Tensor, logits: torch.Tensor, requested: bool) -
     return bool(requested) and x is logits and logits.is_contiguous()
 
 
+def logps_launchers(native: bool):
+    """(launch_logps_fwd, launch_logps_bwd): the C++ kernels' or the Triton kernels' (same signatures)."""
+    if native:
+        from g2rpo_fast import _native as k
+    else:
+        from g2rpo_fast.kernels import logps as k
+    return k.launch_logps_fwd, k.launch_logps_bwd
+
+
 class PerTokenLogps(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, token_ids, temperature, with_entropy, inplace_backward):
-        from g2rpo_fast.kernels.logps import launch_logps_fwd
-
+    def forward(ctx, logits, token_ids, temperature, with_entropy, inplace_backward, native=False):
+        launch_logps_fwd, _ = logps_launchers(native)
+        ctx.native = native
         x = kernel_logits(logits)
         ids = token_ids.reshape(-1).contiguous()
         logp, rowmax, logsum, entropy = launch_logps_fwd(x, ids, 1.0 / temperature, with_entropy)
@@ -86,11 +108,10 @@ class PerTokenLogps(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_logp, *unused):
-        from g2rpo_fast.kernels.logps import launch_logps_bwd
-
+        _, launch_logps_bwd = logps_launchers(ctx.native)
         x, ids, rowmax, logsum = ctx.saved_tensors
         if grad_logp is None:
-            return None, None, None, None, None
+            return None, None, None, None, None, None
         g = grad_logp.reshape(-1).to(torch.float32) / ctx.temperature
         dx = launch_logps_bwd(x, ids, g, rowmax, logsum, 1.0 / ctx.temperature, out=x if ctx.inplace else None)
-        return dx.view(ctx.logits_shape), None, None, None, None
+        return dx.view(ctx.logits_shape), None, None, None, None, None
