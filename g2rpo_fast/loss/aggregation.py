@@ -42,6 +42,8 @@ def coefficients(weights: torch.Tensor, layout: Layout, opts, num_items_in_batch
     if opts.loss_type == "dapo":
         return weights / max(float(num_items_in_batch), 1.0)
     max_len = opts.max_completion_length or layout.max_len  # dr_grpo
+    if isinstance(max_len, torch.Tensor):  # packed, under torch.compile: no host sync
+        return weights / (layout.num_seqs * max_len).clamp(min=1).to(weights.dtype)
     return weights / max(layout.num_seqs * max_len, 1)
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from g2rpo_fast.ops.checks import check_cu_seqlens
+from g2rpo_fast.ops.checks import check_cu_seqlens, tracing
 
 
 @dataclass
@@ -18,7 +18,7 @@ class Layout:
     seq_idx: torch.Tensor  # [N] int64
     num_seqs: int
     token_shape: tuple  # shape of per-token tensors as the caller gave them
-    max_len: int  # T when padded; the longest completion when packed
+    max_len: int | torch.Tensor  # T when padded; the longest completion when packed (a 0-d tensor under compile)
     packed: bool
 
 
@@ -44,7 +44,7 @@ def make_layout(token_shape, device, cu_seqlens=None) -> Layout:
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
     s = lengths.numel()
     seq_idx = torch.arange(s, device=device).repeat_interleave(lengths, output_size=n)
-    max_len = int(lengths.max()) if s else 0
+    max_len = (lengths.max() if tracing() else int(lengths.max())) if s else 0
     return Layout(seq_idx, s, (n,), max_len, packed=True)
 
 

@@ -94,7 +94,7 @@ class FusedLinearG2RPOLoss(torch.nn.Module):
             cu_seqlens=cu_seqlens, old_logps=old_logps, ref_logps=ref_logps,
             num_items_in_batch=num_items_in_batch, compute_dtype=dtype)
         flat_hidden = hidden.reshape(-1, hidden.shape[-1])
-        if self.skip_masked_tokens:
+        if self.skip_masked_tokens and not torch.compiler.is_compiling():  # a data-dependent shape
             active = torch.nonzero(inp.weights != 0).squeeze(1)
             if active.numel() < inp.weights.numel():
                 inp, flat_hidden = inp.select(active), flat_hidden.index_select(0, active)

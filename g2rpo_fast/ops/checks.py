@@ -3,6 +3,10 @@
 These checks run before any kernel so that a wrong shape, dtype or device never turns into
 a NaN, an out-of-bounds read or a hang. The value checks (finite rewards, token ids in range)
 cost one device sync each; they are what lets a training run fail loudly at step 1.
+
+Inside `torch.compile` the value checks are skipped (a host sync would break the graph): shapes,
+dtypes and devices are still checked while tracing, but values must be validated outside the
+compiled region (e.g. by one eager call of the loss on the first batch).
 """
 from __future__ import annotations
 
@@ -32,14 +36,19 @@ def check_same_device(ref: torch.Tensor, **tensors):
             raise ValueError(f"`{name}` is on {t.device} but the inputs are on {ref.device}")
 
 
+def tracing() -> bool:
+    """Inside torch.compile's tracing: value checks (host syncs) are skipped there."""
+    return torch.compiler.is_compiling()
+
+
 def check_finite(x, name):
-    if x is not None and not bool(torch.isfinite(x).all()):
+    if x is not None and not tracing() and not bool(torch.isfinite(x).all()):
         raise ValueError(f"`{name}` contains NaN or inf")
 
 
 def check_token_ids(token_ids, vocab_size, name="token_ids"):
     check_tensor(token_ids, name, integer=True)
-    if token_ids.numel() and (int(token_ids.min()) < 0 or int(token_ids.max()) >= vocab_size):
+    if token_ids.numel() and not tracing() and (int(token_ids.min()) < 0 or int(token_ids.max()) >= vocab_size):
         raise ValueError(
             f"`{name}` must lie in [0, {vocab_size}) (the vocabulary), "
             f"got values in [{int(token_ids.min())}, {int(token_ids.max())}]"
@@ -64,6 +73,8 @@ def check_cu_seqlens(cu_seqlens, num_tokens, name="cu_seqlens"):
     check_tensor(cu_seqlens, name, integer=True, ndim=1)
     if cu_seqlens.numel() < 2:
         raise ValueError(f"`{name}` needs at least 2 entries (S+1 offsets), got {cu_seqlens.numel()}")
+    if tracing():
+        return
     c = cu_seqlens.detach().to("cpu", torch.int64)
     if int(c[0]) != 0:
         raise ValueError(f"`{name}` must start at 0, got {int(c[0])}")
