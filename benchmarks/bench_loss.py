@@ -1,12 +1,11 @@
 """Forward+backward time and peak memory of the G²RPO loss from logits, side by side.
 
 Candidates, all on the same inputs in one run:
-  * g2rpo_fast      `G2RPOLoss` (fused Triton kernel on CUDA; PyTorch reference on the CPU,
-                    or the kernel in Triton's interpreter with --interpret)
-  * native_cpp      CPU: the C++ kernels (`torch.ops.g2rpo_fast`, built into g2rpo_fast._C) inside
-                    the same autograd Function as the Triton path (`ops.token_loss.FusedTokenLoss`
-                    through `loss.objective.objective_from_logits`, launchers swapped for
-                    `g2rpo_fast._native`'s), i.e. what `G2RPOLoss` runs once wired
+  * g2rpo_fast      the public `G2RPOLoss` as dispatched by default: the fused Triton kernel on
+                    CUDA, the C++ kernels (`torch.ops.g2rpo_fast.token_loss`, g2rpo_fast._C) on the
+                    CPU, or the Triton kernel in Triton's interpreter with --interpret
+  * g2rpo_fast_torch the same module on the "torch" backend (its PyTorch reference: what the CPU
+                    ran before the C++ kernels, and what it runs when `_C` is not built)
   * liger           liger-kernel's `triton_grpo_loss` (CUDA, or the interpreter with --interpret)
   * trl_eager       TRL's formula in eager PyTorch (materialised fp32 log_softmax)
   * compiled_ref    `torch.compile` of our reference (per_token_logps_ref + loss.objective.objective_from_logps)
@@ -54,7 +53,7 @@ def parse_args():
     p.add_argument("--interpret", action="store_true", help="CPU: also run the Triton paths in the interpreter")
     p.add_argument("--skip", default="", help="comma-separated candidates to skip")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for every candidate")
-    p.add_argument("--large-only", default="native_cpp,compiled_ref",
+    p.add_argument("--large-only", default="g2rpo_fast,compiled_ref",
                    help="CPU: candidates run at shapes with N·V > --large-elems (the eager ones need ~4 fp32 "
                         "copies of the logits)")
     p.add_argument("--large-elems", type=float, default=4e8)
@@ -88,16 +87,20 @@ OPTS = dict(beta=0.04, epsilon_low=0.2, epsilon_high=0.28, loss_type="bnpo", tem
 
 # ------------------------------------------------------------------------------- candidates
 
-def cand_ours(inp):
+def cand_ours(inp, backend=None):
+    import contextlib
+
     import g2rpo_fast as g
+    from g2rpo_fast.ops.backend import use_backend
 
     fn = g.G2RPOLoss(**OPTS)
     logits = inp["logits_full"][:, :-1].contiguous()  # our layout: T positions
 
     def step(x):
-        loss, _ = fn(x, inp["ids"], advantages=inp["adv"], completion_mask=inp["mask"],
-                     old_logps=inp["old"], ref_logps=inp["ref"])
-        loss.backward()
+        with use_backend(backend) if backend else contextlib.nullcontext():
+            loss, _ = fn(x, inp["ids"], advantages=inp["adv"], completion_mask=inp["mask"],
+                         old_logps=inp["old"], ref_logps=inp["ref"])
+            loss.backward()
         return loss
 
     return logits, step
@@ -115,34 +118,6 @@ def cand_liger(inp):
         return loss
 
     return inp["logits_full"], step
-
-
-def cand_native(inp):
-    """The fused-loss autograd Function of the Triton path, on the C++ kernels."""
-    from unittest import mock
-
-    from g2rpo_fast.kernels import logps, token_loss
-
-    from g2rpo_fast import _native
-    from g2rpo_fast.loss import LossOptions
-    from g2rpo_fast.loss.inputs import prepare_loss_inputs
-    from g2rpo_fast.loss.objective import objective_from_logits
-    from g2rpo_fast.ops.backend import use_backend
-
-    if not _native.AVAILABLE:
-        raise RuntimeError(f"g2rpo_fast._C is not built ({_native.LOAD_ERROR})")
-    opts = LossOptions(**OPTS)
-
-    def step(x):
-        with mock.patch.object(token_loss, "launch_g2rpo_loss_fwd", _native.launch_g2rpo_loss_fwd), \
-                mock.patch.object(logps, "launch_logps_bwd", _native.launch_logps_bwd), use_backend("triton"):
-            li = prepare_loss_inputs(opts, inp["ids"], x.shape[-1], x.device, advantages=inp["adv"],
-                                     completion_mask=inp["mask"], old_logps=inp["old"], ref_logps=inp["ref"])
-            loss, _ = objective_from_logits(x, li, opts)
-            loss.backward()
-        return loss
-
-    return inp["logits_full"][:, :-1].contiguous(), step
 
 
 def trl_loss(logits, ids, mask, adv, old, ref):
@@ -189,8 +164,8 @@ def cand_compiled(inp):
     return inp["logits_full"][:, :-1].contiguous(), step
 
 
-CANDIDATES = {"g2rpo_fast": cand_ours, "native_cpp": cand_native, "liger": cand_liger, "trl_eager": cand_trl,
-              "compiled_ref": cand_compiled}
+CANDIDATES = {"g2rpo_fast": cand_ours, "g2rpo_fast_torch": lambda inp: cand_ours(inp, "torch"), "liger": cand_liger,
+              "trl_eager": cand_trl, "compiled_ref": cand_compiled}
 
 
 # ---------------------------------------------------------------------------------- timing
@@ -306,7 +281,7 @@ def main():
     if on_cpu and not args.interpret:
         names.remove("liger")  # a Triton kernel: only in the interpreter on the CPU
     if not on_cpu or args.interpret:
-        names.remove("native_cpp")  # the C++ kernels are CPU kernels
+        names.remove("g2rpo_fast_torch")  # the reference: only of interest on the CPU
     names = [n for n in names if n not in args.skip.split(",")]
 
     tag, dev_name = device_tag(device)
@@ -324,7 +299,9 @@ def main():
         for name in shape_names:
             label = name
             if name == "g2rpo_fast":
-                label += " (triton)" if (not on_cpu or args.interpret) else " (torch reference)"
+                from g2rpo_fast.ops.backend import implementation
+
+                label += f" ({implementation(inp['logits_full'])})"
             try:
                 if interleaved is not None:
                     if isinstance(interleaved[name], Exception):
@@ -385,8 +362,9 @@ def to_markdown(r, on_cpu):
     ]
     if on_cpu:
         lines += [
-            "CPU goal (issue 14): `native_cpp` (the C++ kernels) at least as fast as `compiled_ref` "
-            "(`torch.compile` of the reference). Candidates run interleaved with the same thread count; "
+            "CPU goal (issue 14): `g2rpo_fast` (the public `G2RPOLoss`, dispatched to the C++ kernels) at "
+            "least as fast as `compiled_ref` (`torch.compile` of the reference). Candidates run interleaved "
+            "with the same thread count; "
             "the machine is shared with other jobs, so its load average during each shape is listed below. "
             "The GPU goals (Triton vs Liger's `triton_grpo_loss`, HBM roofline) need a GPU run. With "
             "`--interpret` the Triton rows time Triton's Python interpreter, not the kernels.",
@@ -408,8 +386,7 @@ def to_markdown(r, on_cpu):
     if r.get("large_elems") and any(row["N"] * row["V"] > r["large_elems"] for row in r["rows"]):
         lines += ["", f"Shapes with N·V > {r['large_elems']:.0e} run only {r['large_only'].replace(',', ', ')}: "
                   "the eager candidates hold ~4 fp32 copies of the logits, more memory than this shared "
-                  "machine can give at those sizes (so V = 151936 runs at N = 1k for all, and N = 4k instead "
-                  "of 8k for the rest)."]
+                  "machine can give at those sizes."]
     if r.get("load"):
         lines += ["", "Load average (1/5/15 min) before → after each shape: " + "; ".join(
             f"N={x['N']} V={x['V']}: {'/'.join(f'{a:.1f}' for a in x['load_before'])} → "

@@ -21,8 +21,10 @@ import time
 
 VARIANTS = {
     "plain": "log_softmax(h @ W.T) + gather + backward (materialised [N, V] logits)",
-    "fused": "g2rpo_fast.ops.fused_linear_logps (chunked PyTorch path) + backward",
-    "native": "the same op on the C++ kernels (torch.ops.g2rpo_fast, g2rpo_fast._C) + backward",
+    "fused": "g2rpo_fast.ops.fused_linear_logps on the torch backend (chunked PyTorch path) + backward",
+    "native": "the same op as dispatched by default on the CPU (C++ kernels, torch.ops.g2rpo_fast) + backward",
+    "native_loss": "FusedLinearG2RPOLoss as dispatched by default (one-pass C++ loss, what the trainer runs) "
+                   "+ backward",
     "compiled": "torch.compile of the chunked PyTorch path + backward",
 }
 
@@ -54,19 +56,29 @@ def run_variant(name, n, h, v, dtype_name):
     from g2rpo_fast.ops import fused_linear_logps
 
     dtype = getattr(torch, dtype_name)
-    if name == "native":  # the op's autograd Function, its kernels swapped for the C++ ones
-        from g2rpo_fast import _native
-        from g2rpo_fast.ops import fused_linear
+    if name.startswith("native"):
+        from g2rpo_fast.ops.backend import get_backend
 
-        if not _native.AVAILABLE:
-            raise SystemExit(f"g2rpo_fast._C is not built ({_native.LOAD_ERROR})")
-        fused_linear._impls = lambda triton_path: (_native.fused_linear_forward, _native.fused_linear_backward)
+        if get_backend() != "native":
+            raise SystemExit("the native variants need G2RPO_FAST_BACKEND=native (g2rpo_fast._C built)")
+    loss_fn = None
+    if name == "native_loss":
+        from g2rpo_fast import FusedLinearG2RPOLoss
 
+        loss_fn = FusedLinearG2RPOLoss(beta=0.04)
     logps_fn = torch.compile(fused_linear_logps) if name == "compiled" else fused_linear_logps
 
     def step(hidden, weight, ids):
         if name == "plain":
             logps = torch.log_softmax((hidden @ weight.T).float(), -1).gather(-1, ids[:, None]).squeeze(-1)
+        elif loss_fn is not None:
+            # packed: sequences of 16 tokens, old/ref log-probs given (as in a training step)
+            cu_seqlens = torch.arange(0, ids.numel() + 1, 16, dtype=torch.int32)
+            old = torch.full(ids.shape, -5.0)
+            loss, _ = loss_fn(hidden, weight, ids, advantages=torch.linspace(-1, 1, ids.numel() // 16),
+                              cu_seqlens=cu_seqlens, old_logps=old, ref_logps=old - 0.1)
+            loss.backward()
+            return
         else:
             logps = logps_fn(hidden, weight, ids)
         logps.sum().backward()
@@ -103,10 +115,11 @@ def main():
         print(json.dumps(run_variant(args._child, args.n, args.h, args.v, args.dtype)))
         return
 
-    env = dict(os.environ, G2RPO_FAST_BACKEND="torch")
+    env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)
     rows = []
     for name in VARIANTS:
+        env["G2RPO_FAST_BACKEND"] = "native" if name.startswith("native") else "torch"
         cmd = [sys.executable, __file__, "--_child", name, "--n", str(args.n), "--h", str(args.h),
                "--v", str(args.v), "--dtype", args.dtype]
         out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout

@@ -139,36 +139,11 @@ def fused_linear_g2rpo_loss(hidden, weight, bias, token_ids, coef, adv_tok, old,
                             eps_high, delta, need_hidden, need_weight, need_bias):
     """The token-level loss from hidden states with its gradients in one pass (3 GEMMs, no [N, V]):
     (logp, c·L, kl, low, high) fp32 [N] and (d_hidden, d_weight, d_bias) of Σ c·L, None where not
-    needed. No Triton twin yet: a new autograd Function whose backward scales the gradients."""
+    needed. No Triton twin yet; `torch.ops.g2rpo_fast.linear_token_loss` (ops/library.py) is its
+    differentiable op."""
     need_bias = bool(need_bias) and bias is not None
     out = torch.ops.g2rpo_fast.fused_linear_g2rpo_loss(
         hidden, weight, bias, token_ids, coef, adv_tok, old, ref, float(temperature), float(beta), float(eps_low),
         float(eps_high), None if delta is None else float(delta), bool(need_hidden), bool(need_weight), need_bias)
     d_h, d_w, d_b = out[5:]
     return (*out[:5], d_h if need_hidden else None, d_w if need_weight else None, d_b if need_bias else None)
-
-
-class FusedLinearG2RPOLossFunction(torch.autograd.Function):
-    """Σ_t c_t·L_t from hidden states on `fused_linear_g2rpo_loss`: the gradients come out of the
-    forward pass (3 GEMMs per token, not 4), the backward only scales them by grad_output.
-
-    apply(hidden [N, H], weight [V, H], bias | None, token_ids [N], coef [N], adv_tok [N],
-    old | None, ref | None, opts: LossOptions) -> (loss, kl [N], low [N], high [N])."""
-
-    @staticmethod
-    def forward(ctx, hidden, weight, bias, token_ids, coef, adv_tok, old, ref, opts):
-        need = ctx.needs_input_grad
-        _, loss_tok, kl, low, high, *grads = fused_linear_g2rpo_loss(
-            hidden, weight, bias, token_ids, coef, adv_tok, old, ref, temperature=opts.temperature, beta=opts.beta,
-            eps_low=opts.epsilon_low, eps_high=opts.epsilon_high, delta=opts.delta, need_hidden=need[0],
-            need_weight=need[1], need_bias=need[2])
-        ctx.grads = grads  # computed here, not inputs or outputs: no save_for_backward needed
-        ctx.mark_non_differentiable(kl, low, high)
-        return loss_tok.sum(), kl, low, high
-
-    @staticmethod
-    def backward(ctx, grad_loss, *unused):
-        grads, ctx.grads = ctx.grads, None
-        if float(grad_loss) != 1.0:  # the usual loss.backward() passes exactly 1: no copy then
-            grads = [None if g is None else g * grad_loss.to(g.dtype) for g in grads]
-        return (*grads, None, None, None, None, None, None)

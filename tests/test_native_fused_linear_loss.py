@@ -158,7 +158,11 @@ def test_fake_implementation_and_schema():
 
 
 @pytest.mark.parametrize("grad_out", [1.0, -2.5])
-def test_autograd_function_scales_the_forward_gradients(grad_out):
+def test_custom_op_backward_scales_the_forward_gradients(grad_out):
+    """`torch.ops.g2rpo_fast.linear_token_loss` (what FusedLinearG2RPOLoss runs on the CPU): its
+    gradients come out of the forward; the autograd registration scales them by grad_output."""
+    from g2rpo_fast.ops import library
+
     opts = LossOptions(beta=0.04, loss_type="dr_grpo", temperature=0.9)
     case = make_case(5, torch.float32)
     loss64, grads64, _ = reference(case, opts, None)
@@ -166,10 +170,10 @@ def test_autograd_function_scales_the_forward_gradients(grad_out):
     coef = inp.coefficients.contiguous()
     leaves = [case[k].reshape(-1, 16) if k == "hidden" else case[k] for k in ("hidden", "weight", "bias")]
     leaves = [x.clone().requires_grad_() for x in leaves]
-    loss, kl, low, high = _native.FusedLinearG2RPOLossFunction.apply(
+    loss, kl, low, high, *_ = library.linear_token_loss(
         *leaves, inp.token_ids, coef, inp.advantages[inp.layout.seq_idx].contiguous(), inp.old_logps,
-        inp.ref_logps, opts)
-    assert not kl.requires_grad and kl.shape == low.shape == high.shape == coef.shape
+        inp.ref_logps, opts.temperature, opts.beta, opts.epsilon_low, opts.epsilon_high, opts.delta, True, True, True)
+    assert kl.shape == low.shape == high.shape == coef.shape
     (loss * grad_out).backward()
     torch.testing.assert_close(loss.double(), loss64, atol=2e-5, rtol=2e-5)
     for got, want in zip(leaves, grads64):
