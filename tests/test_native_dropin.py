@@ -1,6 +1,7 @@
 """The C++ kernels are drop-ins for the Triton launchers: the existing autograd Functions of
 g2rpo_fast/ops, with their launchers swapped for `g2rpo_fast._native`'s, give float64-exact
-losses and gradients (in-place backward included). This is the wiring phase 2 makes permanent."""
+losses and gradients (in-place backward included). The native path uses these launchers for the
+in-place backward; everything else runs the custom ops of `ops/library.py`."""
 from __future__ import annotations
 
 import pytest

@@ -85,3 +85,10 @@ def use_triton(x: torch.Tensor) -> bool:
 def use_native(x: torch.Tensor) -> bool:
     """Whether an op on `x` runs its C++ CPU kernel."""
     return implementation(x) == "native"
+
+
+def use_custom_op(x: torch.Tensor, path: str) -> bool:
+    """Whether an op on `x` taking `path` calls its custom op (`ops/library.py`): always on the
+    native path; on CUDA only while torch.compile traces (eager CUDA keeps the autograd Functions
+    over the Triton launchers, which also offer the in-place backward)."""
+    return path == "native" or (path == "triton" and x.is_cuda and torch.compiler.is_compiling())

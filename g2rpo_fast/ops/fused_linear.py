@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .backend import implementation
+from .backend import implementation, use_custom_op
 from .checks import check_same_device, check_shape, check_temperature, check_tensor, check_token_ids
 
 # Logit elements per chunk on the PyTorch path: 2**23 fp32 = 32 MiB (256 rows at V = 32768).
@@ -161,10 +161,10 @@ def compute_fused_linear_logps(hidden, weight, token_ids, bias=None, temperature
     b = None if bias is None else bias.contiguous()
     t = token_ids.reshape(-1).long().contiguous()
     path = implementation(hidden) if hidden.dtype in _TRITON_DTYPES else "torch"
-    if path == "native":
+    if use_custom_op(hidden, path):
         from . import library
 
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or path != "native":
             logps, _, entropy = library.linear_logps(h2, w, b, t, float(temperature), bool(return_entropy))
         else:  # reference / old log-probs: the C++ forward alone, nothing kept
             logps, _, entropy = torch.ops.g2rpo_fast.fused_linear_logps_fwd(h2, w, b, t, float(temperature),

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .backend import implementation
+from .backend import implementation, use_custom_op
 from .checks import check_same_device, check_shape, check_temperature, check_tensor, check_token_ids
 
 
@@ -53,7 +53,7 @@ def compute_per_token_logps(logits, token_ids, temperature=1.0, return_entropy=F
     the token-id range check costs a device sync, which the hot path should pay once.
     float64 logits (a test/debug dtype, never a training one) always take the reference."""
     path = "torch" if logits.dtype == torch.float64 else implementation(logits)
-    if path == "native" and not inplace_backward:
+    if use_custom_op(logits, path) and not inplace_backward:
         from . import library
 
         ids = token_ids.reshape(-1).long().contiguous()

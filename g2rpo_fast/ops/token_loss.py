@@ -82,7 +82,7 @@ def fused_token_loss(logits, token_ids, coef, adv_tok, old_logps, ref_logps, opt
     f32 = torch.float32
     as_f32 = lambda t: None if t is None else t.to(f32).contiguous()
     ids = token_ids.reshape(-1).contiguous()
-    if native and not inplace_backward:
+    if (native or (logits.is_cuda and torch.compiler.is_compiling())) and not inplace_backward:
         from . import library
 
         ids = ids.long()
