@@ -82,3 +82,27 @@ def test_step_metrics_carries_them_over_micro_batches_and_into_json():
     assert row["reward_guided"] is None and row["guidance_length_injected"] == 0.0
     assert all(not (isinstance(v, float) and math.isnan(v)) for k, v in row.items()
                if k in ("reward_guided", "reward_unguided", "guidance_length_injected", "frac_reward_zero_std"))
+
+
+def test_step_metrics_mean_over_ranks_when_a_rank_lacks_a_kind(monkeypatch):
+    """Two ranks, one without guided samples (its `reward_guided` is None): the collective must
+    have the same length on both ranks (else gloo/nccl hang or fail), and a mean is over the
+    ranks that have a value. The all-reduce (sum) is played by hand: each rank's tensor is
+    recorded, then every rank receives the sum."""
+    import torch.distributed as dist
+
+    from g2rpo_fast.trainer.distributed import DistState, all_reduce_mean
+
+    ranks = [{"reward": 0.5, "reward_guided": None, "reward_unguided": 0.25, "empty": None, "name": "a"},
+             {"reward": 1.0, "reward_guided": 0.75, "reward_unguided": None, "empty": None, "name": "b"}]
+    sent = []
+    monkeypatch.setattr(dist, "all_reduce", lambda t: sent.append(t.clone()))
+    for m in ranks:
+        all_reduce_mean(m, DistState(rank=0, world_size=2), "cpu")
+    assert sent[0].shape == sent[1].shape
+    total = sent[0] + sent[1]
+    monkeypatch.setattr(dist, "all_reduce", lambda t: t.copy_(total))
+    for m in ranks:
+        out = all_reduce_mean(m, DistState(rank=0, world_size=2), "cpu")
+        assert out["reward"] == 0.75 and out["reward_guided"] == 0.75 and out["reward_unguided"] == 0.25
+        assert out["empty"] is None and out["name"] == m["name"]

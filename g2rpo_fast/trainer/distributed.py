@@ -50,17 +50,21 @@ def teardown_distributed(state: DistState) -> None:
 
 
 def all_reduce_mean(metrics: dict, state: DistState, device) -> dict:
-    """Average the numeric metrics over ranks (NaN-free keys only; others kept from this rank)."""
+    """Average the numeric metrics over the ranks that have a value. Every rank builds the same
+    step-metric keys, but a value may be None on some ranks (`reward_guided` of a rank without
+    guided samples): each key travels as (sum, count), so the collective has the same length on
+    every rank, and a key that no rank has stays None. Non-numeric values are this rank's."""
     if state.world_size <= 1:
         return metrics
     import torch.distributed as dist
 
-    keys = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)))
-    t = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=device)
+    keys = sorted(k for k, v in metrics.items() if v is None or isinstance(v, (int, float)))
+    have = [metrics[k] is not None for k in keys]
+    t = torch.tensor([[float(metrics[k]) if h else 0.0 for k, h in zip(keys, have)], [float(h) for h in have]],
+                     dtype=torch.float64, device=device)
     dist.all_reduce(t)
-    t /= state.world_size
     out = dict(metrics)
-    out.update({k: float(v) for k, v in zip(keys, t.tolist())})
+    out.update({k: (total / count if count else None) for k, total, count in zip(keys, *t.tolist())})
     return out
 
 
