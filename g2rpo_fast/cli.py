@@ -99,9 +99,12 @@ def cmd_train(args) -> int:
     try:
         history = trainer.train(resume_from_checkpoint=True if args.resume else None)
     except RunSetupError as exc:  # output dir / checkpoint to resume: found before step 1
+        trainer.close(failed=True)
         raise UsageError(str(exc)) from exc
-    finally:
-        trainer.close()
+    except BaseException:
+        trainer.close(failed=True)
+        raise
+    trainer.close()
     if trainer.is_main:
         first, last = (history[0], history[-1]) if history else ({}, {})
         print(f"done: {len(history)} steps in {time.perf_counter() - t0:.1f} s; reward "

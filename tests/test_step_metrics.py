@@ -85,7 +85,7 @@ def test_step_metrics_carries_them_over_micro_batches_and_into_json():
 
 
 def test_step_metrics_mean_over_ranks_when_a_rank_lacks_a_kind(monkeypatch):
-    """Two ranks, one without guided samples (its `reward_guided` is None): the collective must
+    """Two ranks, one without guided samples (its `reward_guided` is None, `accuracy_guided` NaN): the collective must
     have the same length on both ranks (else gloo/nccl hang or fail), and a mean is over the
     ranks that have a value. The all-reduce (sum) is played by hand: each rank's tensor is
     recorded, then every rank receives the sum."""
@@ -93,8 +93,11 @@ def test_step_metrics_mean_over_ranks_when_a_rank_lacks_a_kind(monkeypatch):
 
     from g2rpo_fast.trainer.distributed import DistState, all_reduce_mean
 
-    ranks = [{"reward": 0.5, "reward_guided": None, "reward_unguided": 0.25, "empty": None, "name": "a"},
-             {"reward": 1.0, "reward_guided": 0.75, "reward_unguided": None, "empty": None, "name": "b"}]
+    nan = float("nan")
+    ranks = [{"reward": 0.5, "reward_guided": None, "accuracy_guided": nan, "reward_unguided": 0.25,
+              "empty": None, "name": "a"},
+             {"reward": 1.0, "reward_guided": 0.75, "accuracy_guided": 1.0, "reward_unguided": None,
+              "empty": None, "name": "b"}]
     sent = []
     monkeypatch.setattr(dist, "all_reduce", lambda t: sent.append(t.clone()))
     for m in ranks:
@@ -105,4 +108,5 @@ def test_step_metrics_mean_over_ranks_when_a_rank_lacks_a_kind(monkeypatch):
     for m in ranks:
         out = all_reduce_mean(m, DistState(rank=0, world_size=2), "cpu")
         assert out["reward"] == 0.75 and out["reward_guided"] == 0.75 and out["reward_unguided"] == 0.25
+        assert out["accuracy_guided"] == 1.0  # one rank's NaN (no guided sample) is not a value
         assert out["empty"] is None and out["name"] == m["name"]

@@ -35,3 +35,39 @@ def test_stuck_rank_ends_the_run_within_the_timeout(tmp_path):
     # without the timeout it would take the stuck rank's 600 s (the start-up alone takes 10-30 s on 2 busy cores)
     assert elapsed < 150, f"took {elapsed:.0f} s: the timeout did not end the run"
     assert "g2rpo-fast: rank 0/2 failed" in proc.stderr and "dist_timeout_s=10" in proc.stderr, proc.stderr[-3000:]
+
+
+RAISING = textwrap.dedent("""
+    import os, sys, torch
+    torch.set_num_threads(1)
+    from helpers import save_tiny_assets
+    from g2rpo_fast.cli import main
+    from g2rpo_fast.trainer.trainer import G2RPOTrainer
+
+    def fail(self):
+        raise RuntimeError("reward server unreachable")
+
+    if os.environ["RANK"] == "1":
+        G2RPOTrainer.training_step = fail
+    model, data = save_tiny_assets(os.path.join(sys.argv[1], f"assets{os.environ['RANK']}"))
+    sys.exit(main(["train", "--model-name-or-path", model, "--dataset-name", data, "--output-dir",
+                   os.path.join(sys.argv[1], "run"), "--num-generations", "2", "--per-device-train-batch-size", "4",
+                   "--max-completion-length", "4", "--max-steps", "2", "--progress-bar", "false",
+                   "--plots", "false", "--eval-at-end", "false", "--dist-timeout-s", "120"]))
+""")
+
+
+def test_raising_rank_exits_at_once_through_the_cli(tmp_path):
+    """`g2rpo-fast train`: the rank that raises leaves without the teardown barrier (the other
+    rank waits in the step's collective, not there), so torchrun stops the run long before
+    `dist_timeout_s`; with the barrier both would sit out the 120 s."""
+    script = tmp_path / "run.py"
+    script.write_text(RAISING)
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(tmp_path)], capture_output=True, text=True, timeout=300,
+                          env=child_env(OMP_NUM_THREADS="1"))
+    elapsed = time.monotonic() - start
+    assert proc.returncode != 0
+    assert "g2rpo-fast: rank 1/2 failed: RuntimeError: reward server unreachable" in proc.stderr, proc.stderr[-3000:]
+    assert elapsed < 100, f"took {elapsed:.0f} s: the failing rank waited for the others"

@@ -8,6 +8,7 @@ stop the others, so a failure ends the run with a message instead of a hang.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -22,7 +23,9 @@ class DistState:
     backend: str | None = None
 
 
-def setup_distributed(timeout_s: float = 600.0) -> DistState:
+def setup_distributed(timeout_s: float = 600.0, cpu_collectives: bool = False) -> DistState:
+    """`cpu_collectives`: on GPUs, also give CPU tensors a backend (gloo), for FSDP's CPU offload,
+    whose gradient shards (and so `clip_grad_norm_`'s all-reduce) live in host memory."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistState()
@@ -33,6 +36,8 @@ def setup_distributed(timeout_s: float = 600.0) -> DistState:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
+            if cpu_collectives:
+                backend = "cpu:gloo,cuda:nccl"
         from datetime import timedelta
 
         dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
@@ -40,31 +45,33 @@ def setup_distributed(timeout_s: float = 600.0) -> DistState:
                      backend=dist.get_backend())
 
 
-def teardown_distributed(state: DistState) -> None:
+def teardown_distributed(state: DistState, failed: bool = False) -> None:
     if state.world_size > 1:
         import torch.distributed as dist
 
         if dist.is_initialized():
-            dist.barrier()  # no rank tears down while another still has collectives in flight
+            if not failed:  # no rank tears down while another still has collectives in flight;
+                dist.barrier()  # after a failure the others wait elsewhere: exit now, torchrun stops them
             dist.destroy_process_group()
 
 
 def all_reduce_mean(metrics: dict, state: DistState, device) -> dict:
     """Average the numeric metrics over the ranks that have a value. Every rank builds the same
-    step-metric keys, but a value may be None on some ranks (`reward_guided` of a rank without
-    guided samples): each key travels as (sum, count), so the collective has the same length on
-    every rank, and a key that no rank has stays None. Non-numeric values are this rank's."""
+    step-metric keys, but a value may be missing on some ranks (None or NaN: `reward_guided` /
+    `accuracy_guided` of a rank without guided samples): each key travels as (sum, count), so
+    the collective has the same length on every rank and one rank's NaN does not poison the
+    others; a key that no rank has keeps this rank's None / NaN. Non-numeric values are this rank's."""
     if state.world_size <= 1:
         return metrics
     import torch.distributed as dist
 
     keys = sorted(k for k, v in metrics.items() if v is None or isinstance(v, (int, float)))
-    have = [metrics[k] is not None for k in keys]
+    have = [metrics[k] is not None and math.isfinite(metrics[k]) for k in keys]
     t = torch.tensor([[float(metrics[k]) if h else 0.0 for k, h in zip(keys, have)], [float(h) for h in have]],
                      dtype=torch.float64, device=device)
     dist.all_reduce(t)
     out = dict(metrics)
-    out.update({k: (total / count if count else None) for k, total, count in zip(keys, *t.tolist())})
+    out.update({k: total / count for k, total, count in zip(keys, *t.tolist()) if count})
     return out
 
 

@@ -59,7 +59,7 @@ def _state_dicts(model, optimizer):
     return {"model": model_sd, "optimizer": optim_sd}
 
 
-def _broadcast(value, dist):
+def _broadcast(value):
     box = [value]
     torch.distributed.broadcast_object_list(box, src=0)
     return box[0]
@@ -74,12 +74,20 @@ def save_sharded_checkpoint(output_dir: str, step: int, *, model, optimizer, tok
     final = os.path.join(output_dir, f"checkpoint-{step}")
     tmp, error = None, None
     if dist.rank == 0:
-        os.makedirs(output_dir, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{step}-", dir=output_dir)
-    tmp = _broadcast(tmp, dist)
-    try:
+        try:
+            os.makedirs(output_dir, exist_ok=True)
+            tmp = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{step}-", dir=output_dir)
+        except Exception as exc:  # the others learn it from the broadcast (None), not a timeout
+            error = exc
+    tmp = _broadcast(tmp)
+    if tmp is None:
+        _raise(error or RuntimeError(f"rank 0 could not create checkpoint-{step}'s directory"), output_dir, step)
+
+    def each_rank_writes():
         dcp.save(_state_dicts(model, optimizer), checkpoint_id=os.path.join(tmp, DCP_DIR))
         torch.save({**rank_state, "rng": rng_state()}, os.path.join(tmp, _rank_file(dist.rank)))
+
+    def rank0_writes():
         full = full_model_state(model) if export else None  # a collective: every rank takes part
         if dist.rank == 0:
             torch.save({**global_state, "step": step, "world_size": dist.world_size, "sharded": True},
@@ -91,28 +99,35 @@ def save_sharded_checkpoint(output_dir: str, step: int, *, model, optimizer, tok
                 config.save_json(os.path.join(tmp, "g2rpo_config.json"))
             if full is not None:
                 model.save_pretrained(tmp, state_dict=full)
-    except Exception as exc:  # every rank reaches the barrier below, then rank 0 reports
-        error = exc
-    failed = _broadcast_any(error is not None, dist)
-    try:
-        if not failed and dist.rank == 0:
             write_manifest(tmp, step)
             _swap_into_place(tmp, final, step)
             if save_total_limit:
                 prune_checkpoints(output_dir, save_total_limit, keep=final)
-    except Exception as exc:
-        error = exc
-    finally:
-        if dist.rank == 0 and os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-        torch.distributed.barrier()
+
+    # Every phase ends with the ranks agreeing whether any failed, so no rank enters a
+    # collective (DCP's, the full-model gather) that another has skipped, and all raise together.
+    failed = False
+    for phase in (each_rank_writes, rank0_writes):
+        try:
+            phase()
+        except Exception as exc:
+            error = exc
+        failed = _broadcast_any(error is not None, dist)
+        if failed:
+            break
+    if dist.rank == 0 and os.path.isdir(tmp):
+        shutil.rmtree(tmp, ignore_errors=True)
     if error is not None:
-        if _out_of_space(error):
-            raise NoSpaceLeftError(os.path.abspath(output_dir), f"while writing checkpoint-{step}: {error}") from error
-        raise error
+        _raise(error, output_dir, step)
     if failed:
         raise RuntimeError(f"another rank failed while writing checkpoint-{step}; it was not kept")
     return final
+
+
+def _raise(error: BaseException, output_dir: str, step: int):
+    if _out_of_space(error):
+        raise NoSpaceLeftError(os.path.abspath(output_dir), f"while writing checkpoint-{step}: {error}") from error
+    raise error
 
 
 def _broadcast_any(flag: bool, dist) -> bool:

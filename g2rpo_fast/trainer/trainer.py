@@ -76,7 +76,7 @@ class G2RPOTrainer:
         from g2rpo_fast.rewards import check_code_sandbox
 
         check_code_sandbox(cfg.code_sandbox, self.rewards.funcs + [self.rewards.guidance_fn])
-        self.dist: DistState = setup_distributed(cfg.dist_timeout_s)
+        self.dist: DistState = setup_distributed(cfg.dist_timeout_s, cpu_collectives=cfg.fsdp_cpu_offload)
         self.device = self._pick_device()
         self.runtime = resolve_runtime(cfg, self.device)
         self.sharded = cfg.fsdp and self.dist.world_size > 1
@@ -459,11 +459,12 @@ class G2RPOTrainer:
                                        num_samples=cfg.eval_num_samples, prefix="eval_sampled"))
         return final
 
-    def close(self) -> None:
-        """Tear down the process group this trainer started (torchrun runs)."""
+    def close(self, failed: bool = False) -> None:
+        """Tear down the process group this trainer started (torchrun runs); `failed`: after an
+        exception, without the final barrier (the other ranks wait in another collective)."""
         from .distributed import teardown_distributed
 
-        teardown_distributed(self.dist)
+        teardown_distributed(self.dist, failed=failed)
 
 
 def _notice(message: str) -> None:
