@@ -3,6 +3,7 @@ makes the waiting rank fail with a message naming itself and the timeout, and to
 stops the stuck rank. (A rank that raises prints the same notice; torchrun stops the others.)
 The timeout also bounds how long ranks wait for each other at start-up: 10 s leaves room for
 the import-time skew of two processes on two busy cores."""
+import json
 import subprocess
 import sys
 import textwrap
@@ -71,3 +72,48 @@ def test_raising_rank_exits_at_once_through_the_cli(tmp_path):
     assert proc.returncode != 0
     assert "g2rpo-fast: rank 1/2 failed: RuntimeError: reward server unreachable" in proc.stderr, proc.stderr[-3000:]
     assert elapsed < 100, f"took {elapsed:.0f} s: the failing rank waited for the others"
+
+
+CHECKPOINT = textwrap.dedent("""
+    import json, os, pathlib, sys, torch
+    torch.set_num_threads(1)
+    from helpers import make_config, make_trainer
+
+    rank = os.environ["RANK"]
+    if rank == "1":  # this rank's own shard file cannot be written (a full or read-only disk)
+        real_save = torch.save
+        def save(obj, f, *a, **k):
+            if str(f).endswith("rank1_state.pt"):
+                raise OSError("Read-only file system")
+            return real_save(obj, f, *a, **k)
+        torch.save = save
+    trainer = make_trainer(make_config(pathlib.Path(sys.argv[1]), fsdp=True, save_steps=1, max_steps=1,
+                                       dist_timeout_s=60.0))
+    try:
+        trainer.train()
+        error = None
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    pathlib.Path(sys.argv[1], f"error{rank}.json").write_text(json.dumps(error))
+    trainer.close(failed=error is not None)
+""")
+
+
+def test_sharded_checkpoint_failure_on_one_rank_reaches_every_rank(tmp_path):
+    """One rank fails to write its part of a sharded checkpoint: every rank raises (none goes
+    on into the full-model gather or the next step alone, so nothing waits for a timeout), the
+    checkpoint is not kept and no temporary directory is left."""
+    script = tmp_path / "run.py"
+    script.write_text(CHECKPOINT)
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(tmp_path)], capture_output=True, text=True, timeout=300,
+                          env=child_env(OMP_NUM_THREADS="1"))
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    errors = [json.loads((tmp_path / f"error{r}.json").read_text()) for r in (0, 1)]
+    assert errors[1] == "OSError: Read-only file system"
+    assert errors[0] == "RuntimeError: another rank failed while writing checkpoint-1; it was not kept"
+    run = tmp_path / "run"
+    assert not (run / "checkpoint-1").exists() and not list(run.glob(".tmp-checkpoint*"))
+    assert elapsed < 55, f"took {elapsed:.0f} s: a rank waited for the 60 s timeout"
