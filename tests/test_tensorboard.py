@@ -58,3 +58,27 @@ def test_report_to_needs_tensorboard_installed(monkeypatch):
     with pytest.raises(ValueError, match="`report_to` must be one of"):
         G2RPOConfig(report_to="wandb")
     assert G2RPOConfig().report_to == "none"
+
+
+def test_resume_drops_the_earlier_events_past_the_checkpoint(tiny_local_assets, tmp_path):
+    """Killed after step 2 was logged but before its checkpoint: resuming from checkpoint-1 cuts
+    metrics.jsonl to step 1, and the event files must agree (one value per step, the new run's)."""
+    import shutil
+
+    model, data = tiny_local_assets
+    out = tmp_path / "tb"
+    args = ["train", "--model-name-or-path", model, "--dataset-name", data, "--output-dir", str(out),
+            "--num-generations", "2", "--per-device-train-batch-size", "4", "--max-completion-length", "6",
+            "--eval-at-end", "false", "--progress-bar", "false", "--plots", "false", "--max-steps", "2",
+            "--save-steps", "1", "--report-to", "tensorboard", "--seed", "0"]
+    assert main(args) == 0
+    shutil.rmtree(out / "checkpoint-2")
+    assert main([*args[:-2], "--seed", "1", "--resume"]) == 0  # another seed: step 2's values differ
+    rows = [json.loads(x) for x in open(out / "metrics.jsonl") if x.strip()]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "runs"), size_guidance={"scalars": 0})
+    acc.Reload()
+    events = acc.Scalars("reward")
+    assert [e.step for e in events] == [1, 2]
+    assert [e.value for e in events] == pytest.approx([r["reward"] for r in rows], rel=1e-6)

@@ -132,7 +132,9 @@ class MetricsLog:
         if report_to == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=os.path.join(os.path.dirname(path) or ".", TENSORBOARD_DIR))
+            # on resume, drop the earlier run's events past the checkpoint, as metrics.jsonl is cut
+            self.writer = SummaryWriter(log_dir=os.path.join(os.path.dirname(path) or ".", TENSORBOARD_DIR),
+                                        purge_step=initial_step + 1 if initial_step else None)
         self.bar = None
         if progress_bar:
             from tqdm.auto import tqdm
