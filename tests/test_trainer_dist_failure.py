@@ -45,23 +45,28 @@ RAISING = textwrap.dedent("""
     from g2rpo_fast.cli import main
     from g2rpo_fast.trainer.trainer import G2RPOTrainer
 
-    def fail(self):
-        raise RuntimeError("reward server unreachable")
-
-    if os.environ["RANK"] == "1":
-        G2RPOTrainer.training_step = fail
+    if os.environ["RANK"] == "1":  # step 1 trains, step 2 fails on this rank only
+        step = G2RPOTrainer.training_step
+        def fail_at_step_2(self):
+            if self.step >= 1:
+                raise RuntimeError("reward server unreachable")
+            return step(self)
+        G2RPOTrainer.training_step = fail_at_step_2
     model, data = save_tiny_assets(os.path.join(sys.argv[1], f"assets{os.environ['RANK']}"))
     sys.exit(main(["train", "--model-name-or-path", model, "--dataset-name", data, "--output-dir",
                    os.path.join(sys.argv[1], "run"), "--num-generations", "2", "--per-device-train-batch-size", "4",
-                   "--max-completion-length", "4", "--max-steps", "2", "--progress-bar", "false",
-                   "--plots", "false", "--eval-at-end", "false", "--dist-timeout-s", "120"]))
+                   "--max-completion-length", "4", "--max-steps", "3", "--save-steps", "1", "--fsdp", "true",
+                   "--progress-bar", "false", "--plots", "false", "--eval-at-end", "false",
+                   "--dist-timeout-s", "120"]))
 """)
 
 
-def test_raising_rank_exits_at_once_through_the_cli(tmp_path):
-    """`g2rpo-fast train`: the rank that raises leaves without the teardown barrier (the other
-    rank waits in the step's collective, not there), so torchrun stops the run long before
-    `dist_timeout_s`; with the barrier both would sit out the 120 s."""
+def test_cli_under_torchrun_fsdp_then_a_raising_rank_exits_at_once(tmp_path):
+    """`g2rpo-fast train` under torchrun with `--fsdp true`: step 1 writes a sharded checkpoint
+    (DCP shards, one state file per rank, the manifest) and rank 0 alone writes metrics. Then
+    rank 1 raises in step 2: it leaves without the teardown barrier (rank 0 waits in the step's
+    collective, not there), so torchrun stops the run long before `dist_timeout_s`; with the
+    barrier both would sit out the 120 s."""
     script = tmp_path / "run.py"
     script.write_text(RAISING)
     start = time.monotonic()
@@ -72,6 +77,12 @@ def test_raising_rank_exits_at_once_through_the_cli(tmp_path):
     assert proc.returncode != 0
     assert "g2rpo-fast: rank 1/2 failed: RuntimeError: reward server unreachable" in proc.stderr, proc.stderr[-3000:]
     assert elapsed < 100, f"took {elapsed:.0f} s: the failing rank waited for the others"
+    run = tmp_path / "run"
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    assert [r["step"] for r in rows] == [1]  # one writer, not one per rank
+    ckpt = run / "checkpoint-1"
+    assert (ckpt / "checkpoint_manifest.json").is_file() and (ckpt / "dcp").is_dir()
+    assert {p.name for p in ckpt.glob("rank*_state.pt")} == {"rank0_state.pt", "rank1_state.pt"}
 
 
 CHECKPOINT = textwrap.dedent("""
