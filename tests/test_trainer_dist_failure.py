@@ -11,6 +11,18 @@ import time
 
 from helpers import child_env
 
+
+def torchrun(script_text: str, tmp_path, timeout: float = 300):
+    """Run `script_text` on 2 CPU ranks (gloo) with `tmp_path` as its argument: (process, seconds)."""
+    script = tmp_path / "run.py"
+    script.write_text(script_text)
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(tmp_path)], capture_output=True, text=True, timeout=timeout,
+                          env=child_env(OMP_NUM_THREADS="1"))
+    return proc, time.monotonic() - start
+
+
 SCRIPT = textwrap.dedent("""
     import sys, time, torch
     torch.set_num_threads(1)
@@ -25,13 +37,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_stuck_rank_ends_the_run_within_the_timeout(tmp_path):
-    script = tmp_path / "run.py"
-    script.write_text(SCRIPT)
-    start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), str(tmp_path)], capture_output=True, text=True, timeout=200,
-                          env=child_env(OMP_NUM_THREADS="1"))
-    elapsed = time.monotonic() - start
+    proc, elapsed = torchrun(SCRIPT, tmp_path, timeout=200)
     assert proc.returncode != 0
     # without the timeout it would take the stuck rank's 600 s (the start-up alone takes 10-30 s on 2 busy cores)
     assert elapsed < 150, f"took {elapsed:.0f} s: the timeout did not end the run"
@@ -67,13 +73,7 @@ def test_cli_under_torchrun_fsdp_then_a_raising_rank_exits_at_once(tmp_path):
     rank 1 raises in step 2: it leaves without the teardown barrier (rank 0 waits in the step's
     collective, not there), so torchrun stops the run long before `dist_timeout_s`; with the
     barrier both would sit out the 120 s."""
-    script = tmp_path / "run.py"
-    script.write_text(RAISING)
-    start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), str(tmp_path)], capture_output=True, text=True, timeout=300,
-                          env=child_env(OMP_NUM_THREADS="1"))
-    elapsed = time.monotonic() - start
+    proc, elapsed = torchrun(RAISING, tmp_path)
     assert proc.returncode != 0
     assert "g2rpo-fast: rank 1/2 failed: RuntimeError: reward server unreachable" in proc.stderr, proc.stderr[-3000:]
     assert elapsed < 100, f"took {elapsed:.0f} s: the failing rank waited for the others"
@@ -114,13 +114,7 @@ def test_sharded_checkpoint_failure_on_one_rank_reaches_every_rank(tmp_path):
     """One rank fails to write its part of a sharded checkpoint: every rank raises (none goes
     on into the full-model gather or the next step alone, so nothing waits for a timeout), the
     checkpoint is not kept and no temporary directory is left."""
-    script = tmp_path / "run.py"
-    script.write_text(CHECKPOINT)
-    start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), str(tmp_path)], capture_output=True, text=True, timeout=300,
-                          env=child_env(OMP_NUM_THREADS="1"))
-    elapsed = time.monotonic() - start
+    proc, elapsed = torchrun(CHECKPOINT, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     errors = [json.loads((tmp_path / f"error{r}.json").read_text()) for r in (0, 1)]
     assert errors[1] == "OSError: Read-only file system"

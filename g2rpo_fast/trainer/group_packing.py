@@ -21,9 +21,7 @@ completion segments `c_i[:-1]`), so a checkpoint saves it as it saves the tensor
 """
 from __future__ import annotations
 
-import torch
-
-from .policy_forward import PackedBatch
+from .policy_forward import PackedBatch, packed_batch
 
 
 def groups_in(layout, start: int, end: int) -> list[tuple[int, int, tuple[int, ...]]]:
@@ -78,15 +76,4 @@ def pack_groups(samples, device, mask_truncated: bool = False, max_row_tokens: i
             cmask.extend([keep] * len(completion))
             cu.append(cu[-1] + len(completion))
         layout.append((offset, p, tuple(segments)))
-    as_long = lambda x: torch.tensor(x, dtype=torch.long, device=device)
-    return PackedBatch(
-        input_ids=as_long(ids).unsqueeze(0),
-        position_ids=as_long(pos).unsqueeze(0),
-        gather_index=as_long(gather),
-        token_ids=as_long(targets),
-        guidance_mask=as_long(gmask),
-        completion_mask=torch.tensor(cmask, dtype=torch.float32, device=device),
-        cu_seqlens=torch.tensor(cu, dtype=torch.int32, device=device),
-        row_splits=tuple(splits),
-        shared_prefix=tuple(layout),
-    )
+    return packed_batch(device, ids, pos, gather, targets, gmask, cmask, cu, splits, shared_prefix=tuple(layout))

@@ -63,6 +63,12 @@ def pack_samples(samples, device, mask_truncated: bool = False, max_row_tokens: 
         cmask.extend([keep] * len(completion))
         cu.append(cu[-1] + len(completion))
         offset += len(seq)
+    return packed_batch(device, ids, pos, gather, targets, gmask, cmask, cu, splits)
+
+
+def packed_batch(device, ids, pos, gather, targets, gmask, cmask, cu, splits, shared_prefix=None) -> PackedBatch:
+    """The tensors of a packed row from the Python lists the two packers build (per sample here,
+    per group in group_packing.py)."""
     as_long = lambda x: torch.tensor(x, dtype=torch.long, device=device)
     return PackedBatch(
         input_ids=as_long(ids).unsqueeze(0),
@@ -73,6 +79,7 @@ def pack_samples(samples, device, mask_truncated: bool = False, max_row_tokens: 
         completion_mask=torch.tensor(cmask, dtype=torch.float32, device=device),
         cu_seqlens=torch.tensor(cu, dtype=torch.int32, device=device),
         row_splits=tuple(splits),
+        shared_prefix=shared_prefix,
     )
 
 
