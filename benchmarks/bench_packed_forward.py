@@ -27,6 +27,7 @@ import sys
 import time
 
 import torch
+from report import emit, proc_status_bytes
 
 CPU_SHAPE = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
                  intermediate_size=256, max_position_embeddings=128, vocab_size=48)  # the embedded default model
@@ -55,12 +56,6 @@ def samples(n, prompt_len, completion_len, guided, vocab, seed=0):
     return out
 
 
-def rss(key):
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def step_fn(model, batch, runtime_dtype, device):
@@ -104,7 +99,7 @@ def measure(variant, model0, samples_, split, dtype, device, repeats):
         elif r == 0:
             gc.collect()
             ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
-            base = rss("VmRSS:")
+            base = proc_status_bytes("VmRSS:")
             with open("/proc/self/clear_refs", "w") as fh:
                 fh.write("5")
         t0 = time.perf_counter()
@@ -113,7 +108,7 @@ def measure(variant, model0, samples_, split, dtype, device, repeats):
             torch.cuda.synchronize()
             peak = max(peak or 0, torch.cuda.max_memory_allocated() - base)
         elif r == 0:
-            peak = rss("VmHWM:") - base
+            peak = proc_status_bytes("VmHWM:") - base
         times.append(time.perf_counter() - t0)
     return statistics.median(times), peak, batch.input_ids.shape[1], len(batch.row_splits) + 1
 
@@ -159,11 +154,7 @@ def main():
              f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '<unset>')})", "",
              "| variant | ΣL tokens | forwards | step (ms) | peak extra (MiB) |", "| --- | ---: | ---: | ---: | ---: |"]
     lines += [f"| {' | '.join(str(x) for x in r)} |" for r in rows]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import sys
 import time
 
 import torch
+from report import emit, proc_status_bytes
 
 # Tiny Qwen3-like: the embedded model's architecture, 2x wider, a long context, char vocabulary.
 CPU_MODEL = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=64,
@@ -64,12 +65,6 @@ def group_samples(groups, group_size, prompt_len, completion_len, vocab, guided=
     return out
 
 
-def rss(key):
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 class PeakMemory:
@@ -84,7 +79,7 @@ class PeakMemory:
         else:
             gc.collect()
             ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
-            self.base = rss("VmRSS:")
+            self.base = proc_status_bytes("VmRSS:")
             with open("/proc/self/clear_refs", "w") as fh:
                 fh.write("5")
         return self
@@ -94,7 +89,7 @@ class PeakMemory:
             torch.cuda.synchronize()
             self.peak = torch.cuda.max_memory_allocated() - self.base
         else:
-            self.peak = rss("VmHWM:") - self.base
+            self.peak = proc_status_bytes("VmHWM:") - self.base
         return False
 
 
@@ -232,11 +227,7 @@ def main():
              "logp fwd (ms) | peak extra (MiB) |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     lines += [f"| {' | '.join(str(x) for x in r)} |" for r in rows]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

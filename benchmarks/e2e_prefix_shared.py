@@ -24,6 +24,8 @@ import subprocess
 import sys
 import tempfile
 
+from report import emit
+
 PREAMBLE = ("Solve the problem. End with '#### <answer>'.\n\n"
             "Question: Tom has 3 apples and buys 5 bags of 4. How many apples now?\n"
             "Answer: 5 * 4 = 20. 3 + 20 = 23\n#### 23\n\n"
@@ -123,11 +125,7 @@ def main():
     train_speed = med(steps["false"], "train_time_s") / med(steps["true"], "train_time_s")
     lines += ["", f"Step {speed:.2f}x faster with sharing; train phase {train_speed:.2f}x.", "",
               "Step times of every run (s): " + "; ".join(f"{s} #{r}: {t}" for s, r, t in per_run)]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

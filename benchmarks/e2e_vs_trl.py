@@ -26,6 +26,8 @@ import sys
 import tempfile
 import time
 
+from report import emit
+
 VOCAB = 32768
 MODEL = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
              intermediate_size=256, max_position_embeddings=256)
@@ -202,11 +204,7 @@ def main():
               "`_generate_and_score_completions`. Train phase: the rest of the step (forward, loss, backward, "
               "optimizer).", "",
               "Step times of every run (s): " + "; ".join(f"{n} #{r}: {t}" for n, r, t in per_run)]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import os
 import sys
 
 import torch
+from report import emit, proc_status_bytes
 
 CPU_SHAPE = dict(vocab_size=32768, hidden_size=1024, intermediate_size=2816, num_hidden_layers=4,
                  num_attention_heads=8, num_key_value_heads=4, head_dim=128, max_position_embeddings=2048)
@@ -31,12 +32,6 @@ GPU_SHAPE = dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, nu
                  num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=4096)
 
 
-def _status(key):
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 class Meter:
@@ -49,7 +44,7 @@ class Meter:
             return torch.cuda.memory_allocated()
         gc.collect()
         ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
-        return _status("VmRSS:")
+        return proc_status_bytes("VmRSS:")
 
     def reset_peak(self):
         if self.device.type == "cuda":
@@ -62,7 +57,7 @@ class Meter:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
             return torch.cuda.max_memory_allocated()
-        return _status("VmHWM:")
+        return proc_status_bytes("VmHWM:")
 
 
 def run(variant, shape, device, prompts, new_tokens):
@@ -122,11 +117,7 @@ def main():
              f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '<unset>')})", "",
              "| variant | fp32 weights (MiB) | held between calls (MiB) | peak in generate (MiB) | KV cache (MiB) |",
              "| --- | ---: | ---: | ---: | ---: |", *rows]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":
