@@ -1,7 +1,11 @@
 """Install g2rpo_fast.
 
-The Triton kernel sources live in the top-level ``kernels/`` folder (design card) and are
-installed as the subpackage ``g2rpo_fast.kernels``.
+The Triton kernel sources live in ``kernels/triton/`` (the design card's top-level ``kernels/``
+folder) and are installed as the subpackage ``g2rpo_fast.kernels``. ``kernels/`` itself holds no
+``__init__.py`` on purpose: an installed distribution named ``kernels`` exists (transformers
+imports it), and a regular package in the repository root would shadow it wherever the root is
+on ``sys.path`` (``python -m``/``-c``, pytest, this very setup.py). A folder without
+``__init__.py`` can only ever be a namespace portion, which never hides a regular package.
 
 The C++ CPU kernels (``kernels/cpu``) are built into ``g2rpo_fast._C`` through CMake
 (``CMakeLists.txt``), as vLLM's setup.py does, when CMake, a C++ compiler and torch are all
@@ -98,7 +102,7 @@ setup(
         "g2rpo_fast.trainer",
         "g2rpo_fast.kernels",
     ],
-    package_dir={"g2rpo_fast.kernels": "kernels"},
+    package_dir={"g2rpo_fast.kernels": "kernels/triton"},
     package_data={"g2rpo_fast.data": ["*.json", "*.yaml"], "g2rpo_fast": ["configs/*.yaml"]},
     install_requires=[
         # torch is deliberately not pinned to a build: scripts/setup_env.sh installs the CPU

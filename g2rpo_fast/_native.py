@@ -90,8 +90,8 @@ if AVAILABLE:
 
 
 # ----------------------------------------------------------------------------- launchers
-# Drop-ins for the Triton launchers (kernels/logps.py, kernels/token_loss.py,
-# kernels/fused_linear.py): same arguments, same outputs (None where those give None), so the
+# Drop-ins for the Triton launchers (kernels/triton/logps.py, kernels/triton/token_loss.py,
+# kernels/triton/fused_linear.py): same arguments, same outputs (None where those give None), so the
 # existing autograd Functions in g2rpo_fast/ops can call either by device.
 
 def launch_logps_fwd(logits2d, ids, inv_t, with_entropy):

@@ -12,7 +12,7 @@ triton is first imported. Without a GPU we therefore import triton once with
 TRITON_INTERPRET=1 and then restore the variable, so that the interpreter works in any test
 while every other test keeps the default ("auto": PyTorch on the CPU) dispatch; g2rpo_fast is
 not imported inside that window, so its backend setting starts as "auto". Our kernel launchers
-pick the interpreted or compiled form of *our* kernels by device (`kernels/launch.py`), so the
+pick the interpreted or compiled form of *our* kernels by device (`kernels/triton/launch.py`), so the
 order in which test modules import them does not matter.
 """
 from __future__ import annotations

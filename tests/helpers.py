@@ -13,7 +13,9 @@ TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 def child_env(*paths, **variables) -> dict:
     """The environment of a child process that imports `helpers` (and `paths` first)."""
-    path = os.pathsep.join([*paths, TESTS_DIR, os.environ.get("PYTHONPATH", "")])
+    # No empty entries: an empty PYTHONPATH entry means the child's cwd.
+    entries = [*paths, TESTS_DIR, *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+    path = os.pathsep.join(e for e in entries if e)
     return {**os.environ, **variables, "PYTHONPATH": path}
 
 

@@ -119,7 +119,7 @@ def _paged_decode(dtype, layout="head_major", group=2, head_dim=128, block_size=
 
 
 CASES = {
-    # kernels/logps.py
+    # kernels/triton/logps.py
     **{f"logps_fwd-{str(d)[6:]}": _logps_fwd(d) for d in (F32, BF16, F16)},
     "logps_fwd-bf16-no_entropy-int32_ids-strided": _logps_fwd(BF16, False, torch.int32, vocab=SMALL_VOCAB,
                                                                rows=4, strided=True),
@@ -128,26 +128,26 @@ CASES = {
     "logps_bwd-bf16-inplace": _logps_bwd(BF16, inplace=True),
     "logps_bwd-fp16-int32_ids-strided": _logps_bwd(F16, ids_dtype=torch.int32, vocab=SMALL_VOCAB, rows=4,
                                                    strided=True),
-    # kernels/token_loss.py: every flag combination in bf16, all flags in fp32 / fp16
+    # kernels/triton/token_loss.py: every flag combination in bf16, all flags in fp32 / fp16
     **{f"loss-bf16-old{int(o)}-{r}-delta{int(dl)}": _loss(BF16, old=o, ref=r != "noref",
                                                           beta=0.04 if r == "kl" else 0.0, delta=2.0 if dl else None)
        for o in (False, True) for r in ("noref", "ref_beta0", "kl") for dl in (False, True)},
     "loss-fp32": _loss(F32),
     "loss-fp16": _loss(F16),
     "loss-bf16-int32_ids-strided": _loss(BF16, ids_dtype=torch.int32, vocab=SMALL_VOCAB, rows=4, strided=True),
-    # kernels/advantages.py
+    # kernels/triton/advantages.py
     **{f"advantages-{str(d)[6:]}-{s}": _advantages(d, s) for d in (F32, BF16, F64) for s in ("none", "group", "batch")},
     "advantages-fp32-group-G2": _advantages(F32, "group", group_size=2),
     "advantages-fp32-none-G1": _advantages(F32, "none", group_size=1),
     "advantages-fp32-group-G5": _advantages(F32, "group", group_size=5),
-    # kernels/fused_linear.py
+    # kernels/triton/fused_linear.py
     **{f"fused_linear_{p}-{str(d)[6:]}": _fused_linear(d, p == "bwd")
        for p in ("fwd", "bwd") for d in (F32, BF16, F16)},
     "fused_linear_fwd-bf16-no_bias-no_entropy-split": _fused_linear(BF16, False, bias=False, entropy=False, rows=2560,
                                                                     vocab=4096),
     "fused_linear_bwd-bf16-no_bias": _fused_linear(BF16, True, bias=False),
     "fused_linear_bwd-fp32-no_bias-16_aligned_rows": _fused_linear(F32, True, bias=False, rows=2560),
-    # kernels/paged_attention.py
+    # kernels/triton/paged_attention.py
     **{f"paged_decode-{str(d)[6:]}": _paged_decode(d) for d in (F32, BF16, F16)},
     "paged_decode-bf16-flash_layout-block256": _paged_decode(BF16, "block_major", block_size=256),
     "paged_decode-bf16-group8-head_dim64": _paged_decode(BF16, group=8, head_dim=64),

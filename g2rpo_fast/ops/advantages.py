@@ -2,7 +2,7 @@
 
 - `group_advantages`: the checked public op;
 - `group_advantages_ref`: its PyTorch reference (the spec);
-- the Triton path calls `kernels/advantages.py` (no autograd: advantages carry no gradient).
+- the Triton path calls `kernels/triton/advantages.py` (no autograd: advantages carry no gradient).
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@
 - `chunked_forward` / `chunked_backward`: its PyTorch path, which walks `CHUNK_ELEMS`-sized row
   blocks (the spec it is tested against is `per_token_logps_ref` of the materialised logits);
 - `FusedLinearLogps`: the autograd Function over either path; the Triton one is
-  `kernels/fused_linear.py` (CUDA tensors, or CPU tensors on the "triton" backend);
+  `kernels/triton/fused_linear.py` (CUDA tensors, or CPU tensors on the "triton" backend);
 - the native path (CPU, `g2rpo_fast._C` built): the custom op `torch.ops.g2rpo_fast.linear_logps`
   (`ops/library.py`) over the C++ kernels of `kernels/cpu/fused_linear.cpp`.
 Both keep only `lse [N]` for backward and recompute the logits there, so the [N, V] logits and

@@ -2,7 +2,7 @@
 
 - `per_token_logps`: the checked public op;
 - `per_token_logps_ref`: its PyTorch reference (the spec);
-- `PerTokenLogps`: the autograd Function over the Triton kernels of `kernels/logps.py` (or, for
+- `PerTokenLogps`: the autograd Function over the Triton kernels of `kernels/triton/logps.py` (or, for
   the in-place backward on the native path, the C++ ones);
 - the native path (CPU, `g2rpo_fast._C` built) is the custom op `torch.ops.g2rpo_fast.token_logps`
   (`ops/library.py`), which `torch.compile` traces.

@@ -7,7 +7,7 @@ sequence's block table: key `j` lives in block `block_tables[b, j // block_size]
 `j % block_size`. The caches are `[num_blocks, block_size, Hkv, D]` with any strides and a
 unit last stride, so a permuted view of a head-major cache is read in place.
 
-CUDA tensors (or CPU under TRITON_INTERPRET=1) run `kernels/paged_attention.py`, which
+CUDA tensors (or CPU under TRITON_INTERPRET=1) run `kernels/triton/paged_attention.py`, which
 reads each key and value where it lies; otherwise the reference below gathers each
 sequence's keys (a copy) and runs the eager math: scores in the inputs' dtype, softmax in fp32.
 """

@@ -3,7 +3,7 @@
 - `token_terms`: the reference (the spec): from log-probs and their log-ratio to the old
   policy, the per-token loss `L_t`, the KL `kl_t` and the clip indicators;
 - `fused_token_loss`: the same at token level straight from logits, through the Triton kernel
-  `kernels/token_loss.py`, already weighted and summed: `Σ_t c_t·L_t` with the aggregation
+  `kernels/triton/token_loss.py`, already weighted and summed: `Σ_t c_t·L_t` with the aggregation
   coefficients `c_t` of `g2rpo_fast.loss.aggregation`; `FusedTokenLoss` is its autograd Function.
 
 The kernel reads each logits row once and returns per-token `c_t·L_t` and `c_t·dL_t/dlogp_t`;

@@ -1,5 +1,5 @@
 // Log-probs from hidden states × lm_head without the [N, V] logits (the C++ twin of
-// kernels/fused_linear.py, same inputs and outputs).
+// kernels/triton/fused_linear.py, same inputs and outputs).
 //
 // The vocabulary is walked in column chunks (and the tokens in row chunks when N is huge); each
 // (rows × cols) logit tile is one ATen GEMM (MKL) into a reused fp32 buffer, followed by a fused

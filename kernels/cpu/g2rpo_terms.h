@@ -1,6 +1,6 @@
 // The per-token G²RPO surrogate (DESIGN.md section 4) and its derivative in logp, shared by the
 // fused kernels (token_loss.cpp, fused_linear_loss.cpp); the same operations as the Triton kernel
-// kernels/token_loss.py. Derivatives follow PyTorch's conventions, like the reference autograd:
+// kernels/triton/token_loss.py. Derivatives follow PyTorch's conventions, like the reference autograd:
 // `clamp` passes the gradient on the closed interval, `minimum` splits it in half on a tie.
 #pragma once
 

@@ -3,7 +3,7 @@
 // Each kernels/cpu/<op>.cpp defines its functions in `g2rpo_fast::cpu::CPU_CAPABILITY` and is
 // compiled once per capability; register.cpp (compiled once, baseline flags) validates the
 // arguments and calls the best copy the running CPU supports. Signatures mirror the Triton
-// launchers (kernels/logps.py, token_loss.py, fused_linear.py) so that one autograd Function can
+// launchers (kernels/triton/logps.py, token_loss.py, fused_linear.py) so that one autograd Function can
 // call either. Optional outputs that were not requested come back as empty tensors.
 #pragma once
 

@@ -1,5 +1,5 @@
 // The token-level G²RPO loss fused with the log-prob of each token (the C++ twin of the Triton
-// kernel kernels/token_loss.py, same inputs and outputs).
+// kernel kernels/triton/token_loss.py, same inputs and outputs).
 //
 // For each row (token): read the logits once (blockwise online log-sum-exp, fp32), form logp,
 // then the per-token loss L_t of DESIGN.md section 4 (ratio, `delta` cap, clip to

@@ -1,4 +1,5 @@
-"""Triton kernel sources of g2rpo_fast, installed as ``g2rpo_fast.kernels``.
+"""Triton kernel sources of g2rpo_fast, installed as ``g2rpo_fast.kernels`` (never import them as
+``kernels``: the repository's ``kernels/`` folder is deliberately not a package, see setup.py).
 
 One file per op (``logps``, ``token_loss``, ``advantages``, ``fused_linear``,
 ``paged_attention``): its ``@triton.jit`` code and its launcher, nothing else. ``launch.py``

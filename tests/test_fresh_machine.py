@@ -1,0 +1,67 @@
+"""Nothing in the repository root shadows an installed package.
+
+transformers (5.x) imports Hugging Face's `kernels` distribution whenever a model module loads;
+our top-level `kernels/` folder once was a regular package of that name, and wherever the repo
+root was on `sys.path` (pytest, `python -m`/`-c`, setup.py, torchrun children) it hid the real
+one. These tests run where a user would: a fresh interpreter whose cwd is the repo root.
+"""
+import importlib.metadata
+import os
+import subprocess
+import sys
+
+from helpers import child_env
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_in_root(code: str, *args) -> subprocess.CompletedProcess:
+    # `-c` puts the cwd first on sys.path, exactly as a user's `python -c` from the checkout does.
+    return subprocess.run([sys.executable, *args, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          env=child_env(), timeout=300)
+
+
+def test_model_classes_and_trl_import_from_the_repo_root():
+    code = (
+        "import os, kernels\n"
+        "from transformers import Qwen3ForCausalLM, GPT2LMHeadModel\n"
+        "import trl\n"
+        "from trl import GRPOTrainer\n"
+        "import g2rpo_fast.kernels.logps\n"
+        "print(os.path.realpath(kernels.__file__))\n"
+        "print(os.path.realpath(g2rpo_fast.kernels.logps.__file__))\n"
+    )
+    out = run_in_root(code)
+    assert out.returncode == 0, out.stderr[-3000:]
+    installed_kernels, our_logps = out.stdout.split()
+    ours = os.path.join(os.path.realpath(ROOT), "kernels") + os.sep
+    assert not installed_kernels.startswith(ours), f"`import kernels` found the repo's folder: {installed_kernels}"
+    assert "site-packages" in installed_kernels.split(os.sep), installed_kernels
+    # Our Triton sources are still what g2rpo_fast.kernels is.
+    assert our_logps == os.path.join(os.path.realpath(ROOT), "kernels", "triton", "logps.py")
+
+
+def repo_root_top_level_names():
+    """Names the repo root makes importable as regular modules or packages."""
+    names = set()
+    for entry in os.listdir(ROOT):
+        path = os.path.join(ROOT, entry)
+        if entry.endswith(".py") and os.path.isfile(path):
+            names.add(entry[:-3])
+        elif os.path.isfile(os.path.join(path, "__init__.py")):
+            names.add(entry)
+    return names
+
+
+def test_no_repo_root_name_is_a_top_level_name_of_an_installed_distribution():
+    provided = importlib.metadata.packages_distributions()  # top-level name -> distributions
+    clashes = {name: provided[name] for name in repo_root_top_level_names()
+               if name in provided and set(provided[name]) != {"g2rpo_fast"}}
+    assert not clashes, f"these repo-root names shadow installed distributions: {clashes}"
+    # The check sees the distribution this whole issue was about (else it could not fail).
+    assert "kernels" in provided and "kernels" not in repo_root_top_level_names()
+
+
+def test_kernels_folder_is_not_a_package():
+    # A folder without __init__.py is at most a namespace portion, which never hides a regular package.
+    assert not os.path.exists(os.path.join(ROOT, "kernels", "__init__.py"))
