@@ -103,7 +103,9 @@ setup(
         "g2rpo_fast.kernels",
     ],
     package_dir={"g2rpo_fast.kernels": "kernels/triton"},
-    package_data={"g2rpo_fast.data": ["*.json", "*.yaml"], "g2rpo_fast": ["configs/*.yaml"]},
+    # The built-in model ships with the package (g2rpo_fast/models/builtin.py): ~2.4 MB.
+    package_data={"g2rpo_fast.data": ["*.json", "*.yaml"], "g2rpo_fast": ["configs/*.yaml"],
+                  "g2rpo_fast.models": ["builtin/*"]},
     install_requires=[
         # torch is deliberately not pinned to a build: scripts/setup_env.sh installs the CPU
         # wheel on CPU machines and keeps the CUDA build that a GPU machine already has.

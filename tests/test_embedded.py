@@ -1,5 +1,5 @@
-"""Embedded default: char tokenizer, tiny Qwen3, warm start + atomic cache (reduced steps)."""
-import os
+"""The built-in model: char tokenizer, tiny Qwen3, the shipped warm-started weights and their record,
+and the deterministic rebuild (at a reduced recipe)."""
 from dataclasses import replace
 
 import pytest
@@ -7,15 +7,10 @@ import torch
 
 from g2rpo_fast.data.arithmetic import generate_problems
 from g2rpo_fast.data.loading import is_embedded
+from g2rpo_fast.models.builtin import BUILTIN_DIR, WEIGHTS_FILE, builtin_record, load_builtin_model, weights_digest
 from g2rpo_fast.models.tiny import build_tiny_model, tiny_qwen3_config
 from g2rpo_fast.models.tokenizer import build_char_tokenizer
-from g2rpo_fast.models.warmstart import (
-    CACHE_ENV_VAR,
-    DEFAULT_RECIPE,
-    EMBEDDED_MODEL_NAME,
-    embedded_cache_path,
-    load_embedded_default,
-)
+from g2rpo_fast.models.warmstart import DEFAULT_RECIPE, EMBEDDED_MODEL_NAME, RECORD_EVAL, rebuild, record_accuracy
 
 
 @pytest.fixture(scope="module")
@@ -66,25 +61,68 @@ def test_is_embedded():
     assert not is_embedded("Qwen/Qwen3-0.6B")
 
 
-def test_warm_start_caches_atomically(tmp_path, monkeypatch):
+def test_shipped_weights_match_their_record_and_the_recipe():
+    record = builtin_record()
+    assert weights_digest(BUILTIN_DIR / WEIGHTS_FILE) == record["weights_sha256"]
+    # The recipe in the code is the one the shipped weights were built from: changing it without
+    # `python -m g2rpo_fast.models.warmstart --rebuild --write` fails here.
+    assert record["fingerprint"] == DEFAULT_RECIPE.fingerprint()
+    assert record["recipe"]["steps"] == DEFAULT_RECIPE.steps and record["heldout"] == RECORD_EVAL
+    assert record["built"]["threads"] == 1 and record["built"]["deterministic_algorithms"] is True
+    size = (BUILTIN_DIR / WEIGHTS_FILE).stat().st_size
+    assert 1_000_000 < size < 4_000_000  # ~0.6 M fp32 parameters, the tied lm_head stored once
+
+
+def test_shipped_model_gives_the_recorded_greedy_accuracy():
+    """The loaded model's greedy accuracy per digit count on the fixed held-out set equals the
+    number recorded when the weights were built (any machine: it is the same file)."""
+    model, tokenizer = load_builtin_model()
+    measured = record_accuracy(model, tokenizer)
+    assert measured == builtin_record()["greedy_accuracy"]
+    # The weak-policy regime the presets rely on: good on 1-2 digits, sparse on 4.
+    assert measured["1"] >= 0.8 and measured["2"] >= 0.8 and measured["4"] <= 0.3
+
+
+def test_embedded_name_loads_the_shipped_files_without_training(monkeypatch):
+    from safetensors.torch import load_file
+
+    import g2rpo_fast.models.warmstart as warmstart
+    from g2rpo_fast.models.loading import load_model_and_tokenizer, load_tokenizer, model_context_length
+
+    def no_training(*a, **k):
+        raise AssertionError("the built-in model must load, never train")
+
+    monkeypatch.setattr(warmstart, "warm_start", no_training)
+    model, tok = load_model_and_tokenizer("embedded")
+    shipped = load_file(str(BUILTIN_DIR / WEIGHTS_FILE))
+    state = model.state_dict()
+    for name, tensor in shipped.items():
+        assert torch.equal(state[name], tensor), name
+    assert model.dtype == torch.float32 and not model.training
+    assert tok.get_vocab() == build_char_tokenizer().get_vocab() == load_tokenizer("embedded").get_vocab()
+    assert model_context_length("embedded") == model.config.max_position_embeddings
+
+
+def test_rebuild_is_deterministic_and_reports_its_digest(tmp_path):
     recipe = replace(DEFAULT_RECIPE, steps=3, batch_size=8, warmup_steps=1)
-    monkeypatch.setenv(CACHE_ENV_VAR, str(tmp_path))
-    path = embedded_cache_path(recipe=recipe)
-    assert path.parent == tmp_path and path.name.startswith("embedded-")
-    model, tok = load_embedded_default(recipe=recipe)
-    assert (path / "g2rpo_fast_embedded.json").exists()
-    # No temporary directories left beside the result.
-    assert sorted(os.listdir(tmp_path)) == [path.name]
-    model2, tok2 = load_embedded_default(recipe=recipe)  # from cache
-    for a, b in zip(model.state_dict().values(), model2.state_dict().values()):
-        assert torch.equal(a, b)
-    assert tok2.encode("Q: 1+2=?\n") == tok.encode("Q: 1+2=?\n")
-    # Deterministic: retraining gives the same weights.
-    model3, _ = load_embedded_default(tmp_path / "other", recipe=recipe)
-    for a, b in zip(model.state_dict().values(), model3.state_dict().values()):
-        assert torch.equal(a, b)
-    # Different recipe -> different cache directory.
-    assert embedded_cache_path(tmp_path, replace(recipe, steps=4)) != path
+    first = rebuild(tmp_path / "a", recipe)
+    second = rebuild(tmp_path / "b", recipe)
+    assert first["weights_sha256"] == second["weights_sha256"] == weights_digest(tmp_path / "a" / WEIGHTS_FILE)
+    assert first["fingerprint"] == recipe.fingerprint() != DEFAULT_RECIPE.fingerprint()
+    other = rebuild(tmp_path / "c", replace(recipe, seed=1))
+    assert other["weights_sha256"] != first["weights_sha256"]
+    # The rebuilt directory loads like the shipped one.
+    _, tok = load_builtin_model(tmp_path / "a")
+    assert tok.encode("Q: 1+2=?\n") == build_char_tokenizer().encode("Q: 1+2=?\n")
+
+
+def test_rebuild_command_says_whether_it_matches(capsys):
+    from g2rpo_fast.models.warmstart import main
+
+    assert main(["--rebuild", "--steps", "2"]) == 1  # a 2-step prefix cannot match the shipped weights
+    assert "DIFFERENT" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--write"])  # --write only with --rebuild
 
 
 def test_evaluate_report_shape(tok):

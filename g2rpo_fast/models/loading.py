@@ -38,9 +38,9 @@ def check_model_source(name, field: str = "model_name_or_path") -> None:
 
 def load_tokenizer(name_or_path, field: str = "model_name_or_path"):
     if is_embedded(name_or_path):
-        from g2rpo_fast.models.tokenizer import build_char_tokenizer
+        from g2rpo_fast.models.builtin import BUILTIN_DIR
 
-        return build_char_tokenizer()
+        name_or_path = BUILTIN_DIR  # the built-in model's own tokenizer, shipped beside its weights
     from transformers import AutoTokenizer
 
     try:
@@ -56,13 +56,12 @@ def model_context_length(name_or_path) -> int | None:
     """Positions the model supports (max_position_embeddings), from its config only."""
     from g2rpo_fast.data.validation import context_length_of
 
-    if is_embedded(name_or_path):
-        from g2rpo_fast.models.tiny import tiny_qwen3_config
-        from g2rpo_fast.models.tokenizer import char_vocab
-        from g2rpo_fast.models.warmstart import DEFAULT_RECIPE
-
-        return context_length_of(tiny_qwen3_config(len(char_vocab()), **DEFAULT_RECIPE.model_overrides))
     from transformers import AutoConfig
+
+    if is_embedded(name_or_path):
+        from g2rpo_fast.models.builtin import BUILTIN_DIR
+
+        return context_length_of(AutoConfig.from_pretrained(BUILTIN_DIR))
 
     try:
         return context_length_of(AutoConfig.from_pretrained(name_or_path))
@@ -72,20 +71,22 @@ def model_context_length(name_or_path) -> int | None:
 
 def load_model(name_or_path, field: str = "model_name_or_path"):
     if is_embedded(name_or_path):
-        from g2rpo_fast.models.warmstart import load_embedded_default
+        from g2rpo_fast.models.builtin import load_builtin_model
 
-        return load_embedded_default(verbose=True)[0]  # says so when the one-off warm start runs
+        return load_builtin_model()[0]
     from transformers import AutoModelForCausalLM
 
+    from g2rpo_fast.models.builtin import dtype_kwarg
+
     try:
-        return AutoModelForCausalLM.from_pretrained(name_or_path, torch_dtype="float32")
+        return AutoModelForCausalLM.from_pretrained(name_or_path, **dtype_kwarg("float32"))
     except OSError as exc:
         raise ValueError(f"`{field}`: cannot load {name_or_path}: {exc}") from None
 
 
 def load_model_and_tokenizer(name_or_path, field: str = "model_name_or_path"):
     if is_embedded(name_or_path):
-        from g2rpo_fast.models.warmstart import load_embedded_default
+        from g2rpo_fast.models.builtin import load_builtin_model
 
-        return load_embedded_default(verbose=True)
+        return load_builtin_model()
     return load_model(name_or_path, field), load_tokenizer(name_or_path, field)

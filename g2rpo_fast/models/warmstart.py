@@ -1,51 +1,53 @@
-"""The embedded default policy: a tiny Qwen3 warm-started on the built-in addition task.
+"""How the built-in model was made: a tiny Qwen3 warm-started on the built-in addition task.
 
-``load_embedded_default()`` returns ``(model, tokenizer)``. The first call trains the model
-with a short supervised warm start (teacher forcing on prompt + worked solution, loss on the
-solution only), mostly on easy problems and a little on hard ones, so the result is a *weak*
-policy: accurate on 1-2 digit sums, sparse rewards on 4-digit sums. That is the regime where
-guidance (the first l tokens of the worked solution) matters. The result is cached with
-``save_pretrained`` under ``$G2RPO_FAST_CACHE`` (default ``~/.cache/g2rpo_fast``) in a
-directory named by a hash of the recipe, written atomically, so later calls just load it.
+The result ships with the package (`models/builtin.py`, `models/builtin/`); nothing here runs
+on a normal training run. The warm start is a short supervised run (teacher forcing on prompt
++ worked solution, loss on the solution only), mostly on easy problems and a little on hard
+ones, stopped early so that the result is a *weak* policy: good on 1-2 digit sums, mixed on 3,
+sparse rewards on 4-digit sums. That is the regime where guidance (the first l tokens of the
+worked solution) matters.
 
+    python -m g2rpo_fast.models.warmstart --rebuild            # retrain, compare with the shipped digest
+    python -m g2rpo_fast.models.warmstart --rebuild --write    # ... and replace the shipped files
     python -m g2rpo_fast.models.warmstart --report --levels 1,2,3,4,5 --n-eval 64 --guided 18,36
 
-Measured 2026-11-26 with the default recipe (the command above: 64 held-out problems per level,
-8 samples at temperature 1, up to 64 new tokens), 1/2/3/4/5 digits: greedy accuracy
-0.91 / 0.98 / 0.56 / 0.12 / 0.00, sampled 0.69 / 0.59 / 0.26 / 0.02 / 0.00 (pass@8 on 4 digits
-0.12). With l = 18 guidance tokens sampled accuracy on 3 digits rises 0.26 -> 0.40, on 4 digits
-it stays at 0.01; with l = 36 (all four column lines of a 4-digit sum) 4 digits reach 0.03: the
-model gets the columns mostly right and fails the answer line (reading the column digits back),
-which no guidance within the column lines gives. Warm start: ~50 s on 2 idle CPU cores (several
-minutes when the cores are shared).
+The rebuild is deterministic where it can be: one thread, `torch.use_deterministic_algorithms`,
+fixed seeds. Float results still depend on the CPU's instruction set and the torch build, and
+the warm start is chaotic (mid-run snapshots swing between 0.00 and 0.58 greedy accuracy on
+4-digit sums), so another machine may end at other weights: the rebuild says whether it
+matched, and every machine loads the shipped file either way.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
-import os
-import shutil
+import platform
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from g2rpo_fast.data.loading import EMBEDDED_NAME as EMBEDDED_MODEL_NAME
+from g2rpo_fast.models.builtin import BUILTIN_DIR, RECORD_FILE, WEIGHTS_FILE, builtin_record, weights_digest
 
-CACHE_ENV_VAR = "G2RPO_FAST_CACHE"
 # Bump when the task format, tokenizer or training code changes in a way the recipe
-# fields below do not capture: it renames the cache directory.
+# fields below do not capture: it changes the fingerprint the shipped record must match.
 RECIPE_VERSION = 1
+# The held-out set the shipped record's accuracies are measured on (tests re-measure it).
+RECORD_EVAL = {"n_per_level": 64, "levels": [1, 2, 3, 4, 5], "seed": 0, "max_new_tokens": 64}
 
 
 @dataclass(frozen=True)
 class WarmStartRecipe:
-    """Everything that determines the warm-started weights (hashed into the cache name)."""
+    """Everything that determines the warm-started weights (hashed into the fingerprint)."""
 
-    # Tuned (see the module docstring): stopping at 200 of a 300-step cosine leaves the model
-    # mid-way through learning 3-4 digit sums. 320 full steps gives ~100 % on every level.
-    steps: int = 200
+    # Stopping at 180 of a 300-step cosine leaves the model mid-way through learning 3-4 digit
+    # sums. Measured on the one-thread build (greedy, 64 held-out sums per level, 1/2/3/4 digits):
+    # step 170 0.91/0.84/0.55/0.08, 180 1.00/0.84/0.62/0.05, 190 0.81/0.94/0.67/0.08,
+    # 200 1.00/1.00/0.92/0.19, 240 1.00/1.00/1.00/0.58, 300 1.00/1.00/1.00/0.95.
+    steps: int = 180
     batch_size: int = 64
     lr: float = 3e-3
     warmup_steps: int = 20
@@ -66,16 +68,6 @@ class WarmStartRecipe:
 
 
 DEFAULT_RECIPE = WarmStartRecipe()
-
-
-def default_cache_root() -> Path:
-    env = os.environ.get(CACHE_ENV_VAR)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "g2rpo_fast"
-
-
-def embedded_cache_path(cache_dir=None, recipe: WarmStartRecipe = DEFAULT_RECIPE) -> Path:
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
-    return root / f"embedded-{recipe.fingerprint()}"
 
 
 def _encode_batch(tokenizer, rows):
@@ -146,59 +138,65 @@ def warm_start(recipe: WarmStartRecipe = DEFAULT_RECIPE, log_every: int = 0, cal
     return model.eval(), tokenizer
 
 
-def _save_atomically(model, tokenizer, path: Path, meta: dict) -> None:
-    """Write into a temporary sibling directory, then ``os.replace`` it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+@contextlib.contextmanager
+def deterministic(threads: int = 1):
+    """One thread and deterministic algorithms for the block, restored afterwards."""
+    import torch
+
+    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "g2rpo_fast_embedded.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-        try:
-            os.replace(tmp, path)
-        except OSError:
-            # Another process finished first (the target is a non-empty directory): keep theirs.
-            if not (path / "g2rpo_fast_embedded.json").exists():
-                raise
+        yield
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        torch.set_num_threads(before[0])
+        torch.use_deterministic_algorithms(before[1])
 
 
-def _load(path: Path):
-    from transformers import AutoTokenizer, Qwen3ForCausalLM
+def rebuild(out_dir, recipe: WarmStartRecipe = DEFAULT_RECIPE, log_every: int = 0) -> dict:
+    """Warm-start from ``recipe`` deterministically and save model + tokenizer into ``out_dir``.
+    Returns the build facts of the record (fingerprint, digest, threads, versions, seconds)."""
+    import torch
+    import transformers
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = Qwen3ForCausalLM.from_pretrained(path)
-    return model.eval(), tokenizer
-
-
-def load_embedded_default(
-    cache_dir=None, recipe: WarmStartRecipe = DEFAULT_RECIPE, force: bool = False, verbose: bool = False
-):
-    """``(model, tokenizer)`` for the built-in task: loaded from cache, or warm-started and cached.
-
-    ``cache_dir`` is the cache root (default ``$G2RPO_FAST_CACHE`` or ``~/.cache/g2rpo_fast``);
-    the model lives in ``<root>/embedded-<recipe hash>``. ``force`` retrains and overwrites.
-    """
-    path = embedded_cache_path(cache_dir, recipe)
-    marker = path / "g2rpo_fast_embedded.json"
-    if marker.exists() and not force:
-        return _load(path)
-    if force and path.exists():
-        shutil.rmtree(path, ignore_errors=True)
+    out_dir = Path(out_dir)
     t0 = time.perf_counter()
-    if verbose:
-        print(f"warm-starting the embedded model ({recipe.steps} steps) -> {path}", flush=True)
-    model, tokenizer = warm_start(recipe, log_every=50 if verbose else 0)
+    with deterministic(1):
+        model, tokenizer = warm_start(recipe, log_every=log_every)
     seconds = time.perf_counter() - t0
-    meta = {"name": EMBEDDED_MODEL_NAME, "fingerprint": recipe.fingerprint(), "seconds": seconds,
-            "recipe": {**asdict(recipe), "mix": {str(k): v for k, v in recipe.mix.items()}},
-            "recipe_version": RECIPE_VERSION}
-    _save_atomically(model, tokenizer, path, meta)
-    if verbose:
-        print(f"warm start took {seconds:.1f} s", flush=True)
-    return _load(path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return {
+        "name": EMBEDDED_MODEL_NAME,
+        "recipe": {**asdict(recipe), "mix": {str(k): v for k, v in sorted(recipe.mix.items())}},
+        "recipe_version": RECIPE_VERSION,
+        "fingerprint": recipe.fingerprint(),
+        "weights_sha256": weights_digest(out_dir / WEIGHTS_FILE),
+        "built": {"threads": 1, "deterministic_algorithms": True, "seconds": round(seconds, 1),
+                  "torch": torch.__version__, "transformers": transformers.__version__,
+                  "python": platform.python_version(), "machine": platform.machine(),
+                  "cpu": _cpu_name(), "date": time.strftime("%Y-%m-%d")},
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def record_accuracy(model, tokenizer) -> dict:
+    """Greedy accuracy per digit count on the record's held-out set (`RECORD_EVAL`)."""
+    ev = RECORD_EVAL
+    data = heldout_eval_set(ev["n_per_level"], levels=tuple(ev["levels"]), seed=ev["seed"])
+    with deterministic(1):
+        per_level = evaluate(model, tokenizer, data, num_samples=0, max_new_tokens=ev["max_new_tokens"])
+    return {str(level): m["greedy_acc"] for level, m in per_level.items()}
 
 
 # --------------------------------------------------------------------------- report
@@ -207,8 +205,9 @@ def load_embedded_default(
 def evaluate(model, tokenizer, dataset, num_samples: int = 8, temperature: float = 1.0,
              guidance_tokens: int = 0, max_new_tokens: int = 48, seed: int = 0) -> dict:
     """Per difficulty: greedy accuracy, pass@k, mean sampled accuracy and the share of groups
-    with mixed outcomes (where GRPO gets a signal). ``guidance_tokens``: append the first l
-    solution tokens to every prompt (the answer is checked on guidance + continuation).
+    with mixed outcomes (where GRPO gets a signal); ``num_samples=0``: greedy accuracy only.
+    ``guidance_tokens``: append the first l solution tokens to every prompt (the answer is
+    checked on guidance + continuation).
     Roll-outs and grading go through the trainer's evaluator (`trainer/evaluation.py`) and
     `rewards.accuracy_reward`."""
     import torch
@@ -232,15 +231,15 @@ def evaluate(model, tokenizer, dataset, num_samples: int = 8, temperature: float
     with torch.no_grad():
         for level, rows in sorted(by_level.items()):
             g_ok = run(rows, 1, False)
-            s_ok = run(rows, num_samples, True)
-            groups = [s_ok[i * num_samples:(i + 1) * num_samples] for i in range(len(rows))]
-            out[level] = {
-                "n": len(rows),
-                "greedy_acc": sum(g_ok) / len(rows),
-                f"pass@{num_samples}": sum(any(p) for p in groups) / len(rows),
-                "sample_acc": sum(s_ok) / len(s_ok),
-                "mixed_groups": sum(0 < sum(p) < num_samples for p in groups) / len(rows),
-            }
+            out[level] = {"n": len(rows), "greedy_acc": sum(g_ok) / len(rows)}
+            if num_samples:  # 0: greedy only
+                s_ok = run(rows, num_samples, True)
+                groups = [s_ok[i * num_samples:(i + 1) * num_samples] for i in range(len(rows))]
+                out[level] |= {
+                    f"pass@{num_samples}": sum(any(p) for p in groups) / len(rows),
+                    "sample_acc": sum(s_ok) / len(s_ok),
+                    "mixed_groups": sum(0 < sum(p) < num_samples for p in groups) / len(rows),
+                }
     return out
 
 
@@ -260,37 +259,76 @@ def main(argv=None) -> int:
 
     import torch
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--report", action="store_true", help="measure accuracy per difficulty")
-    ap.add_argument("--force", action="store_true", help="retrain even if cached")
-    ap.add_argument("--cache-dir", default=None)
-    ap.add_argument("--steps", type=int, default=DEFAULT_RECIPE.steps)
-    ap.add_argument("--lr", type=float, default=DEFAULT_RECIPE.lr)
-    ap.add_argument("--mix", default=None, help='JSON {"1":0.3,...}')
+    from g2rpo_fast.models.builtin import load_builtin_model
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
+    ap.add_argument("--rebuild", action="store_true",
+                    help="retrain from the recipe (one thread, deterministic) and compare with the shipped digest")
+    ap.add_argument("--write", action="store_true",
+                    help="with --rebuild: replace the shipped files (and re-measure the recorded accuracies)")
+    ap.add_argument("--out", default=None, help="with --rebuild: keep the rebuilt model in this directory")
+    ap.add_argument("--steps", type=int, default=DEFAULT_RECIPE.steps, help="recipe steps (a prefix of the cosine)")
+    ap.add_argument("--report", action="store_true", help="measure accuracy per difficulty (of the shipped model, "
+                    "or of the rebuilt one with --rebuild)")
     ap.add_argument("--n-eval", type=int, default=32, help="eval problems per difficulty")
     ap.add_argument("--levels", default="1,2,3,4", help="comma list of difficulties (digits) to measure")
     ap.add_argument("--guided", default="", help="comma list of guidance lengths l to evaluate too")
-    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the report")
+    ap.add_argument("--threads", type=int, default=0, help="threads for the report (the rebuild always uses 1)")
     args = ap.parse_args(argv)
+    if args.write and not args.rebuild:
+        ap.error("--write needs --rebuild")
     if args.threads:
         torch.set_num_threads(args.threads)
-    recipe = replace(DEFAULT_RECIPE, steps=args.steps, lr=args.lr)
-    if args.mix:
-        recipe = replace(recipe, mix={int(k): float(v) for k, v in json.loads(args.mix).items()})
-    t0 = time.perf_counter()
-    model, tokenizer = load_embedded_default(args.cache_dir, recipe, force=args.force, verbose=True)
-    print(f"load_embedded_default: {time.perf_counter() - t0:.1f} s "
-          f"({embedded_cache_path(args.cache_dir, recipe)})")
+    recipe = replace(DEFAULT_RECIPE, steps=args.steps)
+    model_dir = BUILTIN_DIR
+    code = 0
+    if args.rebuild:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(args.out) if args.out else Path(tmp) / "builtin"
+            print(f"warm-starting {recipe.steps} steps (recipe {recipe.fingerprint()}) -> {out}", flush=True)
+            record = rebuild(out, recipe, log_every=50)
+            try:
+                shipped = builtin_record()
+            except FileNotFoundError:
+                shipped = {"weights_sha256": "none", "built": {"cpu": "-"}}
+            same = record["weights_sha256"] == shipped["weights_sha256"]
+            print(f"rebuilt in {record['built']['seconds']} s: weights sha256 {record['weights_sha256'][:16]}..., "
+                  f"shipped {shipped['weights_sha256'][:16]}... (built on {shipped['built']['cpu']}): "
+                  + ("MATCH" if same else "DIFFERENT (another CPU or torch build, or another recipe)"))
+            if args.write:
+                rebuilt, tok = load_builtin_model(out)
+                record["heldout"] = dict(RECORD_EVAL)
+                record["greedy_accuracy"] = record_accuracy(rebuilt, tok)
+                for f in out.iterdir():
+                    (BUILTIN_DIR / f.name).write_bytes(f.read_bytes())
+                (BUILTIN_DIR / RECORD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+                print(f"wrote {BUILTIN_DIR}; greedy accuracy per digit count: {record['greedy_accuracy']}")
+            elif not same:
+                code = 1
+            if args.report:
+                model_dir = out
+                _report(args, model_dir)
+        return code
     if args.report:
-        t0 = time.perf_counter()
-        evals = heldout_eval_set(args.n_eval, levels=tuple(int(x) for x in args.levels.split(",")))
-        for ell in [0] + [int(x) for x in args.guided.split(",") if x]:
-            print(f"-- guidance tokens l={ell}, samples at temperature 1")
-            for level, m in evaluate(model, tokenizer, evals, guidance_tokens=ell, max_new_tokens=64).items():
-                print(f"difficulty {level}: " + "  ".join(
-                    f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()))
-        print(f"report took {time.perf_counter() - t0:.1f} s")
-    return 0
+        _report(args, model_dir)
+    return code
+
+
+def _report(args, model_dir) -> None:
+    from g2rpo_fast.models.builtin import load_builtin_model
+
+    model, tokenizer = load_builtin_model(model_dir)
+    t0 = time.perf_counter()
+    evals = heldout_eval_set(args.n_eval, levels=tuple(int(x) for x in args.levels.split(",")))
+    for ell in [0] + [int(x) for x in args.guided.split(",") if x]:
+        print(f"-- guidance tokens l={ell}, samples at temperature {args.temperature}")
+        for level, m in evaluate(model, tokenizer, evals, guidance_tokens=ell, max_new_tokens=64,
+                                 temperature=args.temperature).items():
+            print(f"difficulty {level}: " + "  ".join(
+                f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()))
+    print(f"report took {time.perf_counter() - t0:.1f} s")
 
 
 if __name__ == "__main__":
