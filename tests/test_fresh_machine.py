@@ -65,3 +65,19 @@ def test_no_repo_root_name_is_a_top_level_name_of_an_installed_distribution():
 def test_kernels_folder_is_not_a_package():
     # A folder without __init__.py is at most a namespace portion, which never hides a regular package.
     assert not os.path.exists(os.path.join(ROOT, "kernels", "__init__.py"))
+
+
+def test_a_default_run_raises_no_warning_of_ours(tmp_path):
+    """One step of the main command on the shipped model: no warning from our code, and none that
+    our calls trigger in transformers (e.g. its `torch_dtype` deprecation)."""
+    import warnings
+
+    from g2rpo_fast.cli import main
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["train", "--max-steps", "1", "--output-dir", str(tmp_path / "run"), "--embedded-eval-size", "8",
+                     "--progress-bar", "false"]) == 0
+    ours = [f"{w.filename}:{w.lineno}: {w.message}" for w in caught
+            if os.sep + "g2rpo_fast" + os.sep in w.filename or "deprecat" in str(w.message).lower()]
+    assert not ours, "\n".join(ours)
