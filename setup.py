@@ -99,6 +99,7 @@ setup(
         "g2rpo_fast.rewards.sandbox",
         "g2rpo_fast.models",
         "g2rpo_fast.data",
+        "g2rpo_fast.packing",
         "g2rpo_fast.trainer",
         "g2rpo_fast.kernels",
     ],

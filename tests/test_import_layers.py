@@ -8,6 +8,7 @@ tripping over a circle, not a reader from walking it (docs/ARCHITECTURE.md, "Lay
 from __future__ import annotations
 
 import ast
+import itertools
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,7 +129,7 @@ def test_no_import_circle_between_packages():
     packages = package_graph(module_graph())
     cycle = find_cycle(packages)
     assert cycle is None, "import circle between packages: " + " -> ".join(cycle) + "; made of " + "; ".join(
-        edge for a, b in zip(cycle, cycle[1:]) for edge in packages[a][b])
+        edge for a, b in itertools.pairwise(cycle) for edge in packages[a][b])
 
 
 def test_no_import_circle_between_modules():

@@ -37,8 +37,10 @@ from g2rpo_fast.data.sources import (
     validate_dataset_for_model,
 )
 from g2rpo_fast.data.validation import context_length_of
+from g2rpo_fast.packing import packed_attention
+from g2rpo_fast.packing.policy_forward import PackedPolicy, make_loss_fn
+from g2rpo_fast.packing.prefix_shared_attention import resolve_prefix_sharing
 
-from . import packed_attention
 from .batch import RolloutBatch, build_rollout_batch
 from .checkpoint import (
     checkpoint_to_resume,
@@ -55,8 +57,6 @@ from .evaluation import evaluate
 from .metrics_log import MetricsLog, generated_tokens, read_metrics, step_metrics, write_metrics
 from .optimize import accumulate_gradients, dapo_num_items, optimizer_step
 from .parallel import equal_forward_count, gathered_weights, shard_fsdp, wrap_policy
-from .policy_forward import PackedPolicy, make_loss_fn
-from .prefix_shared_attention import resolve_prefix_sharing
 from .rollouts import RewardScorer, Rollouts, reward_inputs, stop_token_ids
 from .run_dir import METRICS_FILE, RunSetupError, check_output_dir, delete_earlier_run
 from .runtime import resolve_runtime
