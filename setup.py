@@ -100,6 +100,7 @@ setup(
         "g2rpo_fast.models",
         "g2rpo_fast.data",
         "g2rpo_fast.packing",
+        "g2rpo_fast.checkpointing",
         "g2rpo_fast.trainer",
         "g2rpo_fast.kernels",
     ],

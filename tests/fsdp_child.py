@@ -37,7 +37,7 @@ def run(out, name, resume=False, **kw):
     trainer.train_micro_batches = spy
     history = trainer.train(resume_from_checkpoint=True if resume else None)
     if trainer.sharded:
-        from g2rpo_fast.trainer.sharded_checkpoint import full_model_state
+        from g2rpo_fast.checkpointing.sharded_checkpoint import full_model_state
 
         weights = full_model_state(trainer.model)
         sharded = all(type(p).__name__ == "DTensor" for p in trainer.model.parameters())

@@ -29,7 +29,7 @@ from .layout import cu_seqlens_from_position_ids, gather_shared_keys
 
 ATTN_IMPLEMENTATION = "g2rpo_varlen"
 _BACKEND_ATTR = "_g2rpo_attention_backend"
-MIN_TRANSFORMERS = "4.53.1"  # keep equal to setup.py's pin (tests/test_training_attention.py checks)
+MIN_TRANSFORMERS = "4.53.1"  # keep equal to setup.py's pin (tests/test_packing_attention.py checks)
 
 
 def masking_utils():

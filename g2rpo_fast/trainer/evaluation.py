@@ -88,7 +88,7 @@ def _verify_if_checkpoint(path: str) -> None:
     """A training checkpoint (it has a manifest) must verify before it is evaluated."""
     import os
 
-    from .checkpoint import MANIFEST_FILE, verify_checkpoint
+    from g2rpo_fast.checkpointing.manifest import MANIFEST_FILE, verify_checkpoint
 
     if os.path.isfile(os.path.join(path, MANIFEST_FILE)):
         reason = verify_checkpoint(path)

@@ -29,6 +29,16 @@ import warnings
 import numpy as np
 import torch
 
+from g2rpo_fast.checkpointing.checkpoint import (
+    checkpoint_to_resume,
+    clean_partial_checkpoints,
+    load_model_weights,
+    load_trainer_state,
+    save_checkpoint,
+    set_rng_state,
+    warn_changed_config,
+)
+from g2rpo_fast.checkpointing.run_dir import METRICS_FILE, RunSetupError, check_output_dir, delete_earlier_run
 from g2rpo_fast.data.sources import (
     check_columns,
     load_split,
@@ -42,15 +52,6 @@ from g2rpo_fast.packing.policy_forward import PackedPolicy, make_loss_fn
 from g2rpo_fast.packing.prefix_shared_attention import resolve_prefix_sharing
 
 from .batch import RolloutBatch, build_rollout_batch
-from .checkpoint import (
-    checkpoint_to_resume,
-    clean_partial_checkpoints,
-    load_model_weights,
-    load_trainer_state,
-    save_checkpoint,
-    set_rng_state,
-    warn_changed_config,
-)
 from .config import G2RPOConfig
 from .distributed import DistState, all_reduce_mean, failure_notice, setup_distributed
 from .evaluation import evaluate
@@ -58,7 +59,6 @@ from .metrics_log import MetricsLog, generated_tokens, read_metrics, step_metric
 from .optimize import accumulate_gradients, dapo_num_items, optimizer_step
 from .parallel import equal_forward_count, gathered_weights, shard_fsdp, wrap_policy
 from .rollouts import RewardScorer, Rollouts, reward_inputs, stop_token_ids
-from .run_dir import METRICS_FILE, RunSetupError, check_output_dir, delete_earlier_run
 from .runtime import resolve_runtime
 
 
@@ -322,7 +322,7 @@ class G2RPOTrainer:
         """Rank 0 writes the checkpoint (the model via `save_pretrained`); under FSDP every rank
         writes its shards (`sharded_checkpoint.py`) and `export` adds the whole model."""
         if self.sharded:
-            from .sharded_checkpoint import save_sharded_checkpoint
+            from g2rpo_fast.checkpointing.sharded_checkpoint import save_sharded_checkpoint
 
             state = self.state_dict()
             rank_state = {k: state.pop(k) for k in ("buffer", "buffer_uses", "buffer_guidance_length")}
@@ -338,7 +338,7 @@ class G2RPOTrainer:
                                self.state_dict(), self.config, self.config.save_total_limit)
 
     def load(self, path: str) -> None:
-        from .sharded_checkpoint import is_sharded_checkpoint, load_sharded_checkpoint
+        from g2rpo_fast.checkpointing.sharded_checkpoint import is_sharded_checkpoint, load_sharded_checkpoint
 
         if is_sharded_checkpoint(path):  # DCP: resharded to this world size (one process too)
             state = load_sharded_checkpoint(path, model=self.model, optimizer=self.optimizer, dist=self.dist)
