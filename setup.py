@@ -101,6 +101,7 @@ setup(
         "g2rpo_fast.data",
         "g2rpo_fast.packing",
         "g2rpo_fast.checkpointing",
+        "g2rpo_fast.distributed",
         "g2rpo_fast.trainer",
         "g2rpo_fast.kernels",
     ],

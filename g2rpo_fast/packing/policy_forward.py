@@ -93,7 +93,7 @@ class PackedPolicy(torch.nn.Module):
 
     def forward(self, batch: PackedBatch, loss_inputs: dict | None = None):
         hidden = packed_hidden(PolicyHidden(self.model), batch, self.runtime.autocast_dtype)
-        # the loss's matmuls in the compute dtype, its accumulation in fp32 (runtime.py)
+        # the loss's matmuls in the compute dtype, its accumulation in fp32 (g2rpo_fast/runtime.py)
         hidden, weight, bias = self.runtime.loss_operands(hidden, *lm_head_params(self.model))
         if loss_inputs is None:
             from g2rpo_fast.ops import fused_linear_logps

@@ -47,19 +47,19 @@ from g2rpo_fast.data.sources import (
     validate_dataset_for_model,
 )
 from g2rpo_fast.data.validation import context_length_of
+from g2rpo_fast.distributed.parallel import equal_forward_count, gathered_weights, shard_fsdp, wrap_policy
+from g2rpo_fast.distributed.process_group import DistState, all_reduce_mean, failure_notice, setup_distributed
 from g2rpo_fast.packing import packed_attention
 from g2rpo_fast.packing.policy_forward import PackedPolicy, make_loss_fn
 from g2rpo_fast.packing.prefix_shared_attention import resolve_prefix_sharing
+from g2rpo_fast.runtime import resolve_runtime
 
 from .batch import RolloutBatch, build_rollout_batch
 from .config import G2RPOConfig
-from .distributed import DistState, all_reduce_mean, failure_notice, setup_distributed
 from .evaluation import evaluate
 from .metrics_log import MetricsLog, generated_tokens, read_metrics, step_metrics, write_metrics
 from .optimize import accumulate_gradients, dapo_num_items, optimizer_step
-from .parallel import equal_forward_count, gathered_weights, shard_fsdp, wrap_policy
 from .rollouts import RewardScorer, Rollouts, reward_inputs, stop_token_ids
-from .runtime import resolve_runtime
 
 
 class G2RPOTrainer:
@@ -185,7 +185,7 @@ class G2RPOTrainer:
             self.ref_policy = PackedPolicy(self.ref_model, self.runtime, temperature=cfg.temperature)
             if self.sharded:  # sharded too: a full fp32 reference per GPU would undo FSDP's saving
                 shard_fsdp(self.ref_policy, self.ref_model, self.runtime.compute_dtype, cfg.fsdp_cpu_offload)
-        # PackedPolicy: one call per micro-batch (parallel.py); DDP wraps it, FSDP shards it in place
+        # PackedPolicy: one call per micro-batch (distributed/parallel.py); DDP wraps it, FSDP shards it in place
         self.policy = PackedPolicy(self.model, self.runtime, self.loss_fn, temperature=cfg.temperature)
         self.policy_for_grad = wrap_policy(self.policy, self.model, cfg, self.dist, self.device,
                                            self.runtime.compute_dtype)
@@ -462,7 +462,7 @@ class G2RPOTrainer:
     def close(self, failed: bool = False) -> None:
         """Tear down the process group this trainer started (torchrun runs); `failed`: after an
         exception, without the final barrier (the other ranks wait in another collective)."""
-        from .distributed import teardown_distributed
+        from g2rpo_fast.distributed.process_group import teardown_distributed
 
         teardown_distributed(self.dist, failed=failed)
 
