@@ -44,7 +44,7 @@ def build(shape, device):
 
 
 def samples(n, prompt_len, completion_len, guided, vocab, seed=0):
-    from g2rpo_fast.trainer.composition import Sample
+    from g2rpo_fast.rollout.composition import Sample
 
     g = torch.Generator().manual_seed(seed)
     out = []

@@ -51,7 +51,7 @@ def build(shape, device):
 def group_samples(groups, group_size, prompt_len, completion_len, vocab, guided=18, seed=0):
     """`groups` groups of `group_size` completions; prompts differ by a few tokens in length,
     completions by up to 6; the first quarter of each group is guided."""
-    from g2rpo_fast.trainer.composition import Sample
+    from g2rpo_fast.rollout.composition import Sample
 
     g = torch.Generator().manual_seed(seed)
     rand = lambda n: torch.randint(4, vocab, (n,), generator=g).tolist()

@@ -119,7 +119,7 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     import json
 
-    from g2rpo_fast.trainer.evaluation import evaluate_checkpoint
+    from g2rpo_fast.trainer.eval_checkpoint import evaluate_checkpoint
 
     cfg = _setup(_config_from_args, args, {"progress_bar": False})
     result = _setup(evaluate_checkpoint, cfg, args.checkpoint, split=args.split, max_prompts=args.max_prompts)

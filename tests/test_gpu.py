@@ -132,7 +132,7 @@ def test_prefix_shared_forward_on_cuda(name):
     states and gradients of the per-sample packed row, bf16 autocast, two prompt lengths."""
     from g2rpo_fast.packing.layout import pack_groups, pack_samples
     from g2rpo_fast.packing.policy_forward import packed_hidden
-    from g2rpo_fast.trainer.composition import Sample
+    from g2rpo_fast.rollout.composition import Sample
 
     _needs(name)
     model, _ = tiny_model_and_tokenizer(hidden_size=128, layers=2)

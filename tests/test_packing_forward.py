@@ -7,7 +7,7 @@ from helpers import tiny_model_and_tokenizer
 from g2rpo_fast.ops import fused_linear_logps
 from g2rpo_fast.packing.layout import cu_seqlens_from_position_ids, pack_samples
 from g2rpo_fast.packing.policy_forward import PolicyHidden, lm_head_params, packed_hidden
-from g2rpo_fast.trainer.composition import Sample
+from g2rpo_fast.rollout.composition import Sample
 
 
 def _samples():

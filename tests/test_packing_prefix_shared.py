@@ -24,7 +24,7 @@ from g2rpo_fast.packing.prefix_shared_attention import resolve_prefix_sharing
 from g2rpo_fast.rollout.backends import BACKENDS
 from g2rpo_fast.rollout.backends import flash_attn as flash_mod
 from g2rpo_fast.rollout.backends import torch_varlen as varlen_mod
-from g2rpo_fast.trainer.composition import Sample
+from g2rpo_fast.rollout.composition import Sample
 from g2rpo_fast.trainer.config import G2RPOConfig
 
 GROUP = 4

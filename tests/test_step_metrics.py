@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from g2rpo_fast.trainer.composition import Sample
+from g2rpo_fast.rollout.composition import Sample
 from g2rpo_fast.trainer.metrics_log import group_outcomes, guidance_split, step_metrics
 
 # Six groups of G = 4, each built to land in a known set of categories.

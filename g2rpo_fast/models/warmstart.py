@@ -213,10 +213,10 @@ def evaluate(model, tokenizer, dataset, num_samples: int = 8, temperature: float
     `rewards.accuracy_reward`."""
     import torch
 
+    from g2rpo_fast.evaluation import correctness
     from g2rpo_fast.rewards import accuracy_reward
     from g2rpo_fast.rollout import RolloutEngine
-    from g2rpo_fast.trainer.evaluation import correctness
-    from g2rpo_fast.trainer.rollouts import Rollouts
+    from g2rpo_fast.rollout.guided import Rollouts
 
     rollouts = Rollouts(RolloutEngine(model), tokenizer, model, stop_token_ids=[tokenizer.eos_token_id])
     by_level: dict[int, list[dict]] = {}

@@ -19,9 +19,8 @@ import torch
 
 from g2rpo_fast.packing.layout import PackedBatch, pack_groups, pack_samples
 from g2rpo_fast.packing.policy_forward import policy_logps
-
-from .composition import Sample
-from .rollouts import Scores
+from g2rpo_fast.rewards.scoring import Scores
+from g2rpo_fast.rollout.composition import Sample
 
 
 @dataclass

@@ -49,17 +49,18 @@ from g2rpo_fast.data.sources import (
 from g2rpo_fast.data.validation import context_length_of
 from g2rpo_fast.distributed.parallel import equal_forward_count, gathered_weights, shard_fsdp, wrap_policy
 from g2rpo_fast.distributed.process_group import DistState, all_reduce_mean, failure_notice, setup_distributed
+from g2rpo_fast.evaluation import evaluate
 from g2rpo_fast.packing import packed_attention
 from g2rpo_fast.packing.policy_forward import PackedPolicy, make_loss_fn
 from g2rpo_fast.packing.prefix_shared_attention import resolve_prefix_sharing
+from g2rpo_fast.rewards.scoring import RewardScorer, reward_inputs
+from g2rpo_fast.rollout.guided import Rollouts, stop_token_ids
 from g2rpo_fast.runtime import resolve_runtime
 
 from .batch import RolloutBatch, build_rollout_batch
 from .config import G2RPOConfig
-from .evaluation import evaluate
 from .metrics_log import MetricsLog, generated_tokens, read_metrics, step_metrics, write_metrics
 from .optimize import accumulate_gradients, dapo_num_items, optimizer_step
-from .rollouts import RewardScorer, Rollouts, reward_inputs, stop_token_ids
 
 
 class G2RPOTrainer:
@@ -442,7 +443,7 @@ class G2RPOTrainer:
                 with open(os.path.join(out, "eval_results.json"), "w", encoding="utf-8") as fh:
                     json.dump(self.final_eval, fh, indent=2)
             if cfg.plots:
-                from .plots import plot_metrics
+                from g2rpo_fast.plots import plot_metrics
 
                 plot_metrics(self.history, out)
         if self.dist.world_size > 1:
