@@ -99,6 +99,9 @@ setup(
         "g2rpo_fast.rewards.sandbox",
         "g2rpo_fast.models",
         "g2rpo_fast.data",
+        "g2rpo_fast.packing",
+        "g2rpo_fast.checkpointing",
+        "g2rpo_fast.distributed",
         "g2rpo_fast.trainer",
         "g2rpo_fast.kernels",
     ],
@@ -112,7 +115,7 @@ setup(
         "torch>=2.5",
         "triton>=3.2",
         # 4.53.1: transformers.masking_utils with its packed-sequence detection, which the packed
-        # training forward uses (g2rpo_fast/trainer/packed_attention.py, MIN_TRANSFORMERS)
+        # training forward uses (g2rpo_fast/packing/packed_attention.py, MIN_TRANSFORMERS)
         "transformers>=4.53.1",
         "datasets>=2.19",
         "numpy",

@@ -2,7 +2,7 @@
 without cutting the packed row (`packed_row_tokens`).
 
 Variants, on the same synthetic GRPO-shaped micro-batch (one measurement each, medians):
-  varlen           one row, the trainer's varlen attention (`trainer/packed_attention.py`)
+  varlen           one row, the trainer's varlen attention (`packing/packed_attention.py`)
   varlen+split     rows of <= --split tokens (at sequence boundaries), varlen attention
   dense            one row, HF sdpa with transformers' block-diagonal [ΣL, ΣL] mask (before issue 11)
   dense+split      rows of <= --split tokens, HF sdpa (the former CPU default, packed_row_tokens=512)
@@ -44,7 +44,7 @@ def build(shape, device):
 
 
 def samples(n, prompt_len, completion_len, guided, vocab, seed=0):
-    from g2rpo_fast.trainer.composition import Sample
+    from g2rpo_fast.rollout.composition import Sample
 
     g = torch.Generator().manual_seed(seed)
     out = []
@@ -60,7 +60,7 @@ def samples(n, prompt_len, completion_len, guided, vocab, seed=0):
 
 def step_fn(model, batch, runtime_dtype, device):
     from g2rpo_fast.loss import FusedLinearG2RPOLoss
-    from g2rpo_fast.trainer.policy_forward import PolicyHidden, lm_head_params, packed_hidden
+    from g2rpo_fast.packing.policy_forward import PolicyHidden, lm_head_params, packed_hidden
 
     loss_fn = FusedLinearG2RPOLoss(loss_type="dapo")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
@@ -80,9 +80,9 @@ def step_fn(model, batch, runtime_dtype, device):
 
 
 def measure(variant, model0, samples_, split, dtype, device, repeats):
+    from g2rpo_fast.packing import packed_attention
+    from g2rpo_fast.packing.layout import pack_samples
     from g2rpo_fast.rollout.backends import select_backend
-    from g2rpo_fast.trainer import packed_attention
-    from g2rpo_fast.trainer.policy_forward import pack_samples
 
     model = copy.deepcopy(model0)
     if variant.startswith("varlen"):

@@ -51,7 +51,7 @@ def build(shape, device):
 def group_samples(groups, group_size, prompt_len, completion_len, vocab, guided=18, seed=0):
     """`groups` groups of `group_size` completions; prompts differ by a few tokens in length,
     completions by up to 6; the first quarter of each group is guided."""
-    from g2rpo_fast.trainer.composition import Sample
+    from g2rpo_fast.rollout.composition import Sample
 
     g = torch.Generator().manual_seed(seed)
     rand = lambda n: torch.randint(4, vocab, (n,), generator=g).tolist()
@@ -97,8 +97,7 @@ class Side:
     """One variant: its packed batch and the step's pieces."""
 
     def __init__(self, name, model, samples, dtype, device, row_tokens):
-        from g2rpo_fast.trainer.group_packing import pack_groups
-        from g2rpo_fast.trainer.policy_forward import pack_samples
+        from g2rpo_fast.packing.layout import pack_groups, pack_samples
 
         pack = pack_groups if name == "shared" else pack_samples
         self.name, self.model, self.dtype, self.device = name, model, dtype, device
@@ -112,7 +111,7 @@ class Side:
 
     def logps(self):
         from g2rpo_fast.ops import fused_linear_logps
-        from g2rpo_fast.trainer.policy_forward import PolicyHidden, lm_head_params, packed_hidden
+        from g2rpo_fast.packing.policy_forward import PolicyHidden, lm_head_params, packed_hidden
 
         hidden = packed_hidden(PolicyHidden(self.model), self.batch, self.autocast)
         weight, _ = lm_head_params(self.model)
@@ -120,7 +119,7 @@ class Side:
 
     def step(self):
         from g2rpo_fast.loss import FusedLinearG2RPOLoss
-        from g2rpo_fast.trainer.policy_forward import PolicyHidden, lm_head_params, packed_hidden
+        from g2rpo_fast.packing.policy_forward import PolicyHidden, lm_head_params, packed_hidden
 
         b = self.batch
         hidden = packed_hidden(PolicyHidden(self.model), b, self.autocast)
@@ -194,8 +193,8 @@ def main():
     if args.vocab:
         shape["vocab_size"] = args.vocab
     row_tokens = args.row_tokens if args.row_tokens >= 0 else (0 if cuda else 512)
+    from g2rpo_fast.packing import packed_attention
     from g2rpo_fast.rollout.backends import select_backend
-    from g2rpo_fast.trainer import packed_attention
 
     model = build(shape, device)
     backend = select_backend("auto", device, dtype)()

@@ -91,7 +91,7 @@ def cmd_train(args) -> int:
 
     args.resolved_output_dir = cfg.output_dir  # named by a full-disk message
     _setup(preflight, cfg, resume=args.resume)  # before torch, the data and the model load
-    from g2rpo_fast.trainer.run_dir import RunSetupError
+    from g2rpo_fast.checkpointing.run_dir import RunSetupError
     from g2rpo_fast.trainer.trainer import G2RPOTrainer
 
     t0 = time.perf_counter()
@@ -119,7 +119,7 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     import json
 
-    from g2rpo_fast.trainer.evaluation import evaluate_checkpoint
+    from g2rpo_fast.trainer.eval_checkpoint import evaluate_checkpoint
 
     cfg = _setup(_config_from_args, args, {"progress_bar": False})
     result = _setup(evaluate_checkpoint, cfg, args.checkpoint, split=args.split, max_prompts=args.max_prompts)
@@ -128,7 +128,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from g2rpo_fast.trainer.export import export_checkpoint
+    from g2rpo_fast.checkpointing.export import export_checkpoint
 
     try:
         out = export_checkpoint(args.checkpoint, args.out_dir)

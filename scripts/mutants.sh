@@ -22,7 +22,7 @@ target_files() {
     block_manager) echo "g2rpo_fast/rollout/block_manager.py" ;;
     loss) echo "g2rpo_fast/loss/aggregation.py g2rpo_fast/loss/inputs.py g2rpo_fast/loss/objective.py g2rpo_fast/loss/metrics.py g2rpo_fast/ops/token_loss.py" ;;
     ops) echo "g2rpo_fast/ops/advantages.py g2rpo_fast/ops/logps.py g2rpo_fast/loss/layout.py" ;;
-    trainer) echo "g2rpo_fast/trainer/trainer.py g2rpo_fast/trainer/rollouts.py g2rpo_fast/trainer/batch.py g2rpo_fast/trainer/optimize.py g2rpo_fast/trainer/policy_forward.py g2rpo_fast/trainer/composition.py" ;;
+    trainer) echo "g2rpo_fast/trainer/trainer.py g2rpo_fast/trainer/components.py g2rpo_fast/trainer/state.py g2rpo_fast/trainer/batch.py g2rpo_fast/trainer/optimize.py g2rpo_fast/rollout/guided.py g2rpo_fast/rollout/composition.py g2rpo_fast/rewards/scoring.py g2rpo_fast/packing/layout.py g2rpo_fast/packing/policy_forward.py" ;;
     *) echo "unknown target $1 (guidance block_manager loss ops trainer)" >&2; exit 2 ;;
   esac
 }
@@ -33,7 +33,7 @@ target_tests() {
     block_manager) echo "tests/test_rollout_sharing.py tests/test_rollout.py::test_prefix_sharing_shares_blocks" ;;
     loss) echo "tests/test_loss_contract.py tests/test_loss_bad_input.py" ;;
     ops) echo "tests/test_ops_advantages.py tests/test_loss_contract.py tests/test_loss.py" ;;
-    trainer) echo "tests/test_trainer_contract.py tests/test_composition.py tests/test_trainer_packed.py" ;;
+    trainer) echo "tests/test_trainer_contract.py tests/test_composition.py tests/test_packing_forward.py" ;;
   esac
 }
 

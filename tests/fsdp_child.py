@@ -1,4 +1,4 @@
-"""Run under `torchrun --nproc_per_node 2` by tests/test_trainer_fsdp.py: several trainer runs in
+"""Run under `torchrun --nproc_per_node 2` by tests/test_distributed_fsdp.py: several trainer runs in
 one launch (CI time), each on fixed roll-outs (`fixed_rollouts`) so that one process on the
 global batch sees the same completions. Writes `<out>/result.json` (rank 0) and the final
 weights of each run as `<out>/<run>.pt`.
@@ -37,7 +37,7 @@ def run(out, name, resume=False, **kw):
     trainer.train_micro_batches = spy
     history = trainer.train(resume_from_checkpoint=True if resume else None)
     if trainer.sharded:
-        from g2rpo_fast.trainer.sharded_checkpoint import full_model_state
+        from g2rpo_fast.checkpointing.sharded_checkpoint import full_model_state
 
         weights = full_model_state(trainer.model)
         sharded = all(type(p).__name__ == "DTensor" for p in trainer.model.parameters())
@@ -80,6 +80,6 @@ if __name__ == "__main__":
     if rank == 0:
         with open(os.path.join(out, "result.json"), "w") as fh:
             json.dump(result, fh)
-    from g2rpo_fast.trainer.distributed import DistState, teardown_distributed
+    from g2rpo_fast.distributed.process_group import DistState, teardown_distributed
 
     teardown_distributed(DistState(rank=rank, world_size=2))

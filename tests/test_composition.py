@@ -3,7 +3,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from g2rpo_fast.trainer.composition import (
+from g2rpo_fast.rollout.composition import (
     assemble_samples,
     build_generation_inputs,
     guidance_prefix,

@@ -21,10 +21,10 @@ from helpers import make_config, read_metrics, strip_timing, tiny_dataset, tiny_
 from test_rollout_sharing import rows_at_the_model
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
+from g2rpo_fast.packing import packed_attention
+from g2rpo_fast.packing.policy_forward import PolicyHidden
 from g2rpo_fast.rollout import RolloutEngine
 from g2rpo_fast.rollout.backends import BACKENDS
-from g2rpo_fast.trainer import packed_attention
-from g2rpo_fast.trainer.policy_forward import PolicyHidden
 from g2rpo_fast.trainer.trainer import G2RPOTrainer
 
 pytestmark = pytest.mark.gpu
@@ -130,9 +130,9 @@ def test_prefix_shared_forward_on_cuda(name):
     """The prefix-shared row (each prompt once; completions read it through gathered K/V with
     fewer queries than keys, bottom-right causal in the real varlen kernels) gives the hidden
     states and gradients of the per-sample packed row, bf16 autocast, two prompt lengths."""
-    from g2rpo_fast.trainer.composition import Sample
-    from g2rpo_fast.trainer.group_packing import pack_groups
-    from g2rpo_fast.trainer.policy_forward import pack_samples, packed_hidden
+    from g2rpo_fast.packing.layout import pack_groups, pack_samples
+    from g2rpo_fast.packing.policy_forward import packed_hidden
+    from g2rpo_fast.rollout.composition import Sample
 
     _needs(name)
     model, _ = tiny_model_and_tokenizer(hidden_size=128, layers=2)
@@ -231,7 +231,7 @@ def _liger_child(device: str, dtype_name: str = "bfloat16") -> dict:
     import copy
 
     from g2rpo_fast.models.liger import apply_liger
-    from g2rpo_fast.trainer.policy_forward import PolicyHidden, lm_head_params
+    from g2rpo_fast.packing.policy_forward import PolicyHidden, lm_head_params
 
     torch.manual_seed(0)
     model, _ = tiny_model_and_tokenizer(seed=3, hidden_size=128, layers=2)

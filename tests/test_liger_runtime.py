@@ -23,7 +23,7 @@ def _child() -> dict:
     from helpers import tiny_model_and_tokenizer
 
     from g2rpo_fast.models.liger import apply_liger
-    from g2rpo_fast.trainer.policy_forward import PolicyHidden, lm_head_params
+    from g2rpo_fast.packing.policy_forward import PolicyHidden, lm_head_params
 
     model, _ = tiny_model_and_tokenizer(seed=3, hidden_size=32, layers=2)
     model.train()

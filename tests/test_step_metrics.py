@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from g2rpo_fast.trainer.composition import Sample
+from g2rpo_fast.rollout.composition import Sample
 from g2rpo_fast.trainer.metrics_log import group_outcomes, guidance_split, step_metrics
 
 # Six groups of G = 4, each built to land in a known set of categories.
@@ -91,7 +91,7 @@ def test_step_metrics_mean_over_ranks_when_a_rank_lacks_a_kind(monkeypatch):
     recorded, then every rank receives the sum."""
     import torch.distributed as dist
 
-    from g2rpo_fast.trainer.distributed import DistState, all_reduce_mean
+    from g2rpo_fast.distributed.process_group import DistState, all_reduce_mean
 
     nan = float("nan")
     ranks = [{"reward": 0.5, "reward_guided": None, "accuracy_guided": nan, "reward_unguided": 0.25,

@@ -16,9 +16,9 @@ from helpers import (
     tiny_dataset,
 )
 
+from g2rpo_fast.checkpointing.checkpoint import load_trainer_state, verify_checkpoint
+from g2rpo_fast.checkpointing.run_dir import RunSetupError
 from g2rpo_fast.trainer.batch import RolloutBatch
-from g2rpo_fast.trainer.checkpoint import load_trainer_state, verify_checkpoint
-from g2rpo_fast.trainer.run_dir import RunSetupError
 
 
 def ckpt(cfg, step):
@@ -138,23 +138,3 @@ def test_huge_exiting_and_hanging_rewards_do_not_stop_training(tmp_path):
     assert sum("hanging_reward: no result after 0.5 s" in t for t in texts) == 1
     assert any("exiting_reward" in t and "sys.exit(3)" in t for t in texts)
     assert any("clipped to 1e+06" in t for t in texts)
-
-
-def test_what_makes_an_output_dir_used(tmp_path):
-    from g2rpo_fast.trainer.run_dir import check_output_dir, used_by_earlier_run
-
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "notes.txt").write_text("mine")
-    (out / "config.json").write_text("{}")
-    assert used_by_earlier_run(str(out)) == []  # other files do not count
-    check_output_dir(str(out))
-    (out / "checkpoint-3").mkdir()
-    assert used_by_earlier_run(str(out)) == ["checkpoint-3"]
-    (out / "metrics.jsonl").write_text("")
-    with pytest.raises(RunSetupError, match=r"already holds a run \(metrics.jsonl, checkpoint-3\)"):
-        check_output_dir(str(out))
-    check_output_dir(str(out), resume=True)
-    check_output_dir(str(out), overwrite=True)
-    with pytest.raises(RunSetupError, match="exclude each other"):
-        check_output_dir(str(out), resume=True, overwrite=True)

@@ -25,7 +25,7 @@ LIGER_PARTS = dict(rope=True, rms_norm=True, swiglu=True, cross_entropy=False, f
 
 
 def apply_liger(model) -> None:
-    from g2rpo_fast.trainer.runtime import interpreting
+    from g2rpo_fast.runtime import interpreting
 
     device = next(model.parameters()).device
     if device.type != "cuda" and interpreting():

@@ -208,14 +208,14 @@ def evaluate(model, tokenizer, dataset, num_samples: int = 8, temperature: float
     with mixed outcomes (where GRPO gets a signal); ``num_samples=0``: greedy accuracy only.
     ``guidance_tokens``: append the first l solution tokens to every prompt (the answer is
     checked on guidance + continuation).
-    Roll-outs and grading go through the trainer's evaluator (`trainer/evaluation.py`) and
+    Roll-outs and grading go through the one evaluator (`g2rpo_fast/evaluation.py`) and
     `rewards.accuracy_reward`."""
     import torch
 
+    from g2rpo_fast.evaluation import correctness
     from g2rpo_fast.rewards import accuracy_reward
     from g2rpo_fast.rollout import RolloutEngine
-    from g2rpo_fast.trainer.evaluation import correctness
-    from g2rpo_fast.trainer.rollouts import Rollouts
+    from g2rpo_fast.rollout.guided import Rollouts
 
     rollouts = Rollouts(RolloutEngine(model), tokenizer, model, stop_token_ids=[tokenizer.eos_token_id])
     by_level: dict[int, list[dict]] = {}

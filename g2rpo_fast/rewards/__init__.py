@@ -1,4 +1,5 @@
-"""Reward functions with TRL's signature ``fn(prompts, completions, **columns)``."""
+"""Reward functions with TRL's signature ``fn(prompts, completions, **columns)``, their registry,
+and the scorer that rewards a run's roll-outs with them (`scoring.py`)."""
 from .accuracy import accuracy_reward, answers_match
 from .code import build_program, check_code_sandbox, code_reward, make_code_reward, run_program, score_code
 from .extract import completion_text, extract_answer, extract_code

@@ -42,6 +42,10 @@ CPU backend reads a dense copy of the running batch's K/V that grows by one toke
 (rebuilt only when the batch changes), keeping each group's shared prompt prefix once.
 `engine.free_kv_cache()` releases the cache between roll-outs (the trainer does so before
 every training step).
+
+Guided group roll-outs over the engine (DESIGN.md section 1), shared by the trainer and the
+evaluator: `composition.py` (which samples of a group are guided, and with which tokens:
+`Sample`) and `guided.py` (`Rollouts`: rows of a data set in, completed samples out).
 """
 from .engine import RolloutEngine, RolloutOutput
 from .scheduler import RolloutStats

@@ -2,8 +2,8 @@
 
 `build_rollout_batch` takes the scored samples of phase 1 and adds what the loss needs: the
 group-normalised advantages over all G samples of each prompt (guided and unguided together),
-the completions packed into one row for the padding-free forward (`policy_forward.pack_samples`,
-or `group_packing.pack_groups`: each group's prompt once)
+the completions packed into one row for the padding-free forward (`packing.layout.pack_samples`,
+or `pack_groups`: each group's prompt once)
 and, without gradients, the old policy's log-probs (`num_iterations > 1`: one generated batch
 serves μ optimiser steps) and the reference policy's (`beta > 0`).
 
@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .composition import Sample
-from .group_packing import pack_groups
-from .policy_forward import PackedBatch, pack_samples, policy_logps
-from .rollouts import Scores
+from g2rpo_fast.packing.layout import PackedBatch, pack_groups, pack_samples
+from g2rpo_fast.packing.policy_forward import policy_logps
+from g2rpo_fast.rewards.scoring import Scores
+from g2rpo_fast.rollout.composition import Sample
 
 
 @dataclass

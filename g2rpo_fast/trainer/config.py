@@ -109,7 +109,7 @@ class G2RPOConfig:
                                             "(on for Llama/Qwen2/Qwen3 without sliding-window layers, else off with "
                                             "one notice) | true (refused where unsupported) | false.")
 
-    # ---- several processes (torchrun): DDP, or FSDP2 with `fsdp` (trainer/parallel.py)
+    # ---- several processes (torchrun): DDP, or FSDP2 with `fsdp` (distributed/parallel.py)
     fsdp: bool = _f(False, "With more than one process: shard parameters, gradients and AdamW state over the ranks "
                            "(FSDP2 fully_shard on each decoder layer and the root; checkpoints through "
                            "torch.distributed.checkpoint). false: DDP (every rank holds the whole model).")

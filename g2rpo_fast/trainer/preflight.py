@@ -9,10 +9,9 @@ matter for API users (output directory, data rows) itself.
 """
 from __future__ import annotations
 
+from g2rpo_fast.checkpointing.run_dir import RunSetupError, check_output_dir, used_by_earlier_run
 from g2rpo_fast.data.sources import check_dataset_source
 from g2rpo_fast.models.loading import check_model_source
-
-from .run_dir import RunSetupError, check_output_dir, used_by_earlier_run
 
 
 def preflight(config, resume: bool = False) -> None:

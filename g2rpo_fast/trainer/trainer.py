@@ -1,68 +1,54 @@
 """`G2RPOTrainer`: guided group roll-outs, rewards, packed policy forward, clipped loss.
 
-Set-up (`__init__`) checks rewards, device and precision (`runtime.py`) and every data row before
-the model loads. Then each optimiser step (`training_step`) runs four phases, one module each:
-  1. generate + score (`rollouts.py`): `per_device_train_batch_size // num_generations` prompts
-     per micro-batch (seeded shuffle, or dataset order with `curriculum`); the first
+Set-up (`__init__`) checks rewards, device and precision (`g2rpo_fast/runtime.py`) and every
+data row before the model loads, then builds the policy and the engine (`components.py`). Then
+each optimiser step (`training_step`) runs four phases:
+  1. generate + score (`generate_micro_batch`, through `rollout/guided.py` and
+     `rewards/scoring.py`): `per_device_train_batch_size // num_generations` prompts per
+     micro-batch (seeded shuffle, or dataset order with `curriculum`); the first
      `round(guidance_ratio·G)` samples of each group continue from prompt + the first ℓ tokens of
      the reference solution (ℓ from the guidance schedule); the engine reads the live weights;
      the full completion text (guidance + generated) is rewarded;
   2. build the loss inputs (`batch.py`): group-normalised advantages over all G samples, the
-     packed row, old log-probs (num_iterations > 1) and reference log-probs (beta > 0);
+     packed row (`packing/`), old log-probs (num_iterations > 1) and reference log-probs (beta > 0);
   3. optimise (`optimize.py`): packed padding-free forward, FusedLinearG2RPOLoss, backward,
      AdamW step;
   4. log (`metrics_log.py`), update the guidance controller with the step's mean guidance
-     reward, checkpoint (`checkpoint.py`).
+     reward, checkpoint (`state.py`, through `checkpointing/`).
 With `num_iterations = μ > 1` one generated batch serves μ optimizer steps and the guidance
 controller is updated once per generated batch (on the step that generated it).
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
 import sys
 import time
-import warnings
 
 import numpy as np
 import torch
 
-from g2rpo_fast.data.sources import (
-    check_columns,
-    load_split,
-    take_indices,
-    validate_dataset,
-    validate_dataset_for_model,
-)
-from g2rpo_fast.data.validation import context_length_of
+from g2rpo_fast.checkpointing.checkpoint import warn_changed_config
+from g2rpo_fast.checkpointing.run_dir import METRICS_FILE
+from g2rpo_fast.data.sources import take_indices
+from g2rpo_fast.distributed.parallel import equal_forward_count, gathered_weights
+from g2rpo_fast.distributed.process_group import DistState, all_reduce_mean, failure_notice, setup_distributed
+from g2rpo_fast.evaluation import evaluate
+from g2rpo_fast.packing.policy_forward import make_loss_fn
+from g2rpo_fast.rewards.scoring import RewardScorer, reward_inputs
+from g2rpo_fast.rollout.guided import Rollouts, stop_token_ids
+from g2rpo_fast.runtime import resolve_runtime
 
-from . import packed_attention
 from .batch import RolloutBatch, build_rollout_batch
-from .checkpoint import (
-    checkpoint_to_resume,
-    clean_partial_checkpoints,
-    load_model_weights,
-    load_trainer_state,
-    save_checkpoint,
-    set_rng_state,
-    warn_changed_config,
-)
+from .components import TrainerComponents
 from .config import G2RPOConfig
-from .distributed import DistState, all_reduce_mean, failure_notice, setup_distributed
-from .evaluation import evaluate
 from .metrics_log import MetricsLog, generated_tokens, read_metrics, step_metrics, write_metrics
 from .optimize import accumulate_gradients, dapo_num_items, optimizer_step
-from .parallel import equal_forward_count, gathered_weights, shard_fsdp, wrap_policy
-from .policy_forward import PackedPolicy, make_loss_fn
-from .prefix_shared_attention import resolve_prefix_sharing
-from .rollouts import RewardScorer, Rollouts, reward_inputs, stop_token_ids
-from .run_dir import METRICS_FILE, RunSetupError, check_output_dir, delete_earlier_run
-from .runtime import resolve_runtime
+from .state import TrainerState
 
 
-class G2RPOTrainer:
+class G2RPOTrainer(TrainerComponents, TrainerState):
     def __init__(self, config: G2RPOConfig, model=None, tokenizer=None, train_dataset=None, eval_dataset=None,
                  reward_funcs=None):
         if not isinstance(config, G2RPOConfig):
@@ -117,83 +103,6 @@ class G2RPOTrainer:
         self.buffer_uses = 0
         self.buffer_guidance_length = None
         self.history: list[dict] = []
-
-    # ------------------------------------------------------------------ set-up
-    def _pick_device(self) -> torch.device:
-        want = self.config.device
-        if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
-            if not torch.cuda.is_available():
-                raise ValueError("`device`: cuda requested but no CUDA device is available")
-            index = self.dist.local_rank if self.dist.world_size > 1 else torch.cuda.current_device()
-            return torch.device("cuda", index)
-        return torch.device("cpu")
-
-    def _load_datasets(self, train_dataset, eval_dataset) -> None:
-        cfg, guide_fn = self.config, self.rewards.guidance_fn
-        self.train_dataset = train_dataset if train_dataset is not None else load_split(cfg, cfg.dataset_split, True)
-        check_columns(self.train_dataset, cfg, self.rewards.funcs + [guide_fn], "train dataset")
-        validate_dataset(self.train_dataset, cfg, cfg.dataset_split, True,
-                         source="train_dataset" if train_dataset is not None else None)
-        if eval_dataset is None and cfg.eval_split and (cfg.eval_at_end or cfg.eval_steps):
-            eval_dataset = load_split(cfg, cfg.eval_split, False)
-            check_columns(eval_dataset, cfg, [guide_fn], "eval dataset")
-            validate_dataset(eval_dataset, cfg, cfg.eval_split, False)
-        elif eval_dataset is not None:
-            check_columns(eval_dataset, cfg, [guide_fn], "eval dataset")
-            validate_dataset(eval_dataset, cfg, cfg.eval_split, False, source="eval_dataset")
-        self.eval_dataset = eval_dataset
-
-    def _load_policy(self, model, tokenizer, given) -> None:
-        """Tokenizer, then the prompts against it (chat template, context), then the model."""
-        from g2rpo_fast.models.loading import load_model, load_tokenizer, model_context_length
-
-        cfg = self.config
-        train_given, eval_given = given
-        if tokenizer is None:
-            tokenizer = load_tokenizer(cfg.model_name_or_path)
-        context = (context_length_of(model.config) if model is not None
-                   else model_context_length(cfg.model_name_or_path))
-        validate_dataset_for_model(self.train_dataset, cfg, tokenizer, context, cfg.dataset_split,
-                                   source="train_dataset" if train_given else None)
-        if self.eval_dataset is not None:
-            validate_dataset_for_model(self.eval_dataset, cfg, tokenizer, context, cfg.eval_split,
-                                       source="eval_dataset" if eval_given else None)
-        if model is None:
-            model = load_model(cfg.model_name_or_path)
-        # fp32 master weights whatever the compute dtype (runtime.py)
-        self.model = model.to(self.device, dtype=torch.float32)
-        self.tokenizer = tokenizer
-        if cfg.use_liger_kernel:
-            from g2rpo_fast.models.liger import apply_liger
-
-            apply_liger(self.model)
-        varlen_installed = packed_attention.install(self.model, self.runtime.backend)
-        self.prefix_shared = resolve_prefix_sharing(cfg.prefix_shared_forward, self.model, varlen_installed)
-        self.model.train()
-        if cfg.gradient_checkpointing:
-            if hasattr(self.model, "activation_checkpointing_enable"):  # the transformers 5 name
-                self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-            else:
-                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if hasattr(self.model.config, "use_cache"):
-            self.model.config.use_cache = False  # the packed forward needs no KV cache
-        self.grad_scaler = self.runtime.grad_scaler()
-        self.ref_model = self.ref_policy = None
-        if cfg.beta > 0:
-            self.ref_model = copy.deepcopy(self.model).eval()
-            self.ref_model.requires_grad_(False)
-            self.ref_policy = PackedPolicy(self.ref_model, self.runtime, temperature=cfg.temperature)
-            if self.sharded:  # sharded too: a full fp32 reference per GPU would undo FSDP's saving
-                shard_fsdp(self.ref_policy, self.ref_model, self.runtime.compute_dtype, cfg.fsdp_cpu_offload)
-        # PackedPolicy: one call per micro-batch (parallel.py); DDP wraps it, FSDP shards it in place
-        self.policy = PackedPolicy(self.model, self.runtime, self.loss_fn, temperature=cfg.temperature)
-        self.policy_for_grad = wrap_policy(self.policy, self.model, cfg, self.dist, self.device,
-                                           self.runtime.compute_dtype)
-
-    def _make_engine(self):
-        from g2rpo_fast.rollout import RolloutEngine
-
-        return RolloutEngine(self.model, attn_backend=self.runtime.backend, dtype=self.runtime.compute_dtype)
 
     @property
     def loss_fn(self):
@@ -308,92 +217,6 @@ class G2RPOTrainer:
                             self._comm_device(), max_prompts=max_prompts, max_new_tokens=max_new_tokens,
                             temperature=temperature, num_samples=num_samples, prefix=prefix)
 
-    # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict:
-        buffer = None if self.buffer is None else [b.state_dict() for b in self.buffer]
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "guidance": self.guidance.state_dict(), "data_position": self.data_position,
-                "buffer": buffer, "buffer_uses": self.buffer_uses,
-                "buffer_guidance_length": self.buffer_guidance_length,
-                # fp16's loss scale and its growth tracker: a resume continues the same scaling
-                "grad_scaler": None if self.grad_scaler is None else self.grad_scaler.state_dict()}
-
-    def save(self, output_dir=None, export: bool = False) -> str | None:
-        """Rank 0 writes the checkpoint (the model via `save_pretrained`); under FSDP every rank
-        writes its shards (`sharded_checkpoint.py`) and `export` adds the whole model."""
-        if self.sharded:
-            from .sharded_checkpoint import save_sharded_checkpoint
-
-            state = self.state_dict()
-            rank_state = {k: state.pop(k) for k in ("buffer", "buffer_uses", "buffer_guidance_length")}
-            state.pop("optimizer")
-            path = save_sharded_checkpoint(output_dir or self.config.output_dir, self.step, model=self.model,
-                                           optimizer=self.optimizer, tokenizer=self.tokenizer, global_state=state,
-                                           rank_state=rank_state, config=self.config, dist=self.dist,
-                                           save_total_limit=self.config.save_total_limit, export=export)
-            return path if self.is_main else None
-        if not self.is_main:
-            return None
-        return save_checkpoint(output_dir or self.config.output_dir, self.step, self.model, self.tokenizer,
-                               self.state_dict(), self.config, self.config.save_total_limit)
-
-    def load(self, path: str) -> None:
-        from .sharded_checkpoint import is_sharded_checkpoint, load_sharded_checkpoint
-
-        if is_sharded_checkpoint(path):  # DCP: resharded to this world size (one process too)
-            state = load_sharded_checkpoint(path, model=self.model, optimizer=self.optimizer, dist=self.dist)
-            state.update(state.pop("rank_state"))
-        elif self.sharded:
-            raise RunSetupError(f"`resume`: {path} is a single-process/DDP checkpoint; an fsdp run resumes from "
-                                f"sharded checkpoints only (resume it with fsdp: false)")
-        else:
-            load_model_weights(self.model, path)
-            state = load_trainer_state(path)
-            self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.guidance.load_state_dict(state["guidance"])
-        self.data_position = int(state["data_position"])
-        if self.grad_scaler is not None and state.get("grad_scaler"):
-            self.grad_scaler.load_state_dict(state["grad_scaler"])
-        buffer = state.get("buffer")
-        self.buffer = None if buffer is None else [RolloutBatch.from_state_dict(b, self.device) for b in buffer]
-        self.buffer_uses = int(state.get("buffer_uses", 0))
-        self.buffer_guidance_length = state.get("buffer_guidance_length")
-        self.step = int(state["step"])
-        if "rng" in state:  # a sharded checkpoint restored this rank's RNG already
-            set_rng_state(state["rng"])
-
-    # ------------------------------------------------------------------ run directory
-    def prepare_output_dir(self, resume: bool) -> None:
-        """Refuse an output dir that is not writable or holds another run (`run_dir`), put
-        back or remove leftovers of an interrupted save, apply `overwrite_output_dir`."""
-        cfg = self.config
-        if self.is_main:
-            check_output_dir(cfg.output_dir, resume, cfg.overwrite_output_dir)
-            os.makedirs(cfg.output_dir, exist_ok=True)
-            for line in clean_partial_checkpoints(cfg.output_dir):
-                _notice(f"{cfg.output_dir}: {line}")
-            if cfg.overwrite_output_dir and not resume:
-                removed = delete_earlier_run(cfg.output_dir)
-                if removed:
-                    _notice(f"overwrite_output_dir: removed the earlier run's {', '.join(removed)} from "
-                            f"{cfg.output_dir}")
-        if self.dist.world_size > 1:
-            torch.distributed.barrier()
-
-    def _checkpoint_to_resume(self, resume) -> str:
-        """`resume`: True (the newest checkpoint of output_dir that verifies) or a path.
-        Rank 0 verifies and tells the others."""
-        found = [None, None]
-        if self.is_main:
-            found = list(checkpoint_to_resume(self.config.output_dir, resume))
-        if self.dist.world_size > 1:
-            torch.distributed.broadcast_object_list(found, src=0)
-        path, error = found
-        if error:
-            raise RunSetupError(error)
-        return path
-
     # ------------------------------------------------------------------ main loop
     def train(self, resume_from_checkpoint=None) -> list[dict]:
         """Run to `max_steps`; `resume_from_checkpoint`: True (latest in output_dir) or a path."""
@@ -442,7 +265,7 @@ class G2RPOTrainer:
                 with open(os.path.join(out, "eval_results.json"), "w", encoding="utf-8") as fh:
                     json.dump(self.final_eval, fh, indent=2)
             if cfg.plots:
-                from .plots import plot_metrics
+                from g2rpo_fast.plots import plot_metrics
 
                 plot_metrics(self.history, out)
         if self.dist.world_size > 1:
@@ -462,10 +285,6 @@ class G2RPOTrainer:
     def close(self, failed: bool = False) -> None:
         """Tear down the process group this trainer started (torchrun runs); `failed`: after an
         exception, without the final barrier (the other ranks wait in another collective)."""
-        from .distributed import teardown_distributed
+        from g2rpo_fast.distributed.process_group import teardown_distributed
 
         teardown_distributed(self.dist, failed=failed)
-
-
-def _notice(message: str) -> None:
-    warnings.warn(message, RuntimeWarning, stacklevel=3)

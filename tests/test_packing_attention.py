@@ -11,9 +11,9 @@ import pytest
 import torch
 from helpers import tiny_model_and_tokenizer
 
+from g2rpo_fast.packing import packed_attention
+from g2rpo_fast.packing.policy_forward import PolicyHidden
 from g2rpo_fast.rollout.backends import BACKENDS
-from g2rpo_fast.trainer import packed_attention
-from g2rpo_fast.trainer.policy_forward import PolicyHidden
 
 
 def _packed_row(lengths, vocab=90, seed=0):
@@ -21,13 +21,6 @@ def _packed_row(lengths, vocab=90, seed=0):
     ids = torch.randint(4, vocab, (1, sum(lengths)), generator=g)
     pos = torch.cat([torch.arange(n) for n in lengths])[None]
     return ids, pos
-
-
-def test_cu_seqlens_from_position_ids():
-    cu, longest = packed_attention.cu_seqlens_from_position_ids(torch.tensor([[0, 1, 2, 0, 1, 0, 0, 1, 2, 3]]))
-    assert cu.tolist() == [0, 3, 5, 6, 10] and cu.dtype == torch.int32 and longest == 4
-    cu, longest = packed_attention.cu_seqlens_from_position_ids(torch.tensor([[5, 6, 7]]))  # a continuation
-    assert cu.tolist() == [0, 3] and longest == 3
 
 
 def test_no_dense_mask_for_the_packed_row(monkeypatch):

@@ -1,5 +1,6 @@
-"""Checkpoints: the manifest defines completeness, resume falls back past corrupt ones,
-re-saving a step is atomic, leftovers are cleaned, a full disk says so."""
+"""The checkpointing package: the manifest defines completeness, resume falls back past corrupt
+ones, re-saving a step is atomic, leftovers are cleaned, a full disk says so; what makes an
+output directory used (`run_dir.py`)."""
 import errno
 import hashlib
 import json
@@ -9,7 +10,7 @@ import pytest
 import torch
 from helpers import tiny_model_and_tokenizer
 
-from g2rpo_fast.trainer import checkpoint as ck
+from g2rpo_fast.checkpointing import checkpoint as ck
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +163,23 @@ def test_pruning_never_deletes_the_checkpoint_just_written(tmp_path, tiny):
     ck.save_checkpoint(str(tmp_path), 3, model, tok, {"marker": 3}, save_total_limit=2)
     names = sorted(os.listdir(tmp_path))
     assert "checkpoint-3" in names and len(names) == 2
+
+
+def test_what_makes_an_output_dir_used(tmp_path):
+    from g2rpo_fast.checkpointing.run_dir import RunSetupError, check_output_dir, used_by_earlier_run
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "config.json").write_text("{}")
+    assert used_by_earlier_run(str(out)) == []  # other files do not count
+    check_output_dir(str(out))
+    (out / "checkpoint-3").mkdir()
+    assert used_by_earlier_run(str(out)) == ["checkpoint-3"]
+    (out / "metrics.jsonl").write_text("")
+    with pytest.raises(RunSetupError, match=r"already holds a run \(metrics.jsonl, checkpoint-3\)"):
+        check_output_dir(str(out))
+    check_output_dir(str(out), resume=True)
+    check_output_dir(str(out), overwrite=True)
+    with pytest.raises(RunSetupError, match="exclude each other"):
+        check_output_dir(str(out), resume=True, overwrite=True)

@@ -17,21 +17,15 @@ from attention_standins import VARLEN_SIGNATURES, make_flash_attn
 from helpers import tiny_model_and_tokenizer
 
 from g2rpo_fast.ops import fused_linear_logps
+from g2rpo_fast.packing import packed_attention
+from g2rpo_fast.packing.layout import pack_groups, pack_samples, prefix_shared_attention_kwargs
+from g2rpo_fast.packing.policy_forward import PolicyHidden, lm_head_params, make_loss_fn, packed_hidden
+from g2rpo_fast.packing.prefix_shared_attention import resolve_prefix_sharing
 from g2rpo_fast.rollout.backends import BACKENDS
 from g2rpo_fast.rollout.backends import flash_attn as flash_mod
 from g2rpo_fast.rollout.backends import torch_varlen as varlen_mod
-from g2rpo_fast.trainer import packed_attention
-from g2rpo_fast.trainer.composition import Sample
+from g2rpo_fast.rollout.composition import Sample
 from g2rpo_fast.trainer.config import G2RPOConfig
-from g2rpo_fast.trainer.group_packing import pack_groups
-from g2rpo_fast.trainer.policy_forward import (
-    PolicyHidden,
-    lm_head_params,
-    make_loss_fn,
-    pack_samples,
-    packed_hidden,
-)
-from g2rpo_fast.trainer.prefix_shared_attention import attention_kwargs, resolve_prefix_sharing
 
 GROUP = 4
 
@@ -76,15 +70,15 @@ def test_row_split_between_groups():
     assert batch.row_splits == (25,)
 
 
-def test_attention_kwargs_by_hand():
+def test_prefix_shared_attention_kwargs_by_hand():
     """Queries: the prompt, then each completion; keys: the prompt in front of each completion."""
     layout = ((0, 3, (2, 0, 1)), (6, 2, (1,)))
-    kw = attention_kwargs(layout, 0, 9, "cpu")
+    kw = prefix_shared_attention_kwargs(layout, 0, 9, "cpu")
     assert kw["cu_seq_lens_q"].tolist() == [0, 3, 5, 6, 8, 9]
     assert kw["cu_seq_lens_k"].tolist() == [0, 3, 8, 12, 14, 17]
     assert kw["max_length_q"] == 3 and kw["max_length_k"] == 5
     assert kw["prefix_shared_key_index"].tolist() == [0, 1, 2, 0, 1, 2, 3, 4, 0, 1, 2, 5, 6, 7, 6, 7, 8]
-    second = attention_kwargs(layout, 6, 9, "cpu")  # a row cut before group 1: offsets from the cut
+    second = prefix_shared_attention_kwargs(layout, 6, 9, "cpu")  # a row cut before group 1: offsets from the cut
     assert second["cu_seq_lens_k"].tolist() == [0, 2, 5]
     assert second["prefix_shared_key_index"].tolist() == [0, 1, 0, 1, 2]
 

@@ -1,16 +1,17 @@
 """Held-out evaluation, the one evaluator: roll-outs scored by one reward (the guidance reward,
-accuracy by default), through the same generate + score path as training (`rollouts.py`).
+accuracy by default), through the same generate + score path as training.
 
 - `correctness`: each completion's reward for some rows (unguided, or guided with ℓ tokens);
-- `evaluate`: held-out accuracy over a dataset, sharded over ranks (`G2RPOTrainer.evaluate`);
-- `evaluate_checkpoint`: the same for a saved checkpoint or model (`g2rpo-fast eval`).
-The warm-start report (`models/warmstart.py`) groups `correctness` by difficulty.
+- `evaluate`: held-out accuracy over a dataset, sharded over ranks (`G2RPOTrainer.evaluate`).
+Below both the trainer and the models: it takes the roll-outs (`rollout.guided.Rollouts`) and
+the reward function as arguments, so the trainer (`G2RPOTrainer.evaluate`, `g2rpo-fast eval` in
+`trainer/eval_checkpoint.py`) and the built-in model's warm-start report (`models/warmstart.py`,
+which groups `correctness` by difficulty) use it without importing each other.
 """
 from __future__ import annotations
 
-import dataclasses
-
-from .rollouts import reward_inputs
+from g2rpo_fast.rewards.registry import safe_reward_call
+from g2rpo_fast.rewards.scoring import reward_inputs
 
 
 def correctness(rollouts, rows, reward_fn, *, max_new_tokens: int, num_samples: int = 1, n_guided: int = 0,
@@ -18,8 +19,6 @@ def correctness(rollouts, rows, reward_fn, *, max_new_tokens: int, num_samples: 
                 reward_timeout=None) -> list[float]:
     """`reward_fn`'s score of each of the `num_samples` completions per row, row by row (a
     failing reward scores 0, `safe_reward_call`)."""
-    from g2rpo_fast.rewards import safe_reward_call
-
     samples = rollouts.generate(rows, group_size=num_samples, n_guided=n_guided, guidance_length=guidance_length,
                                 max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                                 seeds=seeds)
@@ -58,39 +57,3 @@ def evaluate(rollouts, dataset, reward_fn, config, dist, comm_device, *, max_pro
         torch.distributed.all_reduce(t)
         totals = t.tolist()
     return {f"{prefix}_accuracy": totals[0] / max(totals[1], 1.0), f"{prefix}_count": int(totals[1])}
-
-
-def evaluate_checkpoint(config, checkpoint=None, split=None, max_prompts=None) -> dict:
-    """Greedy accuracy (the config's `guidance_reward`, default accuracy) of `checkpoint`
-    (a checkpoint-N dir or any model path; None: `config.model_name_or_path`)."""
-    from g2rpo_fast.models.loading import check_model_source
-
-    cfg = dataclasses.replace(config, eval_split=split or config.eval_split, progress_bar=False, plots=False)
-    if not cfg.eval_split:
-        raise ValueError("`eval_split`: no split to evaluate on")
-    model = tokenizer = None
-    if checkpoint is not None:
-        check_model_source(checkpoint, field="--checkpoint")
-        _verify_if_checkpoint(checkpoint)
-    from g2rpo_fast.models.loading import load_model_and_tokenizer
-
-    from .trainer import G2RPOTrainer  # torch: after the checks above
-
-    if checkpoint is not None:
-        model, tokenizer = load_model_and_tokenizer(checkpoint, field="--checkpoint")
-    trainer = G2RPOTrainer(cfg, model=model, tokenizer=tokenizer)
-    result = trainer.evaluate(max_prompts=max_prompts if max_prompts is not None else cfg.num_eval_prompts)
-    result["checkpoint"] = checkpoint or cfg.model_name_or_path
-    return result
-
-
-def _verify_if_checkpoint(path: str) -> None:
-    """A training checkpoint (it has a manifest) must verify before it is evaluated."""
-    import os
-
-    from .checkpoint import MANIFEST_FILE, verify_checkpoint
-
-    if os.path.isfile(os.path.join(path, MANIFEST_FILE)):
-        reason = verify_checkpoint(path)
-        if reason is not None:
-            raise ValueError(f"`--checkpoint`: {path} is not a complete checkpoint: {reason}")

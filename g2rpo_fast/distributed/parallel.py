@@ -1,6 +1,6 @@
 """Data parallelism over the ranks of `torchrun`: DDP, or FSDP2 (`fsdp: true`).
 
-Both wrap a `PackedPolicy` (policy_forward.py), which is called once per micro-batch. DDP then
+Both wrap a `PackedPolicy` (packing/policy_forward.py), which is called once per micro-batch. DDP then
 runs the same collectives on every rank whatever the row split. FSDP gathers each layer at each
 call of that layer, so a rank whose row is cut into more pieces would call its layers (and
 start all-gathers) more often than the others: `equal_forward_count` makes every rank run the
@@ -30,7 +30,7 @@ def decoder_layers(model) -> list[torch.nn.Module]:
     names = set(getattr(model, "_no_split_modules", None) or ())
     layers = [m for m in model.modules() if type(m).__name__ in names]
     if not layers:
-        from .policy_forward import decoder_of
+        from g2rpo_fast.packing.policy_forward import decoder_of
 
         layers = list(getattr(decoder_of(model), "layers", []))
     if not layers:

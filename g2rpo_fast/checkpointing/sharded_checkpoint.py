@@ -13,7 +13,7 @@ It is as atomic as a single-process checkpoint (`checkpoint.py`): every rank wri
 file system), then, after a barrier, rank 0 writes the SHA-256 manifest over all files (DCP's
 included) and renames the directory into place.
 
-Resume onto another world size (tested: 2 ranks -> 1 process, `tests/test_trainer_fsdp.py`):
+Resume onto another world size (tested: 2 ranks -> 1 process, `tests/test_distributed_fsdp.py`):
 DCP reshards the model and optimizer state on load, and the scheduler, guidance controller and
 data position are global (keep the global batch: per-device batch x ranks); the per-rank RNG states cannot
 map (a new rank takes a fresh state, with a warning: the run continues, not bit for bit), and

@@ -1,6 +1,6 @@
 """Varlen attention for the packed training forward, registered with transformers.
 
-The trainer packs every completion of a micro-batch into one row (`policy_forward.py`). With
+The trainer packs every completion of a micro-batch into one row (`layout.py`). With
 HF's default attention, transformers turns that row's position ids into a dense block-diagonal
 `[ΣL, ΣL]` mask (masking_utils: `find_packed_sequence_indices`, then `sdpa_mask`), whose memory
 and attention work grow as ΣL². Here one attention function is registered under the name
@@ -8,8 +8,8 @@ and attention work grow as ΣL². Here one attention function is registered unde
 
 - the *attention* function runs a rollout backend's `varlen` (flash_attn_varlen_func, torch's
   varlen_attn, or SDPA per sequence; see `g2rpo_fast.rollout.backends`) over `cu_seqlens`
-  taken from the kwargs (`PolicyHidden` computes them once per forward from the position
-  ids) or derived here from `position_ids`;
+  taken from the kwargs (`PolicyHidden` passes the row's, `layout.py`) or derived here from
+  `position_ids`; the keys of a prefix-shared row are gathered first (`layout.gather_shared_keys`);
 - the *mask* function registered under the same name returns None whenever no padding mask
   was given, so transformers never builds the dense mask for the packed row. (Mask creation is
   keyed on `config._attn_implementation`; an unregistered name would also skip it, but would
@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import torch
 
+from .layout import cu_seqlens_from_position_ids, gather_shared_keys
+
 ATTN_IMPLEMENTATION = "g2rpo_varlen"
 _BACKEND_ATTR = "_g2rpo_attention_backend"
-MIN_TRANSFORMERS = "4.53.1"  # keep equal to setup.py's pin (tests/test_training_attention.py checks)
+MIN_TRANSFORMERS = "4.53.1"  # keep equal to setup.py's pin (tests/test_packing_attention.py checks)
 
 
 def masking_utils():
@@ -46,24 +48,6 @@ def masking_utils():
                           f"transformers {transformers.__version__} ({exc}). "
                           f"Upgrade: pip install 'transformers>={MIN_TRANSFORMERS}'") from exc
     return module
-
-
-def cu_seqlens_from_position_ids(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """(cu_seqlens [S+1] int32, longest length) of a packed row [1, L]: a sequence starts
-    wherever the position is not the previous one + 1 (HF's packed-sequence rule)."""
-    pos = position_ids.reshape(-1)
-    starts = torch.ones_like(pos, dtype=torch.bool)
-    starts[1:] = pos[1:] != pos[:-1] + 1
-    bounds = torch.nonzero(starts).view(-1)
-    cu = torch.cat([bounds, bounds.new_tensor([pos.numel()])]).to(torch.int32)
-    return cu, int((cu[1:] - cu[:-1]).max()) if pos.numel() else 0
-
-
-def packed_attention_kwargs(position_ids: torch.Tensor) -> dict:
-    """Keyword arguments of the decoder forward that carry the row's sequence boundaries (the
-    names of transformers' FlashAttentionKwargs, so HF's own flash path reads them too)."""
-    cu, longest = cu_seqlens_from_position_ids(position_ids)
-    return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
 
 
 def _compute_dtype(query: torch.Tensor) -> torch.dtype:
@@ -86,8 +70,6 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout=
     if dropout:
         raise ValueError(f"attn_implementation={ATTN_IMPLEMENTATION!r} has no attention dropout")
     from g2rpo_fast.rollout.backends import SdpaBackend
-
-    from .prefix_shared_attention import gather_shared_keys
 
     backend = getattr(module, _BACKEND_ATTR, None) or SdpaBackend()
     batch, num_q_heads, q_len, head_dim = query.shape

@@ -1,16 +1,13 @@
-"""The padding-free packed forward equals per-sequence forwards (no cross-sequence attention)."""
+"""The padding-free packed forward equals per-sequence forwards (no cross-sequence attention), and the
+packed layout it reads (`packing/layout.py`)."""
 import pytest
 import torch
 from helpers import tiny_model_and_tokenizer
 
 from g2rpo_fast.ops import fused_linear_logps
-from g2rpo_fast.trainer.composition import Sample
-from g2rpo_fast.trainer.policy_forward import (
-    PolicyHidden,
-    lm_head_params,
-    pack_samples,
-    packed_hidden,
-)
+from g2rpo_fast.packing.layout import cu_seqlens_from_position_ids, pack_samples
+from g2rpo_fast.packing.policy_forward import PolicyHidden, lm_head_params, packed_hidden
+from g2rpo_fast.rollout.composition import Sample
 
 
 def _samples():
@@ -29,8 +26,8 @@ def test_packed_hidden_equals_per_sequence(attn, row_tokens):
     backend call per layer over the packed row) both equal per-sequence forwards."""
     model, _ = tiny_model_and_tokenizer(attn_implementation=attn.removeprefix("varlen-"))
     if attn.startswith("varlen-"):
+        from g2rpo_fast.packing import packed_attention
         from g2rpo_fast.rollout.backends import BACKENDS
-        from g2rpo_fast.trainer import packed_attention
 
         assert packed_attention.install(model, BACKENDS[attn.removeprefix("varlen-")]())
         assert model.config._attn_implementation == packed_attention.ATTN_IMPLEMENTATION
@@ -73,3 +70,10 @@ def test_pack_layout():
     assert batch.input_ids.shape[1] == sum(len(s.prompt_ids) + n - 1 for s, n in zip(samples, lens))
     pos = batch.position_ids[0].tolist()
     assert pos[:11] == list(range(11)) and pos[11] == 0
+
+
+def test_cu_seqlens_from_position_ids():
+    cu, longest = cu_seqlens_from_position_ids(torch.tensor([[0, 1, 2, 0, 1, 0, 0, 1, 2, 3]]))
+    assert cu.tolist() == [0, 3, 5, 6, 10] and cu.dtype == torch.int32 and longest == 4
+    cu, longest = cu_seqlens_from_position_ids(torch.tensor([[5, 6, 7]]))  # a continuation
+    assert cu.tolist() == [0, 3] and longest == 3

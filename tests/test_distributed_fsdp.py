@@ -104,7 +104,7 @@ def test_fsdp_resume_from_sharded_checkpoint_equals_uninterrupted(launched):
     assert result["resume"]["loss"] == result["fsdp"]["loss"]
     got, want = torch.load(out / "resume.pt"), torch.load(out / "fsdp.pt")
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
-    from g2rpo_fast.trainer.manifest import read_manifest, verify_checkpoint
+    from g2rpo_fast.checkpointing.manifest import read_manifest, verify_checkpoint
 
     ckpt = out / "fsdp" / "checkpoint-1"
     assert verify_checkpoint(str(ckpt)) is None

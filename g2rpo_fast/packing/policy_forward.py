@@ -1,12 +1,12 @@
-"""Padding-free policy forward: all sequences of a micro-batch packed into one row.
+"""The packed policy forward: a micro-batch's packed row (`layout.py`) through the model.
 
-Each sample's `prompt + completion[:-1]` is concatenated into `input_ids [1, ΣL]` with
-`position_ids` restarting at 0 per sequence and no attention mask. The trainer installs the
-varlen attention of `packed_attention.py`: each sequence attends only to itself through a
-varlen kernel and no [ΣL, ΣL] mask is ever built (`PolicyHidden` passes the row's
-`cu_seqlens`, computed once from the position ids). A model left on HF's own attention gets
+The row holds every sequence of the micro-batch, no padding, position ids restarting per
+sequence. The trainer installs the varlen attention of `packed_attention.py`: each sequence
+attends only to itself through a varlen kernel and no [ΣL, ΣL] mask is ever built
+(`PolicyHidden` passes the row's `cu_seqlens`, computed once from the position ids; a
+prefix-shared row passes its segments and key index). A model left on HF's own attention gets
 transformers' block-diagonal mask from the same position ids instead (correct, but ΣL²).
-tests/test_trainer_packed.py checks both against per-sequence forwards. The hidden states at
+tests/test_packing_forward.py checks both against per-sequence forwards. The hidden states at
 the positions that predict completion tokens (guidance tokens included, as context for the
 loss's guidance mask) are gathered into `[N, H]`, the packed layout of the loss with
 `cu_seqlens` over completions.
@@ -14,73 +14,10 @@ loss's guidance mask) are gathered into `[N, H]`, the packed layout of the loss 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 
 import torch
 
-
-@dataclass
-class PackedBatch:
-    input_ids: torch.Tensor  # [1, ΣL]
-    position_ids: torch.Tensor  # [1, ΣL]
-    gather_index: torch.Tensor  # [N] positions in the row whose hidden state predicts a completion token
-    token_ids: torch.Tensor  # [N] completion tokens (guidance + generated)
-    guidance_mask: torch.Tensor  # [N] 1 on guidance tokens
-    completion_mask: torch.Tensor  # [N] 0 on tokens of masked (truncated) completions
-    cu_seqlens: torch.Tensor  # [S+1] int32 offsets of each completion in the N tokens
-    row_splits: tuple = ()  # sequence-boundary offsets in ΣL where the row is cut into forwards
-    shared_prefix: tuple | None = None  # each group's prompt once in the row: its layout (group_packing.py)
-    # model calls to make at least (1-token dummies after the real ones): under FSDP every rank
-    # must call each layer as often as the others (parallel.equal_forward_count)
-    num_forwards: int = 0
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.token_ids.numel())
-
-
-def pack_samples(samples, device, mask_truncated: bool = False, max_row_tokens: int = 0) -> PackedBatch:
-    """`max_row_tokens > 0` cuts the packed row (at sequence boundaries) into forwards of at most
-    that many tokens (bounds the attention of a model left on HF's dense-mask attention, which
-    is quadratic in ΣL); 0: one row (the varlen attention costs Σ L_i² either way)."""
-    ids, pos, gather, targets, gmask, cmask, cu = [], [], [], [], [], [], [0]
-    offset, splits, row_start = 0, [], 0
-    for s in samples:
-        prompt, completion = list(s.prompt_ids), list(s.completion_ids)
-        if not prompt:
-            raise ValueError("a sample has an empty prompt")
-        seq = prompt + completion[:-1]  # the last token predicts nothing
-        if max_row_tokens and offset > row_start and offset + len(seq) - row_start > max_row_tokens:
-            splits.append(offset)
-            row_start = offset
-        ids.extend(seq)
-        pos.extend(range(len(seq)))
-        p = len(prompt)
-        gather.extend(offset + p - 1 + j for j in range(len(completion)))
-        targets.extend(completion)
-        gmask.extend(s.guidance_mask)
-        keep = 0 if (mask_truncated and s.truncated) else 1
-        cmask.extend([keep] * len(completion))
-        cu.append(cu[-1] + len(completion))
-        offset += len(seq)
-    return packed_batch(device, ids, pos, gather, targets, gmask, cmask, cu, splits)
-
-
-def packed_batch(device, ids, pos, gather, targets, gmask, cmask, cu, splits, shared_prefix=None) -> PackedBatch:
-    """The tensors of a packed row from the Python lists the two packers build (per sample here,
-    per group in group_packing.py)."""
-    as_long = lambda x: torch.tensor(x, dtype=torch.long, device=device)
-    return PackedBatch(
-        input_ids=as_long(ids).unsqueeze(0),
-        position_ids=as_long(pos).unsqueeze(0),
-        gather_index=as_long(gather),
-        token_ids=as_long(targets),
-        guidance_mask=as_long(gmask),
-        completion_mask=torch.tensor(cmask, dtype=torch.float32, device=device),
-        cu_seqlens=torch.tensor(cu, dtype=torch.int32, device=device),
-        row_splits=tuple(splits),
-        shared_prefix=shared_prefix,
-    )
+from .layout import PackedBatch, packed_attention_kwargs, prefix_shared_attention_kwargs
 
 
 def decoder_of(model):
@@ -108,9 +45,7 @@ class PolicyHidden(torch.nn.Module):
 
     def forward(self, input_ids, position_ids, attention_kwargs=None):
         """`attention_kwargs`: the varlen metadata of the row (default: sequences delimited by
-        the position ids; a prefix-shared row brings its own, `prefix_shared_attention.py`)."""
-        from .packed_attention import packed_attention_kwargs
-
+        the position ids; a prefix-shared row brings its own, `layout.py`)."""
         kwargs = attention_kwargs if attention_kwargs is not None else packed_attention_kwargs(position_ids)
         out = decoder_of(self.model)(input_ids=input_ids, position_ids=position_ids, attention_mask=None,
                                      use_cache=False, **kwargs)
@@ -129,9 +64,7 @@ def packed_hidden(policy, batch: PackedBatch, autocast_dtype=None) -> torch.Tens
     for k, (a, b) in enumerate(pieces + [(0, 1)] * dummies):
         kwargs = None
         if batch.shared_prefix is not None and k < len(pieces):
-            from .prefix_shared_attention import attention_kwargs
-
-            kwargs = attention_kwargs(batch.shared_prefix, a, b, batch.input_ids.device)
+            kwargs = prefix_shared_attention_kwargs(batch.shared_prefix, a, b, batch.input_ids.device)
         position_ids = batch.position_ids[:, a:b] if k < len(pieces) else torch.zeros_like(batch.position_ids[:, :1])
         with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             rows.append(policy(batch.input_ids[:, a:b], position_ids, kwargs)[0])
@@ -160,7 +93,7 @@ class PackedPolicy(torch.nn.Module):
 
     def forward(self, batch: PackedBatch, loss_inputs: dict | None = None):
         hidden = packed_hidden(PolicyHidden(self.model), batch, self.runtime.autocast_dtype)
-        # the loss's matmuls in the compute dtype, its accumulation in fp32 (runtime.py)
+        # the loss's matmuls in the compute dtype, its accumulation in fp32 (g2rpo_fast/runtime.py)
         hidden, weight, bias = self.runtime.loss_operands(hidden, *lm_head_params(self.model))
         if loss_inputs is None:
             from g2rpo_fast.ops import fused_linear_logps

@@ -1,0 +1,101 @@
+"""The trainer's set-up before step 1 (`G2RPOTrainer.__init__` calls these in this order):
+
+1. the device (`_pick_device`: the local rank's GPU under torchrun);
+2. the data sets, every row checked before the model loads (`_load_datasets`);
+3. the tokenizer, the prompts checked against it (chat template, context), then the policy
+   (`_load_policy`): fp32 master weights, Liger, the packed varlen attention and prefix sharing
+   (`packing/`), gradient checkpointing, the frozen reference model (beta > 0), the
+   `PackedPolicy` that DDP wraps or FSDP2 shards (`distributed/parallel.py`);
+4. the roll-out engine over the live weights (`_make_engine`).
+A mixin of `G2RPOTrainer`: these are its methods, kept apart from the loop.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from g2rpo_fast.data.sources import check_columns, load_split, validate_dataset, validate_dataset_for_model
+from g2rpo_fast.data.validation import context_length_of
+from g2rpo_fast.distributed.parallel import shard_fsdp, wrap_policy
+from g2rpo_fast.packing import packed_attention
+from g2rpo_fast.packing.policy_forward import PackedPolicy
+from g2rpo_fast.packing.prefix_shared_attention import resolve_prefix_sharing
+
+
+class TrainerComponents:
+    def _pick_device(self) -> torch.device:
+        want = self.config.device
+        if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
+            if not torch.cuda.is_available():
+                raise ValueError("`device`: cuda requested but no CUDA device is available")
+            index = self.dist.local_rank if self.dist.world_size > 1 else torch.cuda.current_device()
+            return torch.device("cuda", index)
+        return torch.device("cpu")
+
+    def _load_datasets(self, train_dataset, eval_dataset) -> None:
+        cfg, guide_fn = self.config, self.rewards.guidance_fn
+        self.train_dataset = train_dataset if train_dataset is not None else load_split(cfg, cfg.dataset_split, True)
+        check_columns(self.train_dataset, cfg, self.rewards.funcs + [guide_fn], "train dataset")
+        validate_dataset(self.train_dataset, cfg, cfg.dataset_split, True,
+                         source="train_dataset" if train_dataset is not None else None)
+        if eval_dataset is None and cfg.eval_split and (cfg.eval_at_end or cfg.eval_steps):
+            eval_dataset = load_split(cfg, cfg.eval_split, False)
+            check_columns(eval_dataset, cfg, [guide_fn], "eval dataset")
+            validate_dataset(eval_dataset, cfg, cfg.eval_split, False)
+        elif eval_dataset is not None:
+            check_columns(eval_dataset, cfg, [guide_fn], "eval dataset")
+            validate_dataset(eval_dataset, cfg, cfg.eval_split, False, source="eval_dataset")
+        self.eval_dataset = eval_dataset
+
+    def _load_policy(self, model, tokenizer, given) -> None:
+        """Tokenizer, then the prompts against it (chat template, context), then the model."""
+        from g2rpo_fast.models.loading import load_model, load_tokenizer, model_context_length
+
+        cfg = self.config
+        train_given, eval_given = given
+        if tokenizer is None:
+            tokenizer = load_tokenizer(cfg.model_name_or_path)
+        context = (context_length_of(model.config) if model is not None
+                   else model_context_length(cfg.model_name_or_path))
+        validate_dataset_for_model(self.train_dataset, cfg, tokenizer, context, cfg.dataset_split,
+                                   source="train_dataset" if train_given else None)
+        if self.eval_dataset is not None:
+            validate_dataset_for_model(self.eval_dataset, cfg, tokenizer, context, cfg.eval_split,
+                                       source="eval_dataset" if eval_given else None)
+        if model is None:
+            model = load_model(cfg.model_name_or_path)
+        # fp32 master weights whatever the compute dtype (runtime.py)
+        self.model = model.to(self.device, dtype=torch.float32)
+        self.tokenizer = tokenizer
+        if cfg.use_liger_kernel:
+            from g2rpo_fast.models.liger import apply_liger
+
+            apply_liger(self.model)
+        varlen_installed = packed_attention.install(self.model, self.runtime.backend)
+        self.prefix_shared = resolve_prefix_sharing(cfg.prefix_shared_forward, self.model, varlen_installed)
+        self.model.train()
+        if cfg.gradient_checkpointing:
+            if hasattr(self.model, "activation_checkpointing_enable"):  # the transformers 5 name
+                self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(self.model.config, "use_cache"):
+            self.model.config.use_cache = False  # the packed forward needs no KV cache
+        self.grad_scaler = self.runtime.grad_scaler()
+        self.ref_model = self.ref_policy = None
+        if cfg.beta > 0:
+            self.ref_model = copy.deepcopy(self.model).eval()
+            self.ref_model.requires_grad_(False)
+            self.ref_policy = PackedPolicy(self.ref_model, self.runtime, temperature=cfg.temperature)
+            if self.sharded:  # sharded too: a full fp32 reference per GPU would undo FSDP's saving
+                shard_fsdp(self.ref_policy, self.ref_model, self.runtime.compute_dtype, cfg.fsdp_cpu_offload)
+        # PackedPolicy: one call per micro-batch (distributed/parallel.py); DDP wraps it, FSDP shards it in place
+        self.policy = PackedPolicy(self.model, self.runtime, self.loss_fn, temperature=cfg.temperature)
+        self.policy_for_grad = wrap_policy(self.policy, self.model, cfg, self.dist, self.device,
+                                           self.runtime.compute_dtype)
+
+    def _make_engine(self):
+        from g2rpo_fast.rollout import RolloutEngine
+
+        return RolloutEngine(self.model, attn_backend=self.runtime.backend, dtype=self.runtime.compute_dtype)

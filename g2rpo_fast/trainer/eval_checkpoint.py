@@ -1,0 +1,45 @@
+"""`g2rpo-fast eval`: a saved checkpoint (or any model) through a trainer and the evaluator.
+
+The checks that need no torch run first (the model source, a checkpoint's manifest), so a
+mistake costs a second; then a `G2RPOTrainer` is built on the checkpoint's weights and its
+`evaluate` runs the one evaluator (`g2rpo_fast/evaluation.py`).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+
+def evaluate_checkpoint(config, checkpoint=None, split=None, max_prompts=None) -> dict:
+    """Greedy accuracy (the config's `guidance_reward`, default accuracy) of `checkpoint`
+    (a checkpoint-N dir or any model path; None: `config.model_name_or_path`)."""
+    from g2rpo_fast.models.loading import check_model_source
+
+    cfg = dataclasses.replace(config, eval_split=split or config.eval_split, progress_bar=False, plots=False)
+    if not cfg.eval_split:
+        raise ValueError("`eval_split`: no split to evaluate on")
+    model = tokenizer = None
+    if checkpoint is not None:
+        check_model_source(checkpoint, field="--checkpoint")
+        _verify_if_checkpoint(checkpoint)
+    from g2rpo_fast.models.loading import load_model_and_tokenizer
+
+    from .trainer import G2RPOTrainer  # torch: after the checks above
+
+    if checkpoint is not None:
+        model, tokenizer = load_model_and_tokenizer(checkpoint, field="--checkpoint")
+    trainer = G2RPOTrainer(cfg, model=model, tokenizer=tokenizer)
+    result = trainer.evaluate(max_prompts=max_prompts if max_prompts is not None else cfg.num_eval_prompts)
+    result["checkpoint"] = checkpoint or cfg.model_name_or_path
+    return result
+
+
+def _verify_if_checkpoint(path: str) -> None:
+    """A training checkpoint (it has a manifest) must verify before it is evaluated."""
+    import os
+
+    from g2rpo_fast.checkpointing.manifest import MANIFEST_FILE, verify_checkpoint
+
+    if os.path.isfile(os.path.join(path, MANIFEST_FILE)):
+        reason = verify_checkpoint(path)
+        if reason is not None:
+            raise ValueError(f"`--checkpoint`: {path} is not a complete checkpoint: {reason}")

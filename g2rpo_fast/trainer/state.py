@@ -1,0 +1,119 @@
+"""What a checkpoint holds of the trainer, and the run directory around it.
+
+`state_dict` is everything besides the model that continues a run exactly (optimizer,
+scheduler, guidance controller, data position, roll-outs still to train on, fp16 loss scale);
+`save` / `load` write and read it with the model, in one process or DDP through
+`checkpointing/checkpoint.py` (rank 0), under FSDP through `checkpointing/sharded_checkpoint.py`
+(every rank its shards). `prepare_output_dir` and `_checkpoint_to_resume` run before step 1,
+rank 0 deciding and the others following. A mixin of `G2RPOTrainer`: these are its methods,
+kept apart from the loop.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+from g2rpo_fast.checkpointing.checkpoint import (
+    checkpoint_to_resume,
+    clean_partial_checkpoints,
+    load_model_weights,
+    load_trainer_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from g2rpo_fast.checkpointing.run_dir import RunSetupError, check_output_dir, delete_earlier_run
+
+from .batch import RolloutBatch
+
+
+class TrainerState:
+    def state_dict(self) -> dict:
+        buffer = None if self.buffer is None else [b.state_dict() for b in self.buffer]
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "guidance": self.guidance.state_dict(), "data_position": self.data_position,
+                "buffer": buffer, "buffer_uses": self.buffer_uses,
+                "buffer_guidance_length": self.buffer_guidance_length,
+                # fp16's loss scale and its growth tracker: a resume continues the same scaling
+                "grad_scaler": None if self.grad_scaler is None else self.grad_scaler.state_dict()}
+
+    def save(self, output_dir=None, export: bool = False) -> str | None:
+        """Rank 0 writes the checkpoint (the model via `save_pretrained`); under FSDP every rank
+        writes its shards (`sharded_checkpoint.py`) and `export` adds the whole model."""
+        if self.sharded:
+            from g2rpo_fast.checkpointing.sharded_checkpoint import save_sharded_checkpoint
+
+            state = self.state_dict()
+            rank_state = {k: state.pop(k) for k in ("buffer", "buffer_uses", "buffer_guidance_length")}
+            state.pop("optimizer")
+            path = save_sharded_checkpoint(output_dir or self.config.output_dir, self.step, model=self.model,
+                                           optimizer=self.optimizer, tokenizer=self.tokenizer, global_state=state,
+                                           rank_state=rank_state, config=self.config, dist=self.dist,
+                                           save_total_limit=self.config.save_total_limit, export=export)
+            return path if self.is_main else None
+        if not self.is_main:
+            return None
+        return save_checkpoint(output_dir or self.config.output_dir, self.step, self.model, self.tokenizer,
+                               self.state_dict(), self.config, self.config.save_total_limit)
+
+    def load(self, path: str) -> None:
+        from g2rpo_fast.checkpointing.sharded_checkpoint import is_sharded_checkpoint, load_sharded_checkpoint
+
+        if is_sharded_checkpoint(path):  # DCP: resharded to this world size (one process too)
+            state = load_sharded_checkpoint(path, model=self.model, optimizer=self.optimizer, dist=self.dist)
+            state.update(state.pop("rank_state"))
+        elif self.sharded:
+            raise RunSetupError(f"`resume`: {path} is a single-process/DDP checkpoint; an fsdp run resumes from "
+                                f"sharded checkpoints only (resume it with fsdp: false)")
+        else:
+            load_model_weights(self.model, path)
+            state = load_trainer_state(path)
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.guidance.load_state_dict(state["guidance"])
+        self.data_position = int(state["data_position"])
+        if self.grad_scaler is not None and state.get("grad_scaler"):
+            self.grad_scaler.load_state_dict(state["grad_scaler"])
+        buffer = state.get("buffer")
+        self.buffer = None if buffer is None else [RolloutBatch.from_state_dict(b, self.device) for b in buffer]
+        self.buffer_uses = int(state.get("buffer_uses", 0))
+        self.buffer_guidance_length = state.get("buffer_guidance_length")
+        self.step = int(state["step"])
+        if "rng" in state:  # a sharded checkpoint restored this rank's RNG already
+            set_rng_state(state["rng"])
+
+    # ------------------------------------------------------------------ run directory
+    def prepare_output_dir(self, resume: bool) -> None:
+        """Refuse an output dir that is not writable or holds another run (`run_dir`), put
+        back or remove leftovers of an interrupted save, apply `overwrite_output_dir`."""
+        cfg = self.config
+        if self.is_main:
+            check_output_dir(cfg.output_dir, resume, cfg.overwrite_output_dir)
+            os.makedirs(cfg.output_dir, exist_ok=True)
+            for line in clean_partial_checkpoints(cfg.output_dir):
+                _notice(f"{cfg.output_dir}: {line}")
+            if cfg.overwrite_output_dir and not resume:
+                removed = delete_earlier_run(cfg.output_dir)
+                if removed:
+                    _notice(f"overwrite_output_dir: removed the earlier run's {', '.join(removed)} from "
+                            f"{cfg.output_dir}")
+        if self.dist.world_size > 1:
+            torch.distributed.barrier()
+
+    def _checkpoint_to_resume(self, resume) -> str:
+        """`resume`: True (the newest checkpoint of output_dir that verifies) or a path.
+        Rank 0 verifies and tells the others."""
+        found = [None, None]
+        if self.is_main:
+            found = list(checkpoint_to_resume(self.config.output_dir, resume))
+        if self.dist.world_size > 1:
+            torch.distributed.broadcast_object_list(found, src=0)
+        path, error = found
+        if error:
+            raise RunSetupError(error)
+        return path
+
+
+def _notice(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
