@@ -54,9 +54,9 @@ def load_tokenizer(name_or_path, field: str = "model_name_or_path"):
 
 def model_context_length(name_or_path) -> int | None:
     """Positions the model supports (max_position_embeddings), from its config only."""
-    from g2rpo_fast.data.validation import context_length_of
-
     from transformers import AutoConfig
+
+    from g2rpo_fast.data.validation import context_length_of
 
     if is_embedded(name_or_path):
         from g2rpo_fast.models.builtin import BUILTIN_DIR
