@@ -3,7 +3,7 @@
     g2rpo-fast train                                  # built-in task and tiny model, CPU-friendly
     g2rpo-fast train --config run.yaml --max-steps 50 --guidance fixed --learning-rate 1e-5
     g2rpo-fast train --output-dir out --resume        # continue from the last complete checkpoint
-    g2rpo-fast demo --seeds 0 1 2                     # GRPO vs fixed / linear guidance vs G²RPO-A
+    g2rpo-fast demo --jobs 2                          # GRPO, DAPO, guidance schedules, G²RPO-A: 8 seeds
     g2rpo-fast demo --regime hard --jobs 2            # the same on 4-digit sums (sparse rewards)
     g2rpo-fast train --config hard --report-to tensorboard
     g2rpo-fast eval --checkpoint out/checkpoint-30    # greedy held-out accuracy
@@ -22,6 +22,10 @@ import dataclasses
 import errno
 import sys
 import time
+
+# = guidance.SCHEDULES and demo.METHODS, written out: the CLI parses before anything heavy imports
+GUIDANCE_SCHEDULES = ("adaptive", "adaptive_sparse", "fixed", "linear", "none")
+DEMO_METHODS = ("none", "dapo", "fixed", "linear", "adaptive", "adaptive_sparse")
 
 
 def _add_config_fields(parser, skip=()):
@@ -67,7 +71,7 @@ def _train_parser(sub):
     p.add_argument("--max-steps", dest="max_steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint in output_dir")
-    p.add_argument("--guidance", choices=["adaptive", "fixed", "linear", "none"], default=None,
+    p.add_argument("--guidance", choices=list(GUIDANCE_SCHEDULES), default=None,
                    help="guidance schedule (alias of --guidance-schedule)")
     p.add_argument("--guidance-ratio", dest="guidance_ratio", type=float, default=None)
     _add_config_fields(p, skip=("output_dir", "max_steps", "seed", "guidance_ratio"))
@@ -143,6 +147,8 @@ def cmd_demo(args) -> int:
 
     if args.jobs < 1:
         raise UsageError(f"`jobs` must be an int >= 1, got {args.jobs}")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"`threads` must be an int >= 1, got {args.threads}")
     # The regime's packaged preset and demo budget (each run about a minute or two on 2 CPU
     # cores), unless the user chose a config file or the budget fields.
     preset, budget = REGIMES[args.regime]
@@ -156,7 +162,7 @@ def cmd_demo(args) -> int:
         args.output_dir = "g2rpo_demo" if args.regime == "easy" else f"g2rpo_demo_{args.regime}"
     cfg = _setup(_config_from_args, args, budget)
     run_demo(cfg, seeds=args.seeds, methods=args.methods, output_dir=cfg.output_dir, jobs=args.jobs,
-             regime=args.regime)
+             regime=args.regime, threads=args.threads, resume=args.resume)
     return 0
 
 
@@ -167,13 +173,17 @@ def build_parser():
     _train_parser(sub)
     d = sub.add_parser("demo", help="GRPO vs fixed guidance vs G²RPO-A over seeds, held-out accuracy")
     d.add_argument("--regime", choices=["easy", "hard"], default="easy",
-                   help="easy: 3-digit sums (default.yaml, 100 steps); hard: 4-digit sums, sparse rewards "
+                   help="easy: 3-digit sums (default.yaml, 60 steps); hard: 4-digit sums, sparse rewards "
                         "(the `hard` preset, configs/hard.yaml)")
     d.add_argument("--config", default=None, help="YAML file or preset name (default: the regime's preset)")
-    d.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    d.add_argument("--methods", nargs="+", default=["none", "fixed", "linear", "adaptive"],
-                   choices=["none", "fixed", "linear", "adaptive"])
+    d.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
+    d.add_argument("--methods", nargs="+", default=list(DEMO_METHODS), choices=list(DEMO_METHODS),
+                   help="none: GRPO; dapo: GRPO with DAPO's dynamic sampling; the others: guidance_schedule")
     d.add_argument("--jobs", type=int, default=1, help="runs at a time, one process each")
+    d.add_argument("--threads", type=int, default=None,
+                   help="torch threads per run (default: the cores divided by --jobs); results depend on it")
+    d.add_argument("--resume", action="store_true",
+                   help="reuse the runs of an earlier demo in --output-dir whose configuration is identical")
     d.add_argument("--output-dir", dest="output_dir", default=None,
                    help="default: g2rpo_demo (easy), g2rpo_demo_hard (hard)")
     d.add_argument("--max-steps", dest="max_steps", type=int, default=None)

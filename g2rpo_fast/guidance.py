@@ -7,6 +7,16 @@ so a falling reward gives more guidance and a rising one less. With `update_ever
 rule is applied only on steps k that are multiples of it (rewards of every step still enter
 the history): `update_every=3, window=2` is the released code's 3-step cycle.
 
+`SparseAdaptiveGuidance` (`guidance_schedule: adaptive_sparse`) is a variant of that rule for
+sparse rewards, where the paper's rule collapses ℓ (README, "The adaptive rule under sparse
+rewards"): with the same r_k, p, window and cadence, and c = `max_factor` (> 1),
+    factor = c            if r_k <= 0           (a zero-reward step counts as a fall)
+             1 / c        if r_k > 0 and p <= 0 (a rise from zero)
+             clamp(p / r_k, 1/c, c)  otherwise
+    ℓ <- clamp(round_half_up(ℓ · factor), min_length, max_length)
+so a step without reward raises ℓ instead of leaving it, one lucky step after zeros cuts ℓ
+by at most c, and rounding to the nearest integer removes the paper's steady drift down.
+
 `FixedGuidance`, `LinearGuidance` and `NoGuidance` are the baselines behind the same
 interface: `.length`, `.update(step_reward) -> length`, `.state_dict()`, `.load_state_dict()`.
 """
@@ -81,6 +91,34 @@ class AdaptiveGuidance(_Schedule):
         return self.length
 
 
+class SparseAdaptiveGuidance(AdaptiveGuidance):
+    """The adaptive rule for sparse rewards (module docstring): zero-reward steps raise ℓ, the
+    factor is clamped to [1/max_factor, max_factor], ℓ is rounded to the nearest integer."""
+
+    def __init__(self, initial_length: int, max_length: int, min_length: int = 1, window: int = 2,
+                 update_every: int = 1, max_factor: float = 2.0):
+        super().__init__(initial_length, max_length, min_length, window, update_every)
+        if isinstance(max_factor, bool) or not isinstance(max_factor, (int, float)) or \
+                not math.isfinite(max_factor) or max_factor <= 1:
+            raise ValueError(f"`max_factor` must be a finite number > 1, got {max_factor!r}")
+        self.max_factor = float(max_factor)
+
+    def _next_length(self, reward: float) -> int:
+        previous = self.history[-self.window:]
+        if self.step % self.update_every != 0 or not previous:
+            return self.length
+        p = sum(previous) / len(previous)
+        c = self.max_factor
+        if reward <= 0:
+            factor = c
+        elif p <= 0:
+            factor = 1 / c
+        else:
+            factor = min(max(p / reward, 1 / c), c)
+        # nearest integer, halves up; 1e-9 absorbs float error (0.3 / 0.4 * 10 = 7.4999...)
+        return min(max(math.floor(self.length * factor + 0.5 + 1e-9), self.min_length), self.max_length)
+
+
 class FixedGuidance(_Schedule):
     def __init__(self, length: int):
         super().__init__()
@@ -111,16 +149,21 @@ class LinearGuidance(_Schedule):
         return round(self.initial_length + (self.final_length - self.initial_length) * frac)
 
 
+SCHEDULES = ("adaptive", "adaptive_sparse", "fixed", "linear", "none")
+
+
 def make_guidance_schedule(kind: str, *, initial_length: int, max_length: int, min_length: int = 1,
                            window: int = 2, update_every: int = 1, final_length: int = 0,
-                           total_steps: int = 1) -> _Schedule:
-    """Build the schedule named by `guidance_schedule` (adaptive | fixed | linear | none)."""
+                           total_steps: int = 1, max_factor: float = 2.0) -> _Schedule:
+    """Build the schedule named by `guidance_schedule` (adaptive | adaptive_sparse | fixed | linear | none)."""
     if kind == "adaptive":
         return AdaptiveGuidance(initial_length, max_length, min_length, window, update_every)
+    if kind == "adaptive_sparse":
+        return SparseAdaptiveGuidance(initial_length, max_length, min_length, window, update_every, max_factor)
     if kind == "fixed":
         return FixedGuidance(initial_length)
     if kind == "linear":
         return LinearGuidance(initial_length, final_length, total_steps)
     if kind == "none":
         return NoGuidance()
-    raise ValueError(f"`guidance_schedule` must be one of ['adaptive', 'fixed', 'linear', 'none'], got {kind!r}")
+    raise ValueError(f"`guidance_schedule` must be one of {list(SCHEDULES)}, got {kind!r}")

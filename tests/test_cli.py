@@ -48,40 +48,61 @@ def test_resume_without_checkpoint_fails(assets, tmp_path, capsys):
     assert "resume" in capsys.readouterr().err
 
 
-def test_demo_writes_table_and_plot(assets, tmp_path):
+def test_demo_writes_table_and_plot(assets, tmp_path, capsys):
     out = tmp_path / "demo"
     args = common(assets, out)
     assert main(["demo", *args, "--max-steps", "1", "--seeds", "0", "1", "--methods", "none", "adaptive"]) == 0
     table = (out / "demo_results.md").read_text()
     assert "G²RPO-A" in table and "GRPO (no guidance)" in table and "±" in table
+    assert "Against GRPO, seed by seed" in table
+    result = json.loads((out / "demo_results.json").read_text())
+    runs = result["runs"]
+    test = result["summary"]["adaptive"]["vs_grpo_eval_accuracy"]
+    diffs = [a["eval_accuracy"] - g["eval_accuracy"] for a, g in zip(runs["adaptive"], runs["none"])]
+    assert test["n"] == 2 and test["diff"] == pytest.approx(sum(diffs) / 2)
+    assert [r["seed"] for r in runs["adaptive"]] == [0, 1] and result["timing"]["threads"] == (os.cpu_count() or 1)
     assert os.path.isfile(out / "demo.png")
+    # --resume reuses identical runs (nothing trains again), a changed config does not
+    capsys.readouterr()
+    assert main(["demo", *args, "--max-steps", "1", "--seeds", "0", "1", "--methods", "none", "adaptive",
+                 "--resume"]) == 0
+    again = json.loads((out / "demo_results.json").read_text())
+    assert again["timing"]["runs_reused"] == 4 and again["summary"] == result["summary"]
+    assert main(["demo", *args, "--max-steps", "2", "--seeds", "0", "--methods", "none", "--resume"]) == 0
+    assert json.loads((out / "demo_results.json").read_text())["timing"]["runs_reused"] == 0
 
 
 def test_demo_hard_regime_tiny_budget(assets, tmp_path):
-    """`demo --regime hard`: the hard preset (4-digit sums of the built-in task) for all four
-    methods, two runs at a time; the tiny model stands in for the built-in one."""
+    """`demo --regime hard`: the hard preset (4-digit sums of the built-in task), GRPO, DAPO's
+    dynamic sampling and the sparse variant, two runs at a time with one thread each; the tiny
+    model stands in for the built-in one."""
     model, _ = assets
     out = tmp_path / "hard"
+    methods = ["none", "dapo", "adaptive_sparse"]
     assert main(["demo", "--regime", "hard", "--model-name-or-path", model, "--output-dir", str(out),
-                 "--max-steps", "2", "--seeds", "0", "--jobs", "2", "--num-generations", "2",
+                 "--max-steps", "2", "--seeds", "0", "--jobs", "2", "--threads", "1", "--num-generations", "2",
                  "--per-device-train-batch-size", "4", "--max-completion-length", "6", "--embedded-train-size", "8",
                  "--embedded-eval-size", "3", "--eval-num-samples", "2", "--learning-rate", "1e-3",
-                 "--guidance-ratio", "0.5"]) == 0
+                 "--guidance-ratio", "0.5", "--methods", *methods]) == 0
     result = json.loads((out / "demo_results.json").read_text())
-    assert result["regime"] == "hard" and result["jobs"] == 2
+    assert result["regime"] == "hard" and result["timing"]["jobs"] == 2 and result["timing"]["threads"] == 1
     assert result["config"]["embedded_difficulties"] == [4] and result["config"]["dataset_name"] == "embedded"
-    assert list(result["runs"]) == ["none", "fixed", "linear", "adaptive"]
+    assert list(result["runs"]) == methods
+    schedule = {"none": "none", "dapo": "none", "adaptive_sparse": "adaptive_sparse"}
     for method, runs in result["runs"].items():
         (run,) = runs
         assert len(run["curves"]["frac_reward_zero_std"]) == 2 and len(run["curves"]["reward"]) == 2
         assert 0.0 <= run["eval_accuracy"] <= 1.0 and 0.0 <= run["eval_sampled_accuracy"] <= 1.0
         config = json.loads((out / f"{method}-seed0" / "config.json").read_text())
-        assert config["guidance_schedule"] == method and config["embedded_difficulties"] == [4]
+        assert config["guidance_schedule"] == schedule[method] and config["embedded_difficulties"] == [4]
+        assert config["dynamic_sampling"] == (method == "dapo")
         assert json.loads((out / f"{method}-seed0" / "eval_results.json").read_text())["eval_count"] == 3
+        rounds = run["curves"]["sampling_rounds"]
+        assert run["completions_generated"] == 4 * sum(rounds)
+        assert rounds == [1, 1] if method != "dapo" else all(1 <= r <= 4 for r in rounds)
     assert result["runs"]["none"][0]["curves"]["guidance_length_injected"] == [0.0, 0.0]
-    assert result["runs"]["fixed"][0]["curves"]["guidance_length_injected"] == [18.0, 18.0]
     table = (out / "demo_results.md").read_text()
-    assert "hard regime" in table and "linear decay" in table and "zero-std groups" in table
+    assert "hard regime" in table and "DAPO dynamic sampling" in table and "zero-std groups" in table
     assert "before training" in table and 0.0 <= result["start"]["eval_accuracy"] <= 1.0
     assert os.path.isfile(out / "demo.png")
 

@@ -23,6 +23,8 @@ from g2rpo_fast.trainer.config import (
     ("reward_funcs", ["no_such_reward"]), ("learning_rate", "fast"), ("max_steps", 0),
     ("bf16", "yes"), ("guidance_reward", "nope"),
     ("fsdp", "yes"), ("fsdp_cpu_offload", True),  # offloading needs fsdp: true
+    ("guidance_schedule", "adaptive-sparse"), ("guidance_max_factor", 1.0), ("guidance_max_factor", float("nan")),
+    ("dynamic_sampling", "yes"), ("dynamic_sampling_max_rounds", 0), ("skip_zero_signal_steps", 1),
 ])
 def test_bad_field_named(field, value):
     kwargs = {field: value}
@@ -35,6 +37,10 @@ def test_bad_field_named(field, value):
 def test_min_above_max_length():
     with pytest.raises(ValueError, match="guidance_min_length"):
         G2RPOConfig(guidance_min_length=10, guidance_max_length=5)
+    for schedule in ("adaptive", "adaptive_sparse"):  # both rules start inside their clamp
+        with pytest.raises(ValueError, match="guidance_initial_length"):
+            G2RPOConfig(guidance_schedule=schedule, guidance_initial_length=40, guidance_max_length=36)
+    assert G2RPOConfig(guidance_schedule="fixed", guidance_initial_length=40, guidance_max_length=36)
 
 
 def test_default_yaml_and_overrides(tmp_path):

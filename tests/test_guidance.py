@@ -1,7 +1,14 @@
 """AdaptiveGuidance follows DESIGN.md section 7 exactly; baselines share its interface."""
 import pytest
 
-from g2rpo_fast.guidance import AdaptiveGuidance, FixedGuidance, LinearGuidance, NoGuidance, make_guidance_schedule
+from g2rpo_fast.guidance import (
+    AdaptiveGuidance,
+    FixedGuidance,
+    LinearGuidance,
+    NoGuidance,
+    SparseAdaptiveGuidance,
+    make_guidance_schedule,
+)
 
 
 def spec_lengths(l0, rewards, lo, hi, window, every):
@@ -130,3 +137,65 @@ def test_defaults_are_designs():
 def test_linear_through_the_factory():
     lin = make_guidance_schedule("linear", initial_length=8, max_length=8, final_length=2, total_steps=3)
     assert [lin.update(0.5) for _ in range(4)] == [6, 4, 2, 2]
+
+
+# ---------------------------------------------------------------- adaptive_sparse: the variant
+def sparse_spec_lengths(l0, rewards, lo, hi, window, every, c):
+    """The variant written out from its description (README, "The adaptive rule under sparse
+    rewards"), in exact fractions: a zero-reward step is a fall by the largest factor c, a rise
+    from a zero window mean is a cut by 1/c, any other factor p / r_k is clamped to [1/c, c],
+    and the new length is the nearest integer (halves up)."""
+    from fractions import Fraction
+
+    length, out, c = l0, [], Fraction(c)
+    for k, r in enumerate(rewards, start=1):
+        prev = rewards[max(0, k - 1 - window):k - 1]
+        if k % every == 0 and prev:
+            p = Fraction(sum(Fraction(x) for x in prev)) / len(prev)
+            r = Fraction(r)
+            factor = c if r == 0 else (1 / c if p == 0 else min(max(p / r, 1 / c), c))
+            x = length * factor
+            nearest = int(x) + (1 if x - int(x) >= Fraction(1, 2) else 0)
+            length = min(max(nearest, lo), hi)
+        out.append(length)
+    return out
+
+
+@pytest.mark.parametrize("window,every,c", [(1, 1, 2.0), (2, 1, 2.0), (2, 3, 1.5), (4, 2, 3.0)])
+def test_sparse_variant_matches_its_written_rule(window, every, c):
+    rewards = [0.0, 0.0, 0.125, 0.0, 0.0, 0.0, 0.25, 0.5, 0.0, 0.375, 0.125, 0.0, 0.75, 0.625, 0.0, 0.0]
+    g = SparseAdaptiveGuidance(12, 36, min_length=2, window=window, update_every=every, max_factor=c)
+    assert [g.update(r) for r in rewards] == sparse_spec_lengths(12, rewards, 2, 36, window, every, c)
+
+
+def test_sparse_variant_where_it_differs_from_the_paper():
+    rewards = [0.25, 0.0, 0.0, 0.0625, 0.25]
+    paper = AdaptiveGuidance(10, 36, min_length=1)
+    sparse = SparseAdaptiveGuidance(10, 36, min_length=1, max_factor=2.0)
+    # the paper: zero rewards leave ℓ, a lucky step after zeros cuts by p / r (here to 0 -> min);
+    # the variant: each zero-reward step doubles ℓ (to the max), the lucky step halves it at most
+    assert [paper.update(r) for r in rewards] == [10, 10, 10, 10, 1]
+    assert [sparse.update(r) for r in rewards] == [10, 20, 36, 18, 9]
+    up = SparseAdaptiveGuidance(10, 36, max_factor=2.0)
+    up.update(0.3)
+    assert up.update(0.4) == 8  # 10 * 0.75 = 7.5 rounds to 8 (the paper's int() gives 7)
+    assert up.update(0.4) == 7  # p = 0.35: 8 * 0.875 = 7.0
+
+
+def test_sparse_variant_state_and_arguments():
+    rewards = [0.0, 0.2, 0.0, 0.4, 0.1, 0.0]
+    a = SparseAdaptiveGuidance(6, 30, max_factor=1.5)
+    for r in rewards[:3]:
+        a.update(r)
+    b = SparseAdaptiveGuidance(1, 30, max_factor=1.5)
+    b.load_state_dict(a.state_dict())
+    assert [a.update(r) for r in rewards[3:]] == [b.update(r) for r in rewards[3:]]
+    for bad in (1.0, 0.5, float("inf"), True, "2"):
+        with pytest.raises(ValueError, match="`max_factor`"):
+            SparseAdaptiveGuidance(4, 8, max_factor=bad)
+    with pytest.raises(ValueError, match="`initial_length`"):
+        SparseAdaptiveGuidance(9, 8)
+    made = make_guidance_schedule("adaptive_sparse", initial_length=4, max_length=8, max_factor=3.0)
+    assert isinstance(made, SparseAdaptiveGuidance) and made.max_factor == 3.0
+    made.update(0.5)
+    assert made.update(0.0) == 8  # 4 * 3 clamped to max_length

@@ -76,6 +76,16 @@ def test_step_metrics_carries_them_over_micro_batches_and_into_json():
     assert m["reward_unguided"] == pytest.approx(2 / 4)    # unguided rewards 1, 1, 0, 0
     assert m["guidance_length_injected"] == pytest.approx((6 + 4 + 6 + 6) / 4)
     assert m["guidance_length"] == 6.0
+    # without dynamic sampling, what was generated is what is trained on
+    assert (m["sampling_rounds"], m["sampled_groups"], m["sampled_frac_reward_zero_std"]) == (2, 4, 3 / 4)
+    assert m["sampled_accuracy"] == 3 / 8
+    # with it, each micro-batch says what it generated (rounds, groups, equal groups, guide sum)
+    b1.sampling = {"rounds": 3, "groups": 6, "equal_groups": 4, "guide_sum": 4.0}
+    b2.sampling = {"rounds": 1, "groups": 2, "equal_groups": 2, "guide_sum": 0.0}
+    m = step_metrics([b1, b2], num_generations=2, guidance_length=6, learning_rate=1e-4, reward_names=["acc"],
+                     train_metrics={"loss": 0.0})
+    assert (m["sampling_rounds"], m["sampled_groups"], m["sampled_frac_reward_zero_std"]) == (4, 8, 6 / 8)
+    assert m["sampled_accuracy"] == 4 / 16 and m["frac_reward_zero_std"] == 3 / 4
     unguided = step_metrics([_batch([_sample(0), _sample(0)], [0.0, 1.0])], num_generations=2, guidance_length=0,
                             learning_rate=1e-4, reward_names=["acc"], train_metrics={"loss": 0.0})
     row = json.loads(json.dumps(unguided))

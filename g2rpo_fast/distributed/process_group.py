@@ -75,6 +75,17 @@ def all_reduce_mean(metrics: dict, state: DistState, device) -> dict:
     return out
 
 
+def all_ranks(flag: bool, state: DistState, device) -> bool:
+    """Whether `flag` holds on every rank (this rank's flag alone in one process)."""
+    if state.world_size <= 1:
+        return bool(flag)
+    import torch.distributed as dist
+
+    t = torch.tensor([float(bool(flag))], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item() > 0)
+
+
 def failure_notice(state: DistState, exc: BaseException, timeout_s: float) -> str:
     """The line a failing rank prints before it exits (torchrun then stops the other ranks)."""
     return (f"g2rpo-fast: rank {state.rank}/{state.world_size} failed: {type(exc).__name__}: {exc} "

@@ -21,6 +21,18 @@ class Scores:
     per_func: list[list[float]]  # [F][S] each reward function's rewards
     guide: list[float]  # [S] the guidance reward (accuracy by default)
 
+    def select(self, indices) -> Scores:
+        """The scores of the samples at `indices`, in that order."""
+        return Scores([self.total[i] for i in indices], [[f[i] for i in indices] for f in self.per_func],
+                      [self.guide[i] for i in indices])
+
+    @staticmethod
+    def concat(parts) -> Scores:
+        """`parts` (at least one, with the same reward functions) one after the other."""
+        return Scores([r for p in parts for r in p.total],
+                      [[r for p in parts for r in p.per_func[k]] for k in range(len(parts[0].per_func))],
+                      [r for p in parts for r in p.guide])
+
 
 def reward_inputs(rows, samples, prompt_field: str):
     """(prompts, completions, columns) of TRL's reward signature, one entry per sample; chat

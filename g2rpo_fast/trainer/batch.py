@@ -31,6 +31,9 @@ class RolloutBatch:
     advantages: torch.Tensor  # [S] fp32
     old_logps: torch.Tensor | None = None  # [N] the policy that generated the batch
     ref_logps: torch.Tensor | None = None  # [N] the reference policy (KL)
+    # what was generated for it (`rollout.dynamic_sampling.sample_with_signal`'s statistics):
+    # rounds, groups, groups without signal, sum of the guidance reward; plain numbers
+    sampling: dict | None = None
 
     def loss_inputs(self) -> dict:
         """The keyword arguments of `FusedLinearG2RPOLoss` (besides hidden states and weights)."""
@@ -45,7 +48,8 @@ class RolloutBatch:
                 "scores": dataclasses.asdict(self.scores),
                 "packed": {f.name: _map_tensors(getattr(self.packed, f.name), cpu)
                            for f in dataclasses.fields(PackedBatch)},
-                "advantages": cpu(self.advantages), "old_logps": cpu(self.old_logps), "ref_logps": cpu(self.ref_logps)}
+                "advantages": cpu(self.advantages), "old_logps": cpu(self.old_logps), "ref_logps": cpu(self.ref_logps),
+                "sampling": self.sampling}
 
     @classmethod
     def from_state_dict(cls, state: dict, device) -> RolloutBatch:
@@ -53,7 +57,23 @@ class RolloutBatch:
         return cls(samples=[Sample(**s) for s in state["samples"]], scores=Scores(**state["scores"]),
                    packed=PackedBatch(**{k: _map_tensors(v, to) for k, v in state["packed"].items()}),
                    advantages=to(state["advantages"]), old_logps=to(state["old_logps"]),
-                   ref_logps=to(state["ref_logps"]))
+                   ref_logps=to(state["ref_logps"]), sampling=state.get("sampling"))
+
+
+def kept_groups(rounds, group_size: int) -> tuple[list[Sample], Scores]:
+    """The groups dynamic sampling kept, round after round, as one micro-batch's samples and
+    scores (prompt indices renumbered group by group); when no round kept any, the last round
+    as generated (a batch without signal)."""
+    samples, parts = [], []
+    for round_samples, scores, keep in rounds:
+        picked = [i for g in keep for i in range(g * group_size, (g + 1) * group_size)]
+        samples += [round_samples[i] for i in picked]
+        parts.append(scores.select(picked))
+    if not samples:
+        round_samples, scores, _ = rounds[-1]
+        samples, parts = list(round_samples), [scores]
+    samples = [dataclasses.replace(s, prompt_index=j // group_size) for j, s in enumerate(samples)]
+    return samples, Scores.concat(parts)
 
 
 def _map_tensors(value, fn):

@@ -21,7 +21,7 @@ CHOICES = {
     "loss_type": ("grpo", "bnpo", "dapo", "dr_grpo"),
     "scale_rewards": ("group", "batch", "none"),
     "importance_sampling_level": ("token", "sequence"),
-    "guidance_schedule": ("adaptive", "fixed", "linear", "none"),
+    "guidance_schedule": ("adaptive", "adaptive_sparse", "fixed", "linear", "none"),  # = guidance.SCHEDULES
     "guidance_loss": ("mask", "include"),
     "lr_scheduler_type": ("constant", "constant_with_warmup", "linear", "cosine"),
     "device": ("auto", "cpu", "cuda"),
@@ -78,6 +78,12 @@ class G2RPOConfig:
     importance_sampling_level: str = _f("token", "token (GRPO) or sequence (GSPO).")
     num_iterations: int = _f(1, "Optimizer steps per generated batch (μ); >1 computes old log-probs.")
     mask_truncated_completions: bool = _f(False, "Give truncated completions (no EOS) zero weight in the loss.")
+    dynamic_sampling: bool = _f(False, "DAPO's dynamic sampling: drop groups whose rewards are all equal (no "
+                                       "signal) and draw more prompts until each micro-batch is filled with groups "
+                                       "that carry signal, or dynamic_sampling_max_rounds generation rounds ran.")
+    dynamic_sampling_max_rounds: int = _f(4, "dynamic_sampling: at most this many generation rounds (of "
+                                             "per_device_train_batch_size completions) per micro-batch; when they "
+                                             "do not fill it, the micro-batch trains on the groups with signal found.")
 
     # ---- optimisation (TRL names)
     learning_rate: float = _f(1e-4, "AdamW peak learning rate.")
@@ -85,6 +91,10 @@ class G2RPOConfig:
     adam_beta1: float = _f(0.9, "AdamW β1.")
     adam_beta2: float = _f(0.99, "AdamW β2.")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0: off).")
+    skip_zero_signal_steps: bool = _f(True, "With beta = 0, skip the optimizer step (no AdamW moment update, no "
+                                            "weight decay) when no trained token of the step has a non-zero "
+                                            "advantage; the step still counts for the schedule (`steps_skipped`). "
+                                            "With beta > 0 the KL term has a gradient: never skipped.")
     lr_scheduler_type: str = _f("constant_with_warmup", "transformers.get_scheduler name.")
     warmup_steps: int = _f(3, "Warm-up optimizer steps.")
     gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.")
@@ -130,13 +140,17 @@ class G2RPOConfig:
 
     # ---- guidance (G²RPO-A)
     guidance_ratio: float = _f(0.25, "Fraction of each group that is guided: n_guided = round(ratio * G).")
-    guidance_schedule: str = _f("adaptive", "adaptive (G²RPO-A) | fixed | linear | none (vanilla GRPO).")
+    guidance_schedule: str = _f("adaptive", "adaptive (G²RPO-A, the paper's rule) | adaptive_sparse (the rule for "
+                                            "sparse rewards: a zero-reward step raises ℓ, the factor is clamped to "
+                                            "[1/c, c], ℓ rounded to nearest) | fixed | linear | none (vanilla GRPO).")
     guidance_initial_length: int = _f(18, "Initial guidance length ℓ in tokens.")
     guidance_max_length: int = _f(36, "Upper bound of ℓ (adaptive).")
     guidance_min_length: int = _f(1, "Lower bound of ℓ (adaptive).")
     guidance_final_length: int = _f(0, "Final ℓ of the linear schedule (reached at max_steps).")
     guidance_window: int = _f(2, "Adaptive: number of previous step rewards averaged into p.")
     guidance_update_every: int = _f(1, "Adaptive: apply the rule every this many optimizer steps.")
+    guidance_max_factor: float = _f(2.0, "adaptive_sparse: the clamp c of the factor ℓ is multiplied by, "
+                                         "in [1/c, c] (c > 1).")
     guidance_loss: str = _f("mask", "mask: guidance tokens are context only | include: trained on (authors' code).")
     guidance_reward: str = _f("accuracy", "Reward function whose step mean drives the adaptive controller.")
 
@@ -181,7 +195,7 @@ class G2RPOConfig:
         if self.guidance_min_length > self.guidance_max_length:
             raise ValueError(f"`guidance_min_length` ({self.guidance_min_length}) must be <= `guidance_max_length` "
                              f"({self.guidance_max_length})")
-        if self.guidance_schedule == "adaptive" and not (
+        if self.guidance_schedule in ("adaptive", "adaptive_sparse") and not (
                 self.guidance_min_length <= self.guidance_initial_length <= self.guidance_max_length):
             raise ValueError(f"`guidance_initial_length` ({self.guidance_initial_length}) must lie in "
                              f"[guidance_min_length, guidance_max_length] = "
@@ -316,6 +330,7 @@ INT_MIN = {
     "embedded_train_size": 1, "embedded_eval_size": 1, "num_eval_prompts": 1, "num_generations": 2,
     "max_prompt_length": 1, "max_completion_length": 1, "top_k": 0, "num_iterations": 1, "warmup_steps": 0,
     "gradient_accumulation_steps": 1, "per_device_train_batch_size": 1, "max_steps": 1, "seed": 0,
+    "dynamic_sampling_max_rounds": 1,
     "packed_row_tokens": -1, "guidance_initial_length": 0, "guidance_max_length": 0, "guidance_min_length": 0,
     "guidance_final_length": 0, "guidance_window": 1, "guidance_update_every": 1, "logging_steps": 1,
     "save_steps": 0, "save_total_limit": 1, "eval_steps": 0, "eval_num_samples": 0,
@@ -330,6 +345,7 @@ FLOAT_RANGES = {
     "adam_beta1": (0.0, 1.0, True, False), "adam_beta2": (0.0, 1.0, True, False),
     "max_grad_norm": (0.0, INF, True, False), "guidance_ratio": (0.0, 1.0, True, True),
     "reward_timeout": (0.0, INF, False, False), "dist_timeout_s": (0.0, INF, False, False),
+    "guidance_max_factor": (1.0, INF, False, False),
 }
 # String fields that must not be empty (the others are choices, checked against CHOICES).
 NON_EMPTY_STR = ("model_name_or_path", "dataset_name", "dataset_split", "prompt_field", "guidance_field",

@@ -10,6 +10,8 @@ import warnings
 import numpy as np
 import torch
 
+from g2rpo_fast.rollout.dynamic_sampling import equal_reward_groups
+
 TIMING_KEYS = ("tokens_per_s", "step_time_s", "rollout_time_s", "train_time_s")
 # Group-outcome metrics (`group_outcomes`), all over the groups' total rewards (what the
 # advantages see). TRL's name where it has one (frac_reward_zero_std).
@@ -23,7 +25,7 @@ def group_outcomes(rewards, num_generations: int) -> dict:
     With other rewards the two are "no sample scored above 0" and "every sample scored at
     least 1"; a group can be zero-std without being either (e.g. all 0.5)."""
     groups = np.asarray(rewards, dtype=np.float64).reshape(-1, num_generations)
-    equal = np.isclose(groups, groups[:, :1], rtol=0.0, atol=1e-6).all(axis=1)
+    equal = equal_reward_groups(rewards, num_generations)
     return {"frac_reward_zero_std": float(equal.mean()),
             "frac_groups_all_zero": float((groups <= 0).all(axis=1).mean()),
             "frac_groups_all_one": float((groups >= 1).all(axis=1).mean())}
@@ -72,7 +74,22 @@ def step_metrics(batches, *, num_generations: int, guidance_length: float, learn
     }
     for k, name in enumerate(reward_names):
         m[f"rewards/{name}"] = float(np.mean([r for b in batches for r in b.scores.per_func[k]]))
+    m.update(sampling_metrics(batches, num_generations))
     return m
+
+
+def sampling_metrics(batches, num_generations: int) -> dict:
+    """What the step generated, before dynamic sampling's filter (without it: the step's
+    batches themselves): `sampling_rounds` (generation rounds, summed over micro-batches),
+    `sampled_groups`, `sampled_frac_reward_zero_std` (of those groups) and `sampled_accuracy`
+    (mean guidance reward of every generated sample: what the guidance controller sees)."""
+    stats = [getattr(b, "sampling", None) or {"rounds": 1, "groups": len(b.samples) // num_generations,
+                            "equal_groups": int(equal_reward_groups(b.scores.total, num_generations).sum()),
+                            "guide_sum": float(sum(b.scores.guide))} for b in batches]
+    groups = sum(s["groups"] for s in stats)
+    return {"sampling_rounds": sum(s["rounds"] for s in stats), "sampled_groups": groups,
+            "sampled_frac_reward_zero_std": sum(s["equal_groups"] for s in stats) / max(groups, 1),
+            "sampled_accuracy": sum(s["guide_sum"] for s in stats) / max(groups * num_generations, 1)}
 
 
 def generated_tokens(batches) -> int:

@@ -10,6 +10,7 @@ count (`dapo_num_items`). `optimizer_step`: unscale (fp16), clip, step, schedule
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import torch
 
@@ -27,6 +28,38 @@ def dapo_num_items(batches, guidance_loss: str, dist, comm_device) -> float:
         torch.distributed.all_reduce(t)
         local = float(t.item()) / dist.world_size
     return max(local, 1.0)
+
+
+def has_signal(batches, guidance_loss: str, dist, comm_device) -> bool:
+    """Whether any rank's micro-batches hold a token that is trained on (`token_weights` > 0)
+    and has a non-zero advantage; all ranks get the same answer."""
+    from g2rpo_fast.loss.aggregation import token_weights
+
+    local = False
+    for b in batches:
+        p = b.packed
+        per_token = torch.repeat_interleave(b.advantages.float().to(p.token_ids.device),
+                                            (p.cu_seqlens[1:] - p.cu_seqlens[:-1]).long())
+        w = token_weights(p.completion_mask, p.guidance_mask, guidance_loss, per_token)
+        local = local or bool(((per_token != 0) & (w > 0)).any())
+    if dist.world_size > 1:
+        t = torch.tensor([float(local)], device=comm_device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        local = bool(t.item() > 0)
+    return local
+
+
+def skip_step(optimizer, scheduler) -> dict:
+    """A step without signal: no forward, no AdamW update, the schedule advances. Its loss
+    metrics are exact: every advantage is 0 and beta = 0, so the loss, the clip ratios (which
+    count only tokens with A > 0 or A < 0), the KL term and the gradient are all 0."""
+    with warnings.catch_warnings():
+        # torch warns when the schedule steps before the optimizer ever did (a skipped first
+        # step): here that order is intended, the next step's learning rate is the right one
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {"loss": 0.0, **{key: 0.0 for key in LOSS_METRICS}, "grad_norm": 0.0}
 
 
 def accumulate_gradients(batches, *, policy, grad_scaler=None, num_items=None) -> dict:

@@ -34,7 +34,7 @@ class TrainerState:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "guidance": self.guidance.state_dict(), "data_position": self.data_position,
                 "buffer": buffer, "buffer_uses": self.buffer_uses,
-                "buffer_guidance_length": self.buffer_guidance_length,
+                "buffer_guidance_length": self.buffer_guidance_length, "steps_skipped": self.steps_skipped,
                 # fp16's loss scale and its growth tracker: a resume continues the same scaling
                 "grad_scaler": None if self.grad_scaler is None else self.grad_scaler.state_dict()}
 
@@ -73,6 +73,7 @@ class TrainerState:
         self.scheduler.load_state_dict(state["scheduler"])
         self.guidance.load_state_dict(state["guidance"])
         self.data_position = int(state["data_position"])
+        self.steps_skipped = int(state.get("steps_skipped", 0))
         if self.grad_scaler is not None and state.get("grad_scaler"):
             self.grad_scaler.load_state_dict(state["grad_scaler"])
         buffer = state.get("buffer")

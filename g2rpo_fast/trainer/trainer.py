@@ -33,18 +33,25 @@ from g2rpo_fast.checkpointing.checkpoint import warn_changed_config
 from g2rpo_fast.checkpointing.run_dir import METRICS_FILE
 from g2rpo_fast.data.sources import take_indices
 from g2rpo_fast.distributed.parallel import equal_forward_count, gathered_weights
-from g2rpo_fast.distributed.process_group import DistState, all_reduce_mean, failure_notice, setup_distributed
+from g2rpo_fast.distributed.process_group import (
+    DistState,
+    all_ranks,
+    all_reduce_mean,
+    failure_notice,
+    setup_distributed,
+)
 from g2rpo_fast.evaluation import evaluate
 from g2rpo_fast.packing.policy_forward import make_loss_fn
 from g2rpo_fast.rewards.scoring import RewardScorer, reward_inputs
+from g2rpo_fast.rollout.dynamic_sampling import sample_with_signal
 from g2rpo_fast.rollout.guided import Rollouts, stop_token_ids
 from g2rpo_fast.runtime import resolve_runtime
 
-from .batch import RolloutBatch, build_rollout_batch
+from .batch import RolloutBatch, build_rollout_batch, kept_groups
 from .components import TrainerComponents
 from .config import G2RPOConfig
 from .metrics_log import MetricsLog, generated_tokens, read_metrics, step_metrics, write_metrics
-from .optimize import accumulate_gradients, dapo_num_items, optimizer_step
+from .optimize import accumulate_gradients, dapo_num_items, has_signal, optimizer_step, skip_step
 from .state import TrainerState
 
 
@@ -96,12 +103,13 @@ class G2RPOTrainer(TrainerComponents, TrainerState):
             min_length=cfg.guidance_min_length, window=cfg.guidance_window,
             update_every=cfg.guidance_update_every, final_length=cfg.guidance_final_length,
             # the controller is updated once per generated batch, i.e. every num_iterations steps
-            total_steps=max(1, math.ceil(cfg.max_steps / cfg.num_iterations)))
+            total_steps=max(1, math.ceil(cfg.max_steps / cfg.num_iterations)), max_factor=cfg.guidance_max_factor)
         self.step = 0
         self.data_position = 0  # prompts consumed, over all ranks
         self.buffer: list[RolloutBatch] | None = None  # generated micro-batches still to be trained on
         self.buffer_uses = 0
         self.buffer_guidance_length = None
+        self.steps_skipped = 0  # optimizer steps skipped for want of signal (skip_zero_signal_steps)
         self.history: list[dict] = []
 
     @property
@@ -126,7 +134,28 @@ class G2RPOTrainer(TrainerComponents, TrainerState):
     # ------------------------------------------------------------------ phases 1-2: generate, score, build
     def generate_micro_batch(self, micro: int, guidance_length: int) -> RolloutBatch:
         """Draw the next prompts (this rank's share), roll out their guided groups, score them,
-        and build the loss inputs."""
+        and build the loss inputs. With `dynamic_sampling`, more rounds of fresh prompts until the
+        micro-batch holds only groups with signal (`rollout/dynamic_sampling.py`)."""
+        cfg = self.config
+        samples, scores = self._roll_out_round(micro, 0, guidance_length)
+        rounds, sampling = sample_with_signal(
+            (samples, scores), lambda r: self._roll_out_round(micro, r, guidance_length),
+            group_size=cfg.num_generations, target_groups=cfg.prompts_per_micro_batch,
+            max_rounds=cfg.dynamic_sampling_max_rounds if cfg.dynamic_sampling else 1,
+            agree=lambda full: all_ranks(full, self.dist, self._comm_device()))
+        if cfg.dynamic_sampling:
+            samples, scores = kept_groups(rounds, cfg.num_generations)
+        align = None
+        if self.sharded:
+            def align(packed):
+                equal_forward_count(packed, self.dist, self._comm_device())
+        batch = build_rollout_batch(samples, scores, cfg, self.runtime, self.policy, self.ref_policy,
+                                    prefix_shared=self.prefix_shared, align_forwards=align)
+        batch.sampling = sampling
+        return batch
+
+    def _roll_out_round(self, micro: int, round_index: int, guidance_length: int):
+        """One generation round: the next prompts of the stream, their groups, their scores."""
         cfg = self.config
         n_prompts, world = cfg.prompts_per_micro_batch, self.dist.world_size
         global_idx = take_indices(len(self.train_dataset), self.data_position, n_prompts * world, cfg.seed,
@@ -136,25 +165,23 @@ class G2RPOTrainer(TrainerComponents, TrainerState):
         rows = [self.train_dataset[int(i)] for i in global_idx[rank * n_prompts:(rank + 1) * n_prompts]]
         group = cfg.num_generations
         # Seeds independent of the global RNG state and of the batch layout: resume reproduces them.
-        seeds = np.random.SeedSequence([cfg.seed, self.step, micro, rank]).generate_state(len(rows) * group,
-                                                                                           dtype=np.uint64)
+        key = [cfg.seed, self.step, micro, rank] + ([round_index] if round_index else [])
+        seeds = np.random.SeedSequence(key).generate_state(len(rows) * group, dtype=np.uint64)
         with gathered_weights(self.policy):  # FSDP: whole weights for the engine, freed after
             samples = self.rollouts.generate(rows, group_size=group, n_guided=cfg.n_guided,
                                              guidance_length=guidance_length,
                                              max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature,
                                              top_p=cfg.top_p, top_k=cfg.top_k, seeds=[int(x) for x in seeds % (2**62)])
-        scores = self.rewards.score(*reward_inputs(rows, samples, cfg.prompt_field))
-        align = None
-        if self.sharded:
-            def align(packed):
-                equal_forward_count(packed, self.dist, self._comm_device())
-        return build_rollout_batch(samples, scores, cfg, self.runtime, self.policy, self.ref_policy,
-                                   prefix_shared=self.prefix_shared, align_forwards=align)
+        return samples, self.rewards.score(*reward_inputs(rows, samples, cfg.prompt_field))
 
     # ------------------------------------------------------------------ phase 3: optimise
     def train_micro_batches(self, batches: list[RolloutBatch]) -> dict:
         """Backward over every micro-batch, then one optimiser step; the step's loss metrics."""
         cfg = self.config
+        if cfg.skip_zero_signal_steps and cfg.beta == 0 and \
+                not has_signal(batches, cfg.guidance_loss, self.dist, self._comm_device()):
+            self.steps_skipped += 1
+            return skip_step(self.optimizer, self.scheduler)
         num_items = None
         if cfg.loss_type == "dapo":
             num_items = dapo_num_items(batches, cfg.guidance_loss, self.dist, self._comm_device())
@@ -193,11 +220,13 @@ class G2RPOTrainer(TrainerComponents, TrainerState):
         m.update(tokens_per_s=generated_tokens(batches) / max(step_time, 1e-9), step_time_s=step_time,
                  rollout_time_s=t1 - t0, train_time_s=t2 - t1)
         m = all_reduce_mean(m, self.dist, self._comm_device())
-        # Guidance controller: once per generated batch, with the mean guidance reward of all ranks.
+        # Guidance controller: once per generated batch, with the mean guidance reward of all ranks
+        # over every sample generated (dynamic sampling trains on a filtered subset).
         if fresh:
-            self.guidance.update(m["accuracy"])
+            self.guidance.update(m["sampled_accuracy"] if cfg.dynamic_sampling else m["accuracy"])
         self.step += 1
         m["step"] = self.step
+        m["steps_skipped"] = self.steps_skipped
         m["guidance_length_next"] = float(self.guidance.length)
         return m
 
