@@ -162,7 +162,8 @@ def cmd_demo(args) -> int:
         args.output_dir = "g2rpo_demo" if args.regime == "easy" else f"g2rpo_demo_{args.regime}"
     cfg = _setup(_config_from_args, args, budget)
     run_demo(cfg, seeds=args.seeds, methods=args.methods, output_dir=cfg.output_dir, jobs=args.jobs,
-             regime=args.regime, threads=args.threads, resume=args.resume)
+             regime=args.regime, threads=args.threads, resume=args.resume,
+             command="g2rpo-fast " + " ".join(getattr(args, "argv", ["demo"])))
     return 0
 
 
@@ -218,6 +219,7 @@ def main(argv=None) -> int:
     _short_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the demo's table states its command
     commands = {"train": cmd_train, "demo": cmd_demo, "eval": cmd_eval, "export": cmd_export}
     try:
         return commands[args.command](args)

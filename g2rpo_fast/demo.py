@@ -21,6 +21,7 @@ whose configuration is identical (a run's summary is `<method>-seed<s>/demo_run.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import os
 import time
@@ -146,7 +147,8 @@ def run_many(runs, jobs: int, threads: int, resume: bool, report, start_cfg=None
 
 
 def run_demo(config, seeds=DEFAULT_SEEDS, methods=METHODS, output_dir="g2rpo_demo", jobs: int = 1,
-             regime: str | None = None, threads: int | None = None, resume: bool = False) -> dict:
+             regime: str | None = None, threads: int | None = None, resume: bool = False,
+             command: str | None = None) -> dict:
     os.makedirs(output_dir, exist_ok=True)
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     runs = run_configs(config, methods, seeds, output_dir)
@@ -167,7 +169,8 @@ def run_demo(config, seeds=DEFAULT_SEEDS, methods=METHODS, output_dir="g2rpo_dem
           f"{start['eval_sampled_accuracy']}", flush=True)
     for method_runs in results.values():
         method_runs.sort(key=lambda r: r["seed"])
-    timing = {"seconds": time.perf_counter() - t_all, "jobs": jobs, "threads": threads,
+    timing = {"seconds": time.perf_counter() - t_all, "jobs": jobs, "threads": threads, "command": command,
+              "date": datetime.date.today().isoformat(),
               "load_before": load_before, "load_after": os.getloadavg(),
               "runs_reused": sum(r.get("reused", False) for rs in results.values() for r in rs),
               "cpu_seconds_of_runs": sum(r["cpu_seconds"] for rs in results.values() for r in rs)}
@@ -235,6 +238,8 @@ def _write_table(summary, start, config, seeds, timing, output_dir, regime) -> N
         f"DAPO at most {config.dynamic_sampling_max_rounds} generation rounds per step; seeds {list(seeds)}, "
         f"paired; model `{config.model_name_or_path}`, digits {config.embedded_difficulties}, "
         f"{config.embedded_eval_size} held-out prompts.",
+        "",
+        f"Command: `{timing['command'] or 'run_demo(...)'}` ({timing['date']}).",
         "",
         f"Wall time {timing['seconds']:.0f} s, {timing['jobs']} run(s) at a time, {timing['threads']} torch "
         f"thread(s) per run (results depend on it), load average {load(timing['load_before'])} before, "
