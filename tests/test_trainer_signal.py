@@ -220,3 +220,14 @@ def test_kept_groups_joins_rounds_and_falls_back_to_the_last_round():
     assert scores.total == [1, 0, 1, 0] and scores.per_func[1] == [2, 0, 2, 0] and scores.guide == [1, 0, 1, 0]
     samples, scores = kept_groups([(*a, []), (*b, [])], group_size=2)
     assert [s.generated_ids[0] for s in samples] == [2, 2, 2, 2] and scores.total == [1, 0, 3, 3]
+
+
+def test_adaptive_sparse_through_the_trainer(tmp_path):
+    """The config's guidance_max_factor reaches the rule: a zero-reward step multiplies ℓ by it."""
+    for factor, want in ((3.0, [4, 12, 16]), (2.0, [4, 8, 16])):
+        script = Script(SIGNAL, NOTHING)
+        cfg = make_config(tmp_path, f"sparse{factor}", max_steps=3, guidance_schedule="adaptive_sparse",
+                          guidance_initial_length=4, guidance_max_length=16, guidance_max_factor=factor,
+                          reward_funcs=[script], guidance_reward=script)
+        make_trainer(cfg).train()
+        assert [r["guidance_length_next"] for r in read_metrics(cfg)] == want
