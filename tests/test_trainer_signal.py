@@ -160,8 +160,8 @@ def test_sample_with_signal_asks_the_ranks_and_stops_at_the_cap():
         asked.append(full)
         return False  # another rank is not full yet: keep generating
 
-    rounds, stats = sample_with_signal(("s0", scores(0)), lambda r: (f"s{r}", scores(r)), group_size=2,
-                                       target_groups=1, max_rounds=3, agree=agree)
+    rounds, stats = sample_with_signal(lambda r: (f"s{r}", scores(r)), group_size=2, target_groups=1, max_rounds=3,
+                                       agree=agree)
     assert [(s, keep) for s, _, keep in rounds] == [("s0", []), ("s1", [1]), ("s2", [])]
     assert asked == [False, True]  # the last round asks nobody: the cap ends it on every rank
     assert stats == {"rounds": 3, "groups": 6, "equal_groups": 3, "guide_sum": 5.0}

@@ -67,20 +67,21 @@ class SignalGroups:
         return self.full or self.rounds >= self.max_rounds
 
 
-def sample_with_signal(first, roll_out, *, group_size: int, target_groups: int, max_rounds: int,
+def sample_with_signal(roll_out, *, group_size: int, target_groups: int, max_rounds: int,
                        agree=lambda full: full):
-    """Generation rounds of one micro-batch under dynamic sampling.
+    """Generation rounds of one micro-batch under dynamic sampling (`max_rounds=1`: one round, as
+    without it).
 
-    `first`: `(samples, scores)` of round 0 (`scores.total`: the rewards the advantages see,
-    `scores.guide`: the guidance reward); `roll_out(round_index)` generates and scores the next
-    round's fresh prompts; `agree(full)` answers whether every rank's batch is full (ranks run
-    the same number of rounds: the prompt stream is global). Returns the rounds as
+    `roll_out(round_index)` generates and scores the next round's fresh prompts: `(samples,
+    scores)` with `scores.total` (the rewards the advantages see) and `scores.guide` (the
+    guidance reward); `agree(full)` answers whether every rank's batch is full (ranks run the
+    same number of rounds: the prompt stream is global). Returns the rounds as
     `[(samples, scores, kept group indices)]` and the statistics of everything generated:
     `rounds`, `groups`, `equal_groups` (without signal), `guide_sum` (sum of the guidance reward).
     """
     groups = SignalGroups(target_groups, group_size, max_rounds)
     rounds, guide_sum = [], 0.0
-    samples, scores = first
+    samples, scores = roll_out(0)
     while True:
         rounds.append((samples, scores, groups.add(scores.total)))
         guide_sum += float(sum(scores.guide))

@@ -33,13 +33,7 @@ from g2rpo_fast.checkpointing.checkpoint import warn_changed_config
 from g2rpo_fast.checkpointing.run_dir import METRICS_FILE
 from g2rpo_fast.data.sources import take_indices
 from g2rpo_fast.distributed.parallel import equal_forward_count, gathered_weights
-from g2rpo_fast.distributed.process_group import (
-    DistState,
-    all_ranks,
-    all_reduce_mean,
-    failure_notice,
-    setup_distributed,
-)
+from g2rpo_fast.distributed.process_group import all_ranks, all_reduce_mean, failure_notice, setup_distributed
 from g2rpo_fast.evaluation import evaluate
 from g2rpo_fast.packing.policy_forward import make_loss_fn
 from g2rpo_fast.rewards.scoring import RewardScorer, reward_inputs
@@ -69,7 +63,7 @@ class G2RPOTrainer(TrainerComponents, TrainerState):
         from g2rpo_fast.rewards import check_code_sandbox
 
         check_code_sandbox(cfg.code_sandbox, self.rewards.funcs + [self.rewards.guidance_fn])
-        self.dist: DistState = setup_distributed(cfg.dist_timeout_s, cpu_collectives=cfg.fsdp_cpu_offload)
+        self.dist = setup_distributed(cfg.dist_timeout_s, cpu_collectives=cfg.fsdp_cpu_offload)
         self.device = self._pick_device()
         self.runtime = resolve_runtime(cfg, self.device)
         self.sharded = cfg.fsdp and self.dist.world_size > 1
@@ -137,14 +131,11 @@ class G2RPOTrainer(TrainerComponents, TrainerState):
         and build the loss inputs. With `dynamic_sampling`, more rounds of fresh prompts until the
         micro-batch holds only groups with signal (`rollout/dynamic_sampling.py`)."""
         cfg = self.config
-        samples, scores = self._roll_out_round(micro, 0, guidance_length)
         rounds, sampling = sample_with_signal(
-            (samples, scores), lambda r: self._roll_out_round(micro, r, guidance_length),
-            group_size=cfg.num_generations, target_groups=cfg.prompts_per_micro_batch,
-            max_rounds=cfg.dynamic_sampling_max_rounds if cfg.dynamic_sampling else 1,
-            agree=lambda full: all_ranks(full, self.dist, self._comm_device()))
-        if cfg.dynamic_sampling:
-            samples, scores = kept_groups(rounds, cfg.num_generations)
+            lambda r: self._roll_out_round(micro, r, guidance_length), group_size=cfg.num_generations,
+            target_groups=cfg.prompts_per_micro_batch, max_rounds=cfg.dynamic_sampling_max_rounds
+            if cfg.dynamic_sampling else 1, agree=lambda full: all_ranks(full, self.dist, self._comm_device()))
+        samples, scores = kept_groups(rounds, cfg.num_generations) if cfg.dynamic_sampling else rounds[0][:2]
         align = None
         if self.sharded:
             def align(packed):
