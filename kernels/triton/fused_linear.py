@@ -123,6 +123,10 @@ def _fwd_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, m_ptr, s_ptr, e_ptr, t_ptr,
         s = s * alpha + tl.sum(p, axis=1)
         tl_sum += tl.sum(tl.where(cols[None, :] == tgt[:, None], z, 0.0), axis=1)
         m = m_new
+    # a token id outside the vocabulary matches no column: NaN, not the silent logp = -lse
+    tgt_ok = (tgt >= 0) & (tgt < V)
+    tl.device_assert(tgt_ok | ~row_ok, "token id outside [0, vocab)")
+    tl_sum = tl.where(tgt_ok, tl_sum, float("nan"))
     out = pid_s.to(tl.int64) * N + rows
     tl.store(m_ptr + out, m, mask=row_ok)
     tl.store(s_ptr + out, s, mask=row_ok)
@@ -195,9 +199,9 @@ def forward(hidden, weight, bias, token_ids, temperature, return_entropy):
     n, h = hidden.shape
     v = weight.shape[0]
     dev = hidden.device
-    if n == 0:
-        empty = torch.zeros(0, device=dev, dtype=torch.float32)
-        return empty, empty, (empty if return_entropy else None)
+    if n == 0:  # one tensor each: the custom op's outputs may not alias one another
+        logps, lse = (torch.zeros(0, device=dev, dtype=torch.float32) for _ in range(2))
+        return logps, lse, (torch.zeros(0, device=dev, dtype=torch.float32) if return_entropy else None)
     block_n, block_v, block_h, warps = _blocks(hidden, n, v)
     row_blocks = triton.cdiv(n, block_n)
     v_tiles = triton.cdiv(v, block_v)
