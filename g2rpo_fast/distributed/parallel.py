@@ -113,3 +113,12 @@ def equal_forward_count(batch, dist, comm_device) -> None:
     count = torch.tensor([len(batch.row_splits) + 1], dtype=torch.int64, device=comm_device)
     torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
     batch.num_forwards = int(count.item())
+
+
+def agree_count(count: int, dist, comm_device) -> int:
+    """The largest `count` of any rank (every rank then runs that many forwards)."""
+    if dist.world_size <= 1:
+        return count
+    t = torch.tensor([count], dtype=torch.int64, device=comm_device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return int(t.item())

@@ -45,6 +45,28 @@ def _compute_dtype(dtype, weights: torch.dtype) -> torch.dtype:
                      f"float16; got {dtype}")
 
 
+def blocks_needed(seqs: list[Sequence], block_size: int, shared: bool = True) -> int:
+    """KV blocks for every sequence at full length (prompt + max_new_tokens, within the
+    context), a full prompt block that several sequences begin with counted once (the block
+    manager shares it: the G samples of a group, a guided sample's prompt), plus the shared
+    blocks of one sequence (admission asks for a sequence's blocks as if none were shared)."""
+    total, seen, most_shared = 0, set(), 0
+    for s in seqs:
+        total += (min(len(s) + s.params.max_new_tokens, s.max_len) + block_size - 1) // block_size
+        if not shared:
+            continue
+        h, hits = None, 0
+        for start in range(0, (len(s.token_ids) - 1) // block_size * block_size, block_size):  # as BlockManager
+            h = hash((h, tuple(s.token_ids[start:start + block_size])))
+            if h in seen:
+                hits += 1
+            else:
+                seen.add(h)
+        total -= hits
+        most_shared = max(most_shared, hits)
+    return total + most_shared
+
+
 def _is_int(x) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
@@ -128,8 +150,7 @@ class RolloutEngine:
     def _kv_blocks_for(self, seqs: list[Sequence]) -> int:
         if self.num_kv_blocks is not None:
             return self.num_kv_blocks
-        needed = sum((min(len(s) + s.params.max_new_tokens, s.max_len) + self.block_size - 1) // self.block_size
-                     for s in seqs)
+        needed = blocks_needed(seqs, self.block_size, self.enable_prefix_caching)
         budget = self.kv_cache_bytes
         if budget is None:
             if self.runner.device.type == "cuda":

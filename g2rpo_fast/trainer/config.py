@@ -29,6 +29,7 @@ CHOICES = {
     "torch_dtype": ("auto", "float32", "bfloat16", "float16"),
     "attn_implementation": ("auto", "flash_attention_2", "torch_varlen", "sdpa"),
     "prefix_shared_forward": ("auto", "true", "false"),
+    "gradient_checkpointing": ("auto", "true", "false"),
     "report_to": ("none", "tensorboard"),
 }
 
@@ -91,7 +92,13 @@ class G2RPOConfig:
     per_device_train_batch_size: int = _f(64, "Completions per micro-batch per device (multiple of num_generations).")
     max_steps: int = _f(150, "Number of optimizer steps.")
     seed: int = _f(0, "Seed of data order, sampling and initialisation.")
-    gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass.")
+    gradient_checkpointing: str = _f("auto", "Recompute each decoder layer's activations in the backward pass: auto "
+                                             "(on for CUDA, as TRL's default; off on the CPU) | true | false.")
+    max_tokens_per_microbatch: int | str = _f("auto", "Cut each micro-batch's packed row (at group boundaries) into "
+                                                      "forward/backward pieces of at most this many tokens, the "
+                                                      "loss unchanged: auto (CUDA: the memory planner's largest "
+                                                      "piece that fits, `g2rpo-fast plan`; CPU: 0) | 0 (no cut) | "
+                                                      "a token count.")
     bf16: bool = _f(False, "TRL's switch, kept for compatibility: torch_dtype decides (its auto is bfloat16 on CUDA).")
     device: str = _f("auto", "auto | cpu | cuda.")
     torch_dtype: str = _f("auto", "Compute dtype of the training forward, roll-outs and loss matmuls: auto "
@@ -162,8 +169,9 @@ class G2RPOConfig:
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         """Every field's type and range, then the cross-field rules; `ValueError` naming the field."""
-        if isinstance(self.prefix_shared_forward, bool):  # YAML's `true` / `false`
-            self.prefix_shared_forward = str(self.prefix_shared_forward).lower()
+        for name in ("prefix_shared_forward", "gradient_checkpointing"):
+            if isinstance(getattr(self, name), bool):  # YAML's `true` / `false`, TRL's bool
+                setattr(self, name, str(getattr(self, name)).lower())
         for f in dataclasses.fields(self):
             _check_field(self, f)
         for name, choices in CHOICES.items():
@@ -316,10 +324,13 @@ INT_MIN = {
     "embedded_train_size": 1, "embedded_eval_size": 1, "num_eval_prompts": 1, "num_generations": 2,
     "max_prompt_length": 1, "max_completion_length": 1, "top_k": 0, "num_iterations": 1, "warmup_steps": 0,
     "gradient_accumulation_steps": 1, "per_device_train_batch_size": 1, "max_steps": 1, "seed": 0,
-    "packed_row_tokens": -1, "guidance_initial_length": 0, "guidance_max_length": 0, "guidance_min_length": 0,
+    "packed_row_tokens": -1, "max_tokens_per_microbatch": 0, "guidance_initial_length": 0, "guidance_max_length": 0,
+    "guidance_min_length": 0,
     "guidance_final_length": 0, "guidance_window": 1, "guidance_update_every": 1, "logging_steps": 1,
     "save_steps": 0, "save_total_limit": 1, "eval_steps": 0, "eval_num_samples": 0,
 }
+# int fields that also take "auto"
+AUTO_INT_FIELDS = ("max_tokens_per_microbatch",)
 SEED_MAX = 2**63 - 1  # torch.manual_seed and numpy seed sequences take it
 # Range of every float field: (low, high, low included, high included); all must be finite.
 INF = float("inf")
@@ -345,6 +356,8 @@ def field_kind(f) -> tuple[str, bool]:
 def _check_field(cfg, f) -> None:
     name, value = f.name, getattr(cfg, f.name)
     kind, optional = field_kind(f)
+    if name in AUTO_INT_FIELDS and value == "auto":
+        return
     if value is None:
         if optional:
             return
@@ -355,7 +368,8 @@ def _check_field(cfg, f) -> None:
     elif kind == "int":
         low = INT_MIN[name]
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}")
+            auto = " or 'auto'" if name in AUTO_INT_FIELDS else ""
+            raise ValueError(f"`{name}` must be an int >= {low}{auto}, got {value!r}")
         if name == "seed" and value > SEED_MAX:
             raise ValueError(f"`seed` must be <= 2**63 - 1, got {value!r}")
     elif kind == "float":
