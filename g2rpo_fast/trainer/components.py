@@ -116,7 +116,8 @@ class TrainerComponents:
             self.piece_tokens = 0  # the CPU: no cut (memory is not the limit there)
         return RolloutEngine(self.model, attn_backend=self.runtime.backend, dtype=self.runtime.compute_dtype,
                              max_num_seqs=cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps,
-                             kv_cache_bytes=chosen.get("kv_cache_bytes") or None)
+                             kv_cache_bytes=chosen.get("kv_cache_bytes") or None,
+                             cuda_graphs={"true": True, "false": False}.get(cfg.cuda_graphs, "auto"))
 
     def plan_memory(self, memory_bytes: int | None = None) -> dict:
         """The memory plan of this run on its device (`g2rpo_fast/memory_plan.py`; `g2rpo-fast plan`

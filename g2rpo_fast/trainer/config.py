@@ -30,6 +30,7 @@ CHOICES = {
     "attn_implementation": ("auto", "flash_attention_2", "torch_varlen", "sdpa"),
     "prefix_shared_forward": ("auto", "true", "false"),
     "gradient_checkpointing": ("auto", "true", "false"),
+    "cuda_graphs": ("auto", "true", "false"),
     "report_to": ("none", "tensorboard"),
 }
 
@@ -106,6 +107,9 @@ class G2RPOConfig:
                                   "Weights and AdamW state stay float32.")
     attn_implementation: str = _f("auto", "Attention of the packed training forward and the roll-outs: auto (by "
                                           "device and torch_dtype) | flash_attention_2 | torch_varlen | sdpa.")
+    cuda_graphs: str = _f("auto", "Roll-out decode steps replayed from CUDA graphs (one per batch-size bucket, "
+                                  "captured per roll-out call): auto (on for CUDA with the flash_attn, torch_varlen "
+                                  "or sdpa backend; off on the CPU) | true | false. Only a GPU can check them.")
     use_liger_kernel: bool = _f(False, "Liger-Kernel RMSNorm, RoPE and SwiGLU in the policy (needs CUDA, or "
                                        "TRITON_INTERPRET=1 on the CPU).")
     packed_row_tokens: int = _f(-1, "Cut the packed training row into forwards of at most this many tokens "
@@ -169,7 +173,7 @@ class G2RPOConfig:
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         """Every field's type and range, then the cross-field rules; `ValueError` naming the field."""
-        for name in ("prefix_shared_forward", "gradient_checkpointing"):
+        for name in ("prefix_shared_forward", "gradient_checkpointing", "cuda_graphs"):
             if isinstance(getattr(self, name), bool):  # YAML's `true` / `false`, TRL's bool
                 setattr(self, name, str(getattr(self, name)).lower())
         for f in dataclasses.fields(self):

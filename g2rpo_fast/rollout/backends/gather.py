@@ -11,6 +11,7 @@ sequence's whole context back from the cache as packed K/V rows for one varlen k
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -51,15 +52,15 @@ def build_gather_index(meta: StepMetadata) -> GatherIndex:
 
 def _padding_is_cheap(meta: StepMetadata) -> bool:
     """Whether one padded batch does at most twice the attention work of the exact one."""
-    q_lens, ctx = meta.q_lens.tolist(), meta.ctx_lens.tolist()
+    q_lens, ctx = meta.q_lens_host, meta.ctx_lens_host
     padded = len(q_lens) * meta.max_q * meta.block_tables.shape[1] * meta.block_size
     return padded <= 2 * sum(q * c for q, c in zip(q_lens, ctx))
 
 
 def _per_seq(meta: StepMetadata) -> list:
     out = []
-    bounds = meta.cu_seqlens_q.tolist()
-    for b, (q_len, ctx) in enumerate(zip(meta.q_lens.tolist(), meta.ctx_lens.tolist())):
+    bounds = [0, *itertools.accumulate(meta.q_lens_host)]
+    for b, (q_len, ctx) in enumerate(zip(meta.q_lens_host, meta.ctx_lens_host)):
         num_blocks = (ctx + meta.block_size - 1) // meta.block_size
         blocks = meta.block_tables[b, :num_blocks].long()
         keys = num_blocks * meta.block_size
@@ -147,7 +148,7 @@ def context_slots(meta: StepMetadata) -> torch.Tensor:
     """Flat cache slot of every context token of every sequence (positions 0 .. ctx-1, sequence
     after sequence: the key rows of `cu_seqlens_k`), [Σ ctx] int64 on the cache's device."""
     ctx = meta.ctx_lens.long()
-    total = int(meta.cu_seqlens_k[-1])
+    total = sum(meta.ctx_lens_host)
     seq = torch.repeat_interleave(torch.arange(ctx.numel(), device=ctx.device), ctx, output_size=total)
     pos = torch.arange(total, device=ctx.device) - meta.cu_seqlens_k.long()[:-1][seq]
     bs = meta.block_size

@@ -16,6 +16,7 @@ from .gather import build_gather_index, gather_attention, sdpa_varlen
 
 class SdpaBackend(AttentionBackend):
     name = "sdpa"
+    static_decode = True  # store_kv + the paged decode kernel: tensors only (flash_attn, torch_varlen inherit it)
     use_sdpa = True  # False: the eager math (matmul, fp32 softmax, matmul) of HF's eager path
 
     def prepare(self, meta, seqs, k_cache, v_cache) -> None:
