@@ -117,33 +117,6 @@ def gather_attention(q, k_cache, v_cache, index: GatherIndex, scale: float, use_
     return out.reshape(b, max_q, num_q_heads, head_dim)[index.valid]  # back to packed [T, Hq, D]
 
 
-def sdpa_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, scale: float):
-    """`AttentionBackend.varlen` with one SDPA call per sequence: the attention of a packed row
-    costs Σ L_i², never (Σ L_i)², and no mask wider than one sequence is ever built. The row is
-    cut with `split` (its backward is one concatenation; slicing each sequence would make every
-    slice's backward write a zero tensor of the whole row)."""
-    lens_q = torch.diff(cu_seqlens_q).tolist()
-    lens_k = torch.diff(cu_seqlens_k).tolist()
-    groups = q.shape[1] // k.shape[1]
-    outs = []
-    for qi, ki, vi in zip(q.split(lens_q), k.split(lens_k), v.split(lens_k)):
-        q_len, k_len = qi.shape[0], ki.shape[0]
-        if q_len == 0:
-            continue
-        qi, ki, vi = qi.transpose(0, 1)[None], ki.transpose(0, 1)[None], vi.transpose(0, 1)[None]  # [1, H, L, D]
-        if groups > 1:  # SDPA's fused CPU/CUDA kernels take equal head counts
-            ki, vi = ki.repeat_interleave(groups, dim=1), vi.repeat_interleave(groups, dim=1)
-        if q_len == k_len:
-            out = F.scaled_dot_product_attention(qi, ki, vi, is_causal=True, scale=scale)
-        else:  # fewer queries than keys: they are the last positions
-            mask = torch.ones(q_len, k_len, dtype=torch.bool, device=q.device).tril(k_len - q_len)
-            out = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask, scale=scale)
-        outs.append(out[0].transpose(0, 1))
-    if not outs:
-        return q.new_empty(q.shape[0], q.shape[1], v.shape[2])
-    return torch.cat(outs)
-
-
 def context_slots(meta: StepMetadata) -> torch.Tensor:
     """Flat cache slot of every context token of every sequence (positions 0 .. ctx-1, sequence
     after sequence: the key rows of `cu_seqlens_k`), [Σ ctx] int64 on the cache's device."""

@@ -4,14 +4,16 @@
   with a boolean causal mask (see gather.py);
 - decode: `ops.paged_decode_attention`, which on CUDA reads K/V in place from the cache blocks
   (a Triton kernel: nothing is copied per step); on the CPU it is the gathering reference;
-- training forward (`varlen`): one SDPA call per packed sequence.
+- training forward (`varlen`): SDPA over the packed row's sequences grouped by length
+  (`sdpa_varlen.py`: a few padded calls per layer, the grouping built once per forward).
 """
 from __future__ import annotations
 
 from g2rpo_fast.ops.paged_attention import compute_paged_decode_attention
 
 from .base import AttentionBackend
-from .gather import build_gather_index, gather_attention, sdpa_varlen
+from .gather import build_gather_index, gather_attention
+from .sdpa_varlen import sdpa_varlen
 
 
 class SdpaBackend(AttentionBackend):
