@@ -138,10 +138,19 @@ def _losses(case, ops):
 
 
 @needs_native
-@pytest.mark.parametrize("case", ["token_loss", "token_logps", "linear_logps"])
+@pytest.mark.parametrize("case", ["token_loss", "token_logps", "linear_logps-chunked", "linear_logps-tiles"])
 def test_compiled_cuda_kernels_match_eager_and_float64(case):
     """`torch.compile(fullgraph=True)` through the CUDA kernels (as a GPU's compile runs them)
-    gives eager's value and gradients, and both match float64."""
+    gives eager's value and gradients, and both match float64; the fused-linear backward on
+    both of its paths."""
+    from g2rpo_fast.kernels import fused_linear
+
+    case, _, path = case.partition("-")
+    with fused_linear.use_backward_path(path or fused_linear.BACKWARD_PATH):
+        _compiled_matches(case)
+
+
+def _compiled_matches(case):
     torch._dynamo.reset()
     ops = {name: _twin(name) for name in ("token_loss", "token_logps", "linear_logps")}
     fn, leaves = _losses(case, ops)
