@@ -36,6 +36,7 @@ F32 = 4
 RESERVED_BYTES = GIB
 RESERVED_FRACTION = 0.08
 KV_BLOCK_TOKENS = 16
+FUSED_LINEAR_CHUNK_BYTES = GIB  # = kernels/triton/fused_linear.py CHUNK_BYTES_CUDA
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,6 @@ class PlanSettings:
     max_tokens_per_microbatch: int | None = None  # None: choose; 0: the whole micro-batch in one piece
     max_num_seqs: int | None = None  # None: the whole generation batch
     max_num_batched_tokens: int = 16384
-    fused_linear_chunk_rows: int = 4096  # rows of one logits chunk (CUDA's chunked fused-linear backward)
     row_split_tokens: int = 0  # packed_row_tokens: forwards of at most this many tokens (0: one row)
 
     @property
@@ -219,7 +219,8 @@ def loss_workspace_bytes(m: ModelShape, s: PlanSettings, completion_tokens: int)
     hidden = F32 * n * h + (c * n * h if s.autocast else 0)
     weight = c * v * h if s.autocast else 0
     grads = F32 * n * h + F32 * v * h + ((c * n * h + c * v * h) if s.autocast else 0)
-    chunk = c * min(n, s.fused_linear_chunk_rows) * v if s.device == "cuda" else 0
+    # CUDA's chunked backward: one chunk's fp32 logits and their 16-bit copy (kernels/triton/fused_linear.py)
+    chunk = min(6 * n * v, FUSED_LINEAR_CHUNK_BYTES) if s.device == "cuda" else 0
     return hidden + weight + grads + chunk
 
 
@@ -271,7 +272,7 @@ def train_phase(m: ModelShape, s: PlanSettings, row_tokens: int, checkpointing: 
 
 
 def logps_phase(m: ModelShape, s: PlanSettings, row_tokens: int) -> dict:
-    state = state_bytes(m, s)
+    state = dict(state_bytes(m, s), gradients=0)  # right after the roll-out: no gradients yet
     completions = _completion_share(s, row_tokens)
     return _total({**state, "compute_weights": compute_copy_bytes(m, s, whole=False),
                    "forward_transient": forward_transient_bytes(m, s, row_tokens),
