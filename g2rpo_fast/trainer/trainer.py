@@ -25,6 +25,7 @@ import math
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -55,6 +56,8 @@ class G2RPOTrainer(TrainerComponents, TrainerState):
             raise ValueError(f"`config` must be a G2RPOConfig, got {type(config).__name__}")
         config.validate()
         self.config = cfg = config
+        if cfg.warmup_notice():
+            warnings.warn(cfg.warmup_notice(), UserWarning, stacklevel=2)
 
         # ---- rewards, device, precision, attention, Liger (checked before any loading)
         self.rewards = RewardScorer(reward_funcs if reward_funcs is not None else cfg.reward_funcs,
