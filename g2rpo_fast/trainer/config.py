@@ -30,6 +30,7 @@ CHOICES = {
     "attn_implementation": ("auto", "flash_attention_2", "torch_varlen", "sdpa"),
     "prefix_shared_forward": ("auto", "true", "false"),
     "report_to": ("none", "tensorboard"),
+    "reward_isolation": ("none", "process"),  # = rewards.scoring.ISOLATION
 }
 
 
@@ -124,9 +125,19 @@ class G2RPOConfig:
     code_sandbox: str = _f("auto", "Isolation of the completions that code rewards run: auto (bubblewrap, else user "
                                    "namespaces; refuses to start when neither works) | bwrap | namespace | "
                                    "unsafe-process (no isolation: an explicit opt-in).")
-    reward_timeout: float | None = _f(None, "Seconds one reward-function call may take: a call that times out "
-                                            "scores 0 for its samples, with one warning (it runs in a worker "
-                                            "thread, left running in the background; None: no limit).")
+    reward_timeout: float | None = _f(300.0, "Seconds one reward-function call (one micro-batch) may take; a call "
+                                             "that overruns scores 0 for its samples, with one warning and "
+                                             "`reward_errors` in the metrics. 300: a hung reward is reported within "
+                                             "5 minutes, while a slow legitimate one is not cut (the built-in code "
+                                             "reward's worst case, every sample at its 5 s sandbox limit, is 80 s "
+                                             "for 64 completions on 2 cores). Enforced in a watchdog thread (the "
+                                             "call is abandoned, Python cannot stop it) or, with reward_isolation: "
+                                             "process, by killing the worker; the built-in rewards bound their own "
+                                             "time per sample and run directly. None: no limit.")
+    reward_isolation: str = _f("none", "none: reward functions run in the trainer's process (no copying, any "
+                                       "callable, closures too) | process: in a worker process (spawn) that can "
+                                       "die (os._exit, a crash) or be killed on reward_timeout without taking the "
+                                       "trainer with it; the functions must be importable names or picklable.")
 
     # ---- guidance (G²RPO-A)
     guidance_ratio: float = _f(0.25, "Fraction of each group that is guided: n_guided = round(ratio * G).")
