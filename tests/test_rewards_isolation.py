@@ -71,6 +71,17 @@ def test_a_dying_worker_fails_the_call_and_the_next_call_gets_a_fresh_one(scorer
     assert s.worker.starts == starts + 1  # a fresh worker served it
 
 
+def test_a_worker_killed_between_calls_is_replaced(scorer):
+    import signal
+
+    s = scorer(["helpers:digit_fraction_reward"])
+    pid = s.worker.proc.pid
+    os.kill(pid, signal.SIGKILL)  # e.g. by the OOM killer while idle
+    s.worker.proc.join()
+    assert quiet_call(s.funcs[0], reward_timeout=30.0) == (helpers.digit_fraction_reward(PROMPTS, COMPLETIONS), [])
+    assert s.worker.starts == 2 and s.worker.proc.pid != pid
+
+
 def test_a_hanging_call_is_killed_at_the_timeout(scorer):
     s = scorer([helpers.hanging_reward])
     pid = s.worker.proc.pid

@@ -189,7 +189,9 @@ class MetricsLog:
             print(line, flush=True)
 
     def close(self) -> None:
+        """Idempotent: the trainer closes it at the end of a run and again on any way out."""
         if self.writer is not None:
             self.writer.close()
         if self.bar is not None:
             self.bar.close()
+        self.writer = self.bar = None

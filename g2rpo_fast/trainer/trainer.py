@@ -231,6 +231,9 @@ class G2RPOTrainer(TrainerComponents, TrainerState):
             if self.dist.world_size > 1:  # say which rank failed before torchrun stops the others
                 print(failure_notice(self.dist, exc, self.config.dist_timeout_s), file=sys.stderr, flush=True)
             raise
+        finally:  # Ctrl-C too: the progress bar and TensorBoard writer are closed
+            if getattr(self, "metrics_log", None) is not None:
+                self.metrics_log.close()
 
     def _train(self, resume_from_checkpoint) -> list[dict]:
         cfg = self.config
@@ -255,25 +258,23 @@ class G2RPOTrainer(TrainerComponents, TrainerState):
         if self.is_main:
             write_metrics(metrics_path, self.history)
             cfg.save_json(os.path.join(out, "config.json"))
-            log = MetricsLog(metrics_path, cfg.max_steps, cfg.logging_steps, cfg.progress_bar, self.step,
-                             report_to=cfg.report_to)
-        try:
-            while self.step < cfg.max_steps:
-                m = self.training_step()
-                if cfg.eval_steps and self.step % cfg.eval_steps == 0 and self.step < cfg.max_steps:
-                    m.update(self.evaluate(max_prompts=cfg.num_eval_prompts))
-                if self.rewards.errors:  # the failed calls, also warned and logged one line each
-                    m["reward_errors"] = len(self.rewards.errors)
-                    m["reward_failures"] = [e[:300] for e in self.rewards.errors[:10]]
-                    self.rewards.errors = []
-                self.history.append(m)
-                if log is not None:
-                    log.log(self.step, m)
-                if cfg.save_steps and self.step % cfg.save_steps == 0 and self.step < cfg.max_steps:
-                    self.save()
-        finally:  # Ctrl-C too: the progress bar and TensorBoard writer are closed
+            log = self.metrics_log = MetricsLog(metrics_path, cfg.max_steps, cfg.logging_steps, cfg.progress_bar,
+                                                self.step, report_to=cfg.report_to)
+        while self.step < cfg.max_steps:
+            m = self.training_step()
+            if cfg.eval_steps and self.step % cfg.eval_steps == 0 and self.step < cfg.max_steps:
+                m.update(self.evaluate(max_prompts=cfg.num_eval_prompts))
+            if self.rewards.errors:  # the failed calls, also warned and logged one line each
+                m["reward_errors"] = len(self.rewards.errors)
+                m["reward_failures"] = [e[:300] for e in self.rewards.errors[:10]]
+                self.rewards.errors = []
+            self.history.append(m)
             if log is not None:
-                log.close()
+                log.log(self.step, m)
+            if cfg.save_steps and self.step % cfg.save_steps == 0 and self.step < cfg.max_steps:
+                self.save()
+        if log is not None:
+            log.close()
         self.final_eval = self._final_evaluation()
         self.save(export=True)  # under FSDP every rank writes its shards; the whole model too
         if self.is_main:
