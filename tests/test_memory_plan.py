@@ -240,3 +240,16 @@ def test_plan_command_says_when_it_does_not_fit_and_refuses_bad_memory(tmp_path,
     assert json.loads(out.strip().splitlines()[-1])["fits"] is False
     status, _, err = _plan_cli(capsys, "--model-name-or-path", str(model_dir), "--gpu-memory-gb", "0")
     assert status == 2 and "gpu_memory_gb" in err and len(err.strip().splitlines()) == 1
+
+
+def test_fsdp_shards_the_state_and_gathers_the_model_for_roll_outs():
+    shape = mp.ModelShape(num_params=1_000_000, embedding_params=100_000, lm_head_params=0, num_layers=4,
+                          hidden=64, intermediate=128, num_heads=4, num_kv_heads=2, head_dim=16, vocab=1000)
+    one = mp.plan(shape, mp.PlanSettings(memory_bytes=8 << 30))
+    sharded = mp.plan(shape, mp.PlanSettings(memory_bytes=8 << 30, world_size=8, fsdp=True, beta=0.04))
+    for part in ("weights", "gradients", "optimizer"):
+        assert sharded["phases"]["train"][part] == one["phases"]["train"][part] // 8
+    assert sharded["phases"]["train"]["reference"] == one["phases"]["train"]["weights"] // 8
+    assert one["phases"]["train"]["weights"] == 4 * shape.num_params  # fp32 master weights
+    assert one["phases"]["train"]["optimizer"] == 8 * shape.num_params  # AdamW's two moments
+    assert sharded["phases"]["rollout"]["compute_weights"] == 2 * shape.num_params  # the whole bf16 model

@@ -145,3 +145,40 @@ def test_cuda_graphs_option_is_checked(models):
         RolloutEngine(model, attn_backend="cpu", cuda_graphs="static")
     with pytest.raises(ValueError, match="cuda_graphs must be"):
         RolloutEngine(model, cuda_graphs="sometimes")
+
+
+def test_one_host_built_tensor_per_step(models, monkeypatch):
+    """A step's inputs (ids, positions, slots, lengths, block tables, seeds, counters) go to the
+    device as one tensor built on the host (one copy on CUDA; the runner built about seven)."""
+    model = get_model(models, "qwen3")
+    engine = RolloutEngine(model, attn_backend="sdpa", cuda_graphs=False)
+    built = {"n": 0}
+    tensor = torch.tensor
+
+    def counting_tensor(*args, **kwargs):
+        built["n"] += 1
+        return tensor(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "tensor", counting_tensor)
+    engine.generate(_prompts(), 8, temperature=1.0, seed=list(range(len(_prompts()))))
+    assert engine.stats.decode_steps >= 7
+    assert built["n"] <= engine.stats.decode_steps + engine.stats.prefill_steps
+
+
+def test_kv_cache_counts_a_groups_shared_prompt_blocks_once(models):
+    """Sized for the call (no budget given): 8 samples of a 100-token prompt share its 6 full
+    blocks, so the cache holds 6 + 8 x (the rest) blocks (+ one sequence's shared blocks, which
+    admission asks for), not 8 x 8."""
+    from g2rpo_fast.rollout.engine import blocks_needed
+    from g2rpo_fast.rollout.sequence import SamplingParams, Sequence
+
+    model = get_model(models, "qwen3")
+    prompt = list(range(3, 103))
+    params = SamplingParams(max_new_tokens=20)
+    seqs = [Sequence(i, list(prompt), 100, params, i, 256) for i in range(8)]
+    assert blocks_needed(seqs, 16, shared=False) == 8 * 8  # ceil(120 / 16) each
+    assert blocks_needed(seqs, 16) == 6 + 8 * 2 + 6
+    engine = RolloutEngine(model)
+    outs = engine.generate([prompt] * 8, 20, temperature=1.0, seed=0)
+    assert all(len(o.token_ids) == 20 for o in outs) and engine.stats.preemptions == 0
+    assert engine.runner.num_kv_blocks == 6 + 8 * 2 + 6

@@ -60,7 +60,7 @@ class ModelRunner:
         return self.core.embed_tokens.weight.device
 
     def bytes_per_block(self) -> int:
-        elem = torch.tensor([], dtype=self.dtype).element_size()
+        elem = self.dtype.itemsize
         return 2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim * elem
 
     @property
