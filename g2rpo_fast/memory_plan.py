@@ -349,6 +349,14 @@ def plan(m: ModelShape, s: PlanSettings) -> dict:
     }
 
 
+ENGINE_MIN_SEQS = 256  # the engine's own default max_num_seqs (evaluation runs through it too)
+
+
+def engine_max_num_seqs(config) -> int:
+    """A run's roll-out engine holds the whole generation batch at once (at least its default)."""
+    return max(ENGINE_MIN_SEQS, config.per_device_train_batch_size * config.gradient_accumulation_steps)
+
+
 def settings_from_config(config, *, memory_bytes: int, device: str, compute_bytes: int, attention: str,
                          world_size: int = 1, prefix_shared: bool = True, gradient_checkpointing: bool = True,
                          max_tokens_per_microbatch: int | None = None) -> PlanSettings:
@@ -364,7 +372,8 @@ def settings_from_config(config, *, memory_bytes: int, device: str, compute_byte
         completion_tokens=config.max_completion_length + guidance, prefix_shared=prefix_shared,
         row_split_tokens=(config.packed_row_tokens if config.packed_row_tokens >= 0
                           else 0 if device == "cuda" else 512),
-        gradient_checkpointing=gradient_checkpointing, max_tokens_per_microbatch=max_tokens_per_microbatch)
+        gradient_checkpointing=gradient_checkpointing, max_tokens_per_microbatch=max_tokens_per_microbatch,
+        max_num_seqs=engine_max_num_seqs(config))
 
 
 def replace(settings: PlanSettings, **changes) -> PlanSettings:

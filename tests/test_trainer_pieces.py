@@ -71,7 +71,7 @@ def test_split_groups_cuts_whole_groups_and_meets_a_count():
 
 
 def test_one_engine_call_per_generation_batch(tmp_path):
-    trainer = make_trainer(make_config(tmp_path, max_steps=1, gradient_accumulation_steps=3))
+    trainer = make_trainer(make_config(tmp_path, max_steps=1, gradient_accumulation_steps=40, max_completion_length=2))
     calls = []
     generate = trainer.engine.generate
 
@@ -81,8 +81,8 @@ def test_one_engine_call_per_generation_batch(tmp_path):
 
     trainer.engine.generate = spy
     trainer.train()
-    assert calls == [3 * 8]
-    assert trainer.engine.max_num_seqs == 3 * 8
+    assert calls == [40 * 8]
+    assert trainer.engine.max_num_seqs == 40 * 8  # all at once (the engine's default would be 256)
 
 
 @pytest.mark.parametrize("setting,expected", [("auto", False), ("true", True), (True, True), ("false", False)])

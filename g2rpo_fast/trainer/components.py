@@ -112,6 +112,7 @@ class TrainerComponents:
         """The roll-out engine over the live weights, sized for the whole generation batch: every
         completion of the step at once (`max_num_seqs`) and, on CUDA, the KV cache and the
         training pieces the memory plan chooses (`plan_memory`)."""
+        from g2rpo_fast.memory_plan import engine_max_num_seqs
         from g2rpo_fast.rollout import RolloutEngine
 
         cfg = self.config
@@ -124,7 +125,7 @@ class TrainerComponents:
         else:
             self.piece_tokens = 0  # the CPU: no cut (memory is not the limit there)
         return RolloutEngine(self.model, attn_backend=self.runtime.backend, dtype=self.runtime.compute_dtype,
-                             max_num_seqs=cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps,
+                             max_num_seqs=engine_max_num_seqs(cfg),
                              kv_cache_bytes=chosen.get("kv_cache_bytes") or None,
                              cuda_graphs={"true": True, "false": False}.get(cfg.cuda_graphs, "auto"))
 
