@@ -19,7 +19,9 @@ are scaled or soft-capped.
 TRL logs `entropy` and the per-sequence `clip_ratio/low_min`, `clip_ratio/high_max` from the
 per-token log-probs and logits; the fused loss forms neither, so with `use_g2rpo_loss` those
 three keys are not logged. `kl`, `clip_ratio/low_mean`, `clip_ratio/high_mean` and
-`clip_ratio/region_mean` are, over the same tokens as TRL's.
+`clip_ratio/region_mean` are, over the same tokens as TRL's (the clip ratios at token level only:
+with `importance_sampling_level="sequence"` TRL averages them over sequences, which the loss's
+token means cannot give, so they are not logged there).
 """
 from __future__ import annotations
 

@@ -214,6 +214,8 @@ class GuidedGRPOTrainer(GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         if self.args.beta != 0.0:
             self._metrics[mode]["kl"].append(global_mean(metrics["kl"]))
+        if self.args.importance_sampling_level == "sequence":
+            return  # TRL's clip ratios are then means over sequences, which the loss's token means are not
         self._metrics[mode]["clip_ratio/low_mean"].append(global_mean(metrics["clip_ratio_low"]))
         self._metrics[mode]["clip_ratio/high_mean"].append(global_mean(metrics["clip_ratio_high"]))
         self._metrics[mode]["clip_ratio/region_mean"].append(global_mean(metrics["clip_ratio"]))
