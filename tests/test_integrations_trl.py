@@ -286,6 +286,18 @@ def test_the_window_and_update_every(policy, tmp_path, window, update_every, use
     assert [r["guidance_length"] for r in rows] == adaptive_lengths(PLANTED, 4, 1, 8, window, update_every)[0] == used
 
 
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_the_linear_schedule_spans_the_generated_batches(policy, tmp_path, accumulation):
+    """ℓ from 8 to 0 over the run's generated batches: 4 optimizer steps, one batch per step
+    (TRL generates once per accumulation window by default, whatever the accumulation)."""
+    trainer = make_guided(policy, tmp_path, max_steps=4, guidance_ratio=0.5, guidance_schedule="linear",
+                          guidance_initial_length=8, guidance_final_length=0,
+                          gradient_accumulation_steps=accumulation, per_device_train_batch_size=8 // accumulation)
+    rows, _ = run(trainer)
+    assert [r["guidance_length"] for r in rows] == [8, 6, 4, 2]  # round(8 - 8 * k / 4) before batch k + 1
+    assert trainer.guidance.length == 0
+
+
 def test_the_schedule_is_saved_and_restored_through_trls_checkpoints(policy, tmp_path):
     kw = dict(reward_funcs=[planted_reward, digit_fraction_reward], max_steps=4, save_strategy="steps", save_steps=1,
               **GUIDANCE)
