@@ -145,6 +145,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--liger-runs", type=int, default=1, help="runs of trl+liger (interpreted: ~100x slower)")
+    ap.add_argument("--liger-steps", type=int, default=2, help="steps per trl+liger run")
     ap.add_argument("--out")
     ap.add_argument("--_child")
     ap.add_argument("--_name")
@@ -160,7 +162,9 @@ def main() -> None:
         runs = {n: [] for n in names}
         for run in range(a.runs):  # interleaved: each run of every configuration before the next run
             for name in names:
-                runs[name].append(run_child(work, name, run, a.steps))
+                if name == "trl+liger" and run >= a.liger_runs:
+                    continue
+                runs[name].append(run_child(work, name, run, a.liger_steps if name == "trl+liger" else a.steps))
     after = load()
     kept = {n: [s for r in runs[n] for s in r["steps"][a.warmup:]] for n in names}
     med = {n: {k: statistics.median(s[k] for s in kept[n]) for k in ("step", "rollout")} for n in names}
@@ -179,8 +183,8 @@ def main() -> None:
         f"max {SETUP['max_completion_length']} completion tokens, "
         f"temperature {SETUP['temperature']}, beta {SETUP['beta']} (reference model), loss {SETUP['loss_type']}, "
         f"lr {SETUP['learning_rate']}, accuracy reward, TRL's transformers generation, no guidance, fp32. "
-        f"{a.runs} runs x {a.steps} steps per configuration, interleaved; medians over all steps but each run's "
-        f"first {a.warmup}.", "",
+        f"{a.runs} runs x {a.steps} steps per configuration (trl+liger: {min(a.runs, a.liger_runs)} x "
+        f"{a.liger_steps}), interleaved; medians over all steps but each run's first {a.warmup}.", "",
         "| configuration | step (s) | roll-out phase (s) | train phase (s) |",
         "| --- | ---: | ---: | ---: |",
     ]
@@ -192,6 +196,14 @@ def main() -> None:
                      f"{med['trl']['step'] / med['ours']['step']:.2f}x.** The roll-out phase is TRL's in both (same "
                      "generation, rewards and reference log-probs), so it differs by noise and by what each run "
                      "happened to sample.")
+        lines.append("")
+        lines.append("Why the train phase differs, and what it means for a GPU: TRL 1.16's fused LM head "
+                     "(`trl/kernels/chunked_logprob.py`) drops the prompt and padding positions only on Triton "
+                     "devices (CUDA, XPU); on the CPU it projects every position of prompt + completion onto the "
+                     "vocabulary, and it also computes the entropy it logs. The fused G²RPO loss projects only the "
+                     "completion tokens that carry weight, and forms the loss and its gradients in one C++ pass. "
+                     "Part of the CPU gap is therefore TRL's CPU-only fallback; a GPU comparison (Triton on both "
+                     "sides) is unmeasured.")
     if "trl+liger" in names:
         lines.append("")
         lines.append("trl+liger ran Liger's Triton kernels in Triton's interpreter (no GPU here), in generation "
