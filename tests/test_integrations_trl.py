@@ -80,6 +80,17 @@ def test_the_guidance_fields_are_g2rpoconfigs():
     assert GuidedGRPOConfig(output_dir="x", num_generations=8, use_cpu=True, guidance_schedule="none").n_guided == 0
 
 
+def test_a_trl_script_parses_the_guidance_fields_from_its_command_line():
+    from trl import TrlParser
+
+    (args,) = TrlParser(GuidedGRPOConfig).parse_args_and_config(
+        ["--output_dir", "x", "--use_cpu", "true", "--guidance_ratio", "0.5", "--guidance_schedule", "fixed",
+         "--guidance_reward", "accuracy", "--use_g2rpo_loss", "true"])
+    assert (args.guidance_ratio, args.guidance_schedule, args.guidance_reward, args.use_g2rpo_loss) == \
+        (0.5, "fixed", "accuracy", True)
+    assert args.n_guided == 4  # round(0.5 * TRL's default num_generations = 8)
+
+
 @pytest.mark.parametrize("field,value", [
     ("guidance_ratio", 1.5), ("guidance_ratio", float("nan")), ("guidance_schedule", "cosine"),
     ("guidance_loss", "drop"), ("guidance_window", 0), ("guidance_update_every", 0), ("guidance_min_length", -1),
