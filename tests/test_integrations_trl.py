@@ -247,6 +247,24 @@ def test_groups_are_guided_by_their_place_across_the_batch(policy, tmp_path):
     assert got[0] == tok("0123", add_special_tokens=False)["input_ids"]
 
 
+def test_under_trls_default_bf16_autocast_the_fused_loss_follows_trls(policy, tmp_path):
+    """TRL's default bf16=True runs the CPU forward under bf16 autocast: the fused loss takes the
+    head's inputs in bf16 (as the lm_head would run) and accumulates in fp32; its gradient is TRL's
+    to bf16 precision."""
+    trainer = make_guided(policy, tmp_path, guidance_ratio=0.5, use_g2rpo_loss=True, bf16=True)
+    assert trainer.accelerator.mixed_precision == "bf16"
+    _, out = one_guided_batch(trainer)
+    grads = []
+    for fused in (trainer._g2rpo_loss, None):
+        trainer._g2rpo_loss = fused
+        trainer.model.zero_grad()
+        with trainer.compute_loss_context_manager():
+            trainer._compute_loss(trainer.model, out).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in trainer.model.parameters()]))
+    assert torch.isfinite(grads[0]).all()
+    assert float((grads[0] - grads[1]).norm() / grads[1].norm()) < 2e-2
+
+
 # ------------------------------------------------------------------ the adaptive rule
 def adaptive_lengths(rewards, initial, lo, hi, window, update_every):
     """ℓ used at each batch by DESIGN.md's rule (written here, not the package's)."""
