@@ -15,7 +15,13 @@ import copy
 
 import torch
 
-from g2rpo_fast.data.sources import check_columns, load_split, validate_dataset, validate_dataset_for_model
+from g2rpo_fast.data.sources import (
+    check_columns,
+    load_split,
+    reward_columns,
+    validate_dataset,
+    validate_dataset_for_model,
+)
 from g2rpo_fast.data.validation import context_length_of
 from g2rpo_fast.distributed.parallel import shard_fsdp, wrap_policy
 from g2rpo_fast.packing import packed_attention
@@ -35,17 +41,20 @@ class TrainerComponents:
 
     def _load_datasets(self, train_dataset, eval_dataset) -> None:
         cfg, guide_fn = self.config, self.rewards.guidance_fn
-        self.train_dataset = train_dataset if train_dataset is not None else load_split(cfg, cfg.dataset_split, True)
+        # every row must hold the columns its reward functions take (a null answer would score 0 silently)
+        needs, eval_needs = reward_columns(self.rewards.funcs + [guide_fn]), reward_columns([guide_fn])
+        self.train_dataset = train_dataset if train_dataset is not None else \
+            load_split(cfg, cfg.dataset_split, True, needs)
         check_columns(self.train_dataset, cfg, self.rewards.funcs + [guide_fn], "train dataset")
         validate_dataset(self.train_dataset, cfg, cfg.dataset_split, True,
-                         source="train_dataset" if train_dataset is not None else None)
+                         source="train_dataset" if train_dataset is not None else None, required=needs)
         if eval_dataset is None and cfg.eval_split and (cfg.eval_at_end or cfg.eval_steps):
-            eval_dataset = load_split(cfg, cfg.eval_split, False)
+            eval_dataset = load_split(cfg, cfg.eval_split, False, eval_needs)
             check_columns(eval_dataset, cfg, [guide_fn], "eval dataset")
-            validate_dataset(eval_dataset, cfg, cfg.eval_split, False)
+            validate_dataset(eval_dataset, cfg, cfg.eval_split, False, required=eval_needs)
         elif eval_dataset is not None:
             check_columns(eval_dataset, cfg, [guide_fn], "eval dataset")
-            validate_dataset(eval_dataset, cfg, cfg.eval_split, False, source="eval_dataset")
+            validate_dataset(eval_dataset, cfg, cfg.eval_split, False, source="eval_dataset", required=eval_needs)
         self.eval_dataset = eval_dataset
 
     def _load_policy(self, model, tokenizer, given) -> None:

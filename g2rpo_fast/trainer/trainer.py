@@ -25,12 +25,13 @@ import math
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 import torch
 
 from g2rpo_fast.checkpointing.checkpoint import warn_changed_config
-from g2rpo_fast.checkpointing.run_dir import METRICS_FILE
+from g2rpo_fast.checkpointing.run_dir import METRICS_FILE, ended_early_notice, take_final_record, write_final_record
 from g2rpo_fast.data.sources import take_indices
 from g2rpo_fast.distributed.parallel import equal_forward_count, gathered_weights
 from g2rpo_fast.distributed.process_group import DistState, all_reduce_mean, failure_notice, setup_distributed
@@ -43,7 +44,7 @@ from g2rpo_fast.runtime import resolve_runtime
 from .batch import RolloutBatch, build_rollout_batch
 from .components import TrainerComponents
 from .config import G2RPOConfig
-from .metrics_log import MetricsLog, generated_tokens, read_metrics, step_metrics, write_metrics
+from .metrics_log import MetricsLog, generated_tokens, read_metrics, rebuild_metrics, step_metrics, write_metrics
 from .optimize import accumulate_gradients, dapo_num_items, optimizer_step
 from .state import TrainerState
 
@@ -55,10 +56,13 @@ class G2RPOTrainer(TrainerComponents, TrainerState):
             raise ValueError(f"`config` must be a G2RPOConfig, got {type(config).__name__}")
         config.validate()
         self.config = cfg = config
+        if cfg.warmup_notice():
+            warnings.warn(cfg.warmup_notice(), UserWarning, stacklevel=2)
 
         # ---- rewards, device, precision, attention, Liger (checked before any loading)
         self.rewards = RewardScorer(reward_funcs if reward_funcs is not None else cfg.reward_funcs,
-                                    cfg.reward_weights, cfg.guidance_reward, cfg.reward_timeout)
+                                    cfg.reward_weights, cfg.guidance_reward, cfg.reward_timeout,
+                                    cfg.reward_isolation)
         from g2rpo_fast.rewards import check_code_sandbox
 
         check_code_sandbox(cfg.code_sandbox, self.rewards.funcs + [self.rewards.guidance_fn])
@@ -103,6 +107,7 @@ class G2RPOTrainer(TrainerComponents, TrainerState):
         self.buffer_uses = 0
         self.buffer_guidance_length = None
         self.history: list[dict] = []
+        self.saved_metrics: list[dict] | None = None  # the loaded checkpoint's copy of the metrics
 
     @property
     def loss_fn(self):
@@ -226,30 +231,42 @@ class G2RPOTrainer(TrainerComponents, TrainerState):
             if self.dist.world_size > 1:  # say which rank failed before torchrun stops the others
                 print(failure_notice(self.dist, exc, self.config.dist_timeout_s), file=sys.stderr, flush=True)
             raise
+        finally:  # Ctrl-C too: the progress bar and TensorBoard writer are closed
+            if getattr(self, "metrics_log", None) is not None:
+                self.metrics_log.close()
 
     def _train(self, resume_from_checkpoint) -> list[dict]:
         cfg = self.config
         out = cfg.output_dir
         metrics_path = os.path.join(out, METRICS_FILE)
+        t0 = time.perf_counter()
         self.prepare_output_dir(resume=bool(resume_from_checkpoint))
         self.history = []
         if resume_from_checkpoint:
             path = self._checkpoint_to_resume(resume_from_checkpoint)
             self.load(path)
             warn_changed_config(path, cfg)
-            self.history = read_metrics(metrics_path, upto=self.step)
+        # No final record until this run reaches its end: an early end is never taken for a finished run.
+        previous = take_final_record(out) if self.is_main else None
+        if resume_from_checkpoint:
+            logged = read_metrics(metrics_path)
+            if self.is_main and previous is None:
+                last = max((m["step"] for m in logged), default=None)
+                warnings.warn(ended_early_notice(out, last, path), RuntimeWarning, stacklevel=2)
+            self.history = rebuild_metrics(logged, self.saved_metrics, self.step, path)
         log = None
         if self.is_main:
             write_metrics(metrics_path, self.history)
             cfg.save_json(os.path.join(out, "config.json"))
-            log = MetricsLog(metrics_path, cfg.max_steps, cfg.logging_steps, cfg.progress_bar, self.step,
-                             report_to=cfg.report_to)
+            log = self.metrics_log = MetricsLog(metrics_path, cfg.max_steps, cfg.logging_steps, cfg.progress_bar,
+                                                self.step, report_to=cfg.report_to)
         while self.step < cfg.max_steps:
             m = self.training_step()
             if cfg.eval_steps and self.step % cfg.eval_steps == 0 and self.step < cfg.max_steps:
                 m.update(self.evaluate(max_prompts=cfg.num_eval_prompts))
-            if self.rewards.errors:
+            if self.rewards.errors:  # the failed calls, also warned and logged one line each
                 m["reward_errors"] = len(self.rewards.errors)
+                m["reward_failures"] = [e[:300] for e in self.rewards.errors[:10]]
                 self.rewards.errors = []
             self.history.append(m)
             if log is not None:
@@ -270,6 +287,10 @@ class G2RPOTrainer(TrainerComponents, TrainerState):
                 plot_metrics(self.history, out)
         if self.dist.world_size > 1:
             torch.distributed.barrier()  # rank 0 has finished writing
+        if self.is_main:  # the very last act: only a run that got here has a final record
+            write_final_record(out, {"step": self.step, "max_steps": cfg.max_steps,
+                                     "train_runtime_s": round(time.perf_counter() - t0, 3),
+                                     "final_eval": self.final_eval})
         return self.history
 
     def _final_evaluation(self) -> dict:
@@ -287,4 +308,5 @@ class G2RPOTrainer(TrainerComponents, TrainerState):
         exception, without the final barrier (the other ranks wait in another collective)."""
         from g2rpo_fast.distributed.process_group import teardown_distributed
 
+        self.rewards.close()  # reward_isolation: process: the worker
         teardown_distributed(self.dist, failed=failed)
