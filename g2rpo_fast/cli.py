@@ -7,13 +7,16 @@
     g2rpo-fast demo --regime hard --jobs 2            # the same on 4-digit sums (sparse rewards)
     g2rpo-fast train --config hard --report-to tensorboard
     g2rpo-fast eval --checkpoint out/checkpoint-30    # greedy held-out accuracy
+    g2rpo-fast plan --model-name-or-path DIR --gpu-memory-gb 80   # memory per phase, settings that fit
 
 Every `G2RPOConfig` field is also an option `--field-name value` (lists/None in YAML syntax,
 e.g. `--reward-funcs "[accuracy, format]"`; a true/false field alone means true, e.g.
 `--overwrite-output-dir`). A user mistake (bad configuration, missing model or data, bad data
 rows, an unusable or already used output directory, a bad checkpoint) exits with status 2 and
-a one-line message naming the field, before any model is loaded; a full disk exits with
-status 1 and "no space left on <path>".
+a one-line message naming the field, before any model is loaded (options are never
+abbreviated: `--learning-rat` is an unknown option, not `--learning-rate`); a full disk exits with
+status 1 and "no space left on <path>"; Ctrl-C (or a reward function raising
+KeyboardInterrupt) stops cleanly with status 130, keeping the last complete checkpoint.
 """
 from __future__ import annotations
 
@@ -56,6 +59,10 @@ def _config_from_args(args, fixed: dict | None = None):
         if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
     if getattr(args, "guidance", None) is not None:
+        given = overrides.get("guidance_schedule", args.guidance)
+        if given != args.guidance:
+            raise ValueError(f"`guidance_schedule`: --guidance {args.guidance} and --guidance-schedule {given} "
+                             f"disagree (--guidance is its alias): give one")
         overrides["guidance_schedule"] = args.guidance
     if getattr(args, "guidance_ratio", None) is not None:
         overrides["guidance_ratio"] = args.guidance_ratio
@@ -82,6 +89,45 @@ class UsageError(Exception):
     """A configuration / data error found before any work: reported without a traceback."""
 
 
+class Interrupted(Exception):
+    """Ctrl-C, or a reward function that raised KeyboardInterrupt: a clean stop (status 130)."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """No abbreviated options (a typo is an error, never another field) and usage errors as
+    one line, status 2, like every other user mistake."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _unknown_option(parser, command: str, extra: list[str]) -> str:
+    """The one-line error for arguments no option takes, with the closest option's name."""
+    import difflib
+
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    known = [o for a in sub._actions for o in a.option_strings if o.startswith("--")]
+    flag = next((a for a in extra if a.startswith("-")), None)
+    if flag is None:
+        return f"unexpected argument(s): {' '.join(extra)}"
+    flag = flag.split("=")[0]
+    close = difflib.get_close_matches(flag, known, n=1)
+    return f"`{flag}`: unknown option" + (f" (did you mean {close[0]}?)" if close else "")
+
+
+def _interrupted_at(trainer, output_dir: str) -> str:
+    from g2rpo_fast.checkpointing.checkpoint import latest_checkpoint
+
+    latest = latest_checkpoint(output_dir) if trainer.is_main else None
+    kept = (f"{latest} is the last complete checkpoint (--resume continues from it)" if latest
+            else "no checkpoint was saved yet")
+    return f"interrupted at step {trainer.step} (Ctrl-C or KeyboardInterrupt); {kept}"
+
+
 def _setup(fn, *a, **kw):
     try:
         return fn(*a, **kw)
@@ -105,6 +151,9 @@ def cmd_train(args) -> int:
     except RunSetupError as exc:  # output dir / checkpoint to resume: found before step 1
         trainer.close(failed=True)
         raise UsageError(str(exc)) from exc
+    except KeyboardInterrupt:
+        trainer.close(failed=True)
+        raise Interrupted(_interrupted_at(trainer, cfg.output_dir)) from None
     except BaseException:
         trainer.close(failed=True)
         raise
@@ -142,6 +191,30 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    """The memory plan of a train command (`g2rpo_fast/memory_plan.py`): per-phase bytes and the
+    settings that fit; the last line is one JSON object. Exit 0 when the plan fits, 1 when not."""
+    import json
+
+    from g2rpo_fast.memory_plan import plan_for_config, summary_lines
+
+    if args.gpu_memory_gb is None or not args.gpu_memory_gb > 0:
+        raise UsageError(f"`gpu_memory_gb` must be a number > 0, got {args.gpu_memory_gb}")
+    if args.world_size < 1:
+        raise UsageError(f"`world_size` must be an int >= 1, got {args.world_size}")
+    cfg = _setup(_config_from_args, args, {"progress_bar": False})
+    from g2rpo_fast.models.loading import model_config
+
+    hf_config = _setup(model_config, cfg.model_name_or_path)
+    device = "cpu" if cfg.device == "cpu" else "cuda"  # `--device auto` plans for the GPU
+    result = plan_for_config(cfg, hf_config, memory_bytes=int(args.gpu_memory_gb * 1e9), device=device,
+                             world_size=args.world_size)
+    for line in summary_lines(result):
+        print(line)
+    print(json.dumps(result))
+    return 0 if result["fits"] else 1
+
+
 def cmd_demo(args) -> int:
     from g2rpo_fast.demo import REGIMES, run_demo
 
@@ -168,8 +241,7 @@ def cmd_demo(args) -> int:
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="g2rpo-fast", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="g2rpo-fast", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     d = sub.add_parser("demo", help="GRPO vs fixed guidance vs G²RPO-A over seeds, held-out accuracy")
@@ -195,6 +267,16 @@ def build_parser():
     e.add_argument("--split", default=None, help="dataset split (default: eval_split)")
     e.add_argument("--max-prompts", dest="max_prompts", type=int, default=None)
     _add_config_fields(e, skip=())
+    pl = sub.add_parser("plan", help="predicted memory per phase of a training step and the settings that fit "
+                                     "(from the model's config.json alone)")
+    pl.add_argument("--config", default=None, help="YAML file or preset name, as for train")
+    pl.add_argument("--gpu-memory-gb", dest="gpu_memory_gb", type=float, default=None, required=True,
+                    help="memory of one device in GB (10^9 bytes), e.g. 80")
+    pl.add_argument("--world-size", dest="world_size", type=int, default=1, help="processes (GPUs) of the run")
+    pl.add_argument("--output-dir", dest="output_dir", default=None)
+    pl.add_argument("--max-steps", dest="max_steps", type=int, default=None)
+    pl.add_argument("--seed", type=int, default=None)
+    _add_config_fields(pl, skip=("output_dir", "max_steps", "seed"))
     x = sub.add_parser("export", help="write a checkpoint (sharded FSDP ones too) as a Hugging Face model directory")
     x.add_argument("checkpoint", help="a checkpoint-N directory")
     x.add_argument("out_dir", help="where to write the model (a new or empty directory)")
@@ -218,15 +300,24 @@ def _short_warnings() -> None:
 def main(argv=None) -> int:
     _short_warnings()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        print(f"g2rpo-fast {args.command}: error: {_unknown_option(parser, args.command, extra)}", file=sys.stderr)
+        return 2
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the demo's table states its command
-    commands = {"train": cmd_train, "demo": cmd_demo, "eval": cmd_eval, "export": cmd_export}
+    commands = {"train": cmd_train, "demo": cmd_demo, "eval": cmd_eval, "export": cmd_export, "plan": cmd_plan}
     try:
         return commands[args.command](args)
     except UsageError as exc:
         # Configuration and data errors: a one-line message, status 2, no traceback.
         print(f"g2rpo-fast {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"g2rpo-fast {args.command}: {exc}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # before the trainer existed, or in another command
+        print(f"g2rpo-fast {args.command}: interrupted (Ctrl-C or KeyboardInterrupt)", file=sys.stderr)
+        return 130
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise

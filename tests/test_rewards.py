@@ -207,3 +207,24 @@ def test_huge_rewards_are_clipped_to_the_documented_range():
     # Finite weights times clipped rewards never overflow (inf - inf would be NaN).
     assert weighted_total([1e6, 1e6], [1e308, -1e308], REWARD_LIMIT) == 0.0
     assert weighted_total([0.5, 1.0], [2.0, 3.0], REWARD_LIMIT) == 4.0
+
+
+def test_self_limiting_rewards_run_in_the_calling_thread_under_reward_timeout():
+    """`reward_timeout` watches a user function from another thread, but calls the built-in
+    rewards directly: they bound their own time per sample, and math-verify's per-answer
+    timeout (signal.alarm) works only in the main thread."""
+    import threading
+
+    from g2rpo_fast.rewards import code_reward, format_reward
+
+    seen = []
+
+    def watched(prompts, completions, **kwargs):
+        seen.append(threading.current_thread() is threading.main_thread())
+        return [0.0] * len(completions)
+
+    safe_reward_call(watched, ["p"], ["a"], reward_timeout=5.0)
+    watched.limits_itself = True
+    safe_reward_call(watched, ["p"], ["a"], reward_timeout=5.0)
+    assert seen == [False, True]
+    assert accuracy_reward.limits_itself and format_reward.limits_itself and code_reward.limits_itself

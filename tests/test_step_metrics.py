@@ -77,14 +77,14 @@ def test_step_metrics_carries_them_over_micro_batches_and_into_json():
     assert m["guidance_length_injected"] == pytest.approx((6 + 4 + 6 + 6) / 4)
     assert m["guidance_length"] == 6.0
     # without dynamic sampling, what was generated is what is trained on
-    assert (m["sampling_rounds"], m["sampled_groups"], m["sampled_frac_reward_zero_std"]) == (2, 4, 3 / 4)
+    assert (m["sampling_rounds"], m["sampled_groups"], m["sampled_frac_reward_zero_std"]) == (1, 4, 3 / 4)
     assert m["sampled_accuracy"] == 3 / 8
     # with it, each micro-batch says what it generated (rounds, groups, equal groups, guide sum)
     b1.sampling = {"rounds": 3, "groups": 6, "equal_groups": 4, "guide_sum": 4.0}
     b2.sampling = {"rounds": 1, "groups": 2, "equal_groups": 2, "guide_sum": 0.0}
     m = step_metrics([b1, b2], num_generations=2, guidance_length=6, learning_rate=1e-4, reward_names=["acc"],
                      train_metrics={"loss": 0.0})
-    assert (m["sampling_rounds"], m["sampled_groups"], m["sampled_frac_reward_zero_std"]) == (4, 8, 6 / 8)
+    assert (m["sampling_rounds"], m["sampled_groups"], m["sampled_frac_reward_zero_std"]) == (3, 8, 6 / 8)
     assert m["sampled_accuracy"] == 4 / 16 and m["frac_reward_zero_std"] == 3 / 4
     unguided = step_metrics([_batch([_sample(0), _sample(0)], [0.0, 1.0])], num_generations=2, guidance_length=0,
                             learning_rate=1e-4, reward_names=["acc"], train_metrics={"loss": 0.0})
@@ -120,3 +120,19 @@ def test_step_metrics_mean_over_ranks_when_a_rank_lacks_a_kind(monkeypatch):
         assert out["reward"] == 0.75 and out["reward_guided"] == 0.75 and out["reward_unguided"] == 0.25
         assert out["accuracy_guided"] == 1.0  # one rank's NaN (no guided sample) is not a value
         assert out["empty"] is None and out["name"] == m["name"]
+
+
+def test_group_outcomes_are_over_the_weighted_total_not_the_guidance_reward():
+    """Two reward functions: the guidance reward (accuracy) is 0 everywhere, but the weighted
+    total the advantages see differs within group 1 and is all 1 in group 2. The equal-reward
+    fractions must follow the total (what GRPO learns from), not the guidance reward."""
+    samples = [_sample(0) for _ in range(4)]
+    scores = SimpleNamespace(total=[0.0, 0.5, 1.0, 1.0], guide=[0.0, 0.0, 0.0, 0.0],
+                             per_func=[[0.0] * 4, [0.0, 0.5, 1.0, 1.0]])
+    batch = SimpleNamespace(samples=samples, scores=scores, advantages=torch.zeros(4))
+    m = step_metrics([batch], num_generations=2, guidance_length=0, learning_rate=1e-4,
+                     reward_names=["accuracy", "other"], train_metrics={"loss": 0.0})
+    assert m["frac_reward_zero_std"] == 1 / 2  # group 2 only; the guidance reward would say 2/2
+    assert m["frac_groups_all_zero"] == 0.0    # the guidance reward would say 2/2
+    assert m["frac_groups_all_one"] == 1 / 2
+    assert m["accuracy"] == 0.0 and m["reward"] == pytest.approx(0.625)

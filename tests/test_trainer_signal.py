@@ -117,7 +117,9 @@ def _batch(advantages, lengths, completion_mask=None, guidance_mask=None):
     packed = SimpleNamespace(token_ids=torch.zeros(n, dtype=torch.long), cu_seqlens=cu,
                              completion_mask=ones if completion_mask is None else torch.tensor(completion_mask),
                              guidance_mask=zeros if guidance_mask is None else torch.tensor(guidance_mask))
-    return SimpleNamespace(packed=packed, advantages=torch.tensor(advantages))
+    batch = SimpleNamespace(packed=packed, advantages=torch.tensor(advantages))
+    batch.training_pieces = lambda: [batch]
+    return batch
 
 
 def test_has_signal_counts_only_trained_tokens():
@@ -131,6 +133,8 @@ def test_has_signal_counts_only_trained_tokens():
     masked = _batch([0.0, -0.2], [2, 3], completion_mask=[1.0, 1.0, 0.0, 0.0, 0.0])
     assert not has_signal([masked], "mask", one, None)
     assert has_signal([_batch([0.0, 0.0], [2, 3]), _batch([0.1], [1])], "mask", one, None)
+    cut = SimpleNamespace(training_pieces=lambda: [_batch([0.0], [2]), _batch([0.3], [1])])  # in pieces
+    assert has_signal([cut], "mask", one, None)
 
 
 # ---------------------------------------------------------------- dynamic sampling
@@ -160,11 +164,25 @@ def test_sample_with_signal_asks_the_ranks_and_stops_at_the_cap():
         asked.append(full)
         return False  # another rank is not full yet: keep generating
 
-    rounds, stats = sample_with_signal(lambda r: (f"s{r}", scores(r)), group_size=2, target_groups=1, max_rounds=3,
-                                       agree=agree)
+    (rounds,), (stats,) = sample_with_signal(lambda r: [(f"s{r}", scores(r))], group_size=2, target_groups=1,
+                                             max_rounds=3, agree=agree)
     assert [(s, keep) for s, _, keep in rounds] == [("s0", []), ("s1", [1]), ("s2", [])]
     assert asked == [False, True]  # the last round asks nobody: the cap ends it on every rank
     assert stats == {"rounds": 3, "groups": 6, "equal_groups": 3, "guide_sum": 5.0}
+
+
+def test_sample_with_signal_over_micro_batches_goes_on_until_all_are_full():
+    given = {(0, 0): [1, 0, 0, 1], (0, 1): [0, 0, 1, 1],  # micro-batch 0 is full after round 0
+             (1, 0): [0, 1, 1, 0], (1, 1): [1, 0, 2, 2],  # micro-batch 1 keeps one group in round 1
+             (2, 0): [0, 1, 0, 1], (2, 1): [0, 1, 0, 0]}
+    roll_out = lambda r: [((r, k), SimpleNamespace(total=given[r, k], guide=[0.5] * 4)) for k in (0, 1)]
+    (zero, one), stats = sample_with_signal(roll_out, group_size=2, target_groups=2, max_rounds=5, parts=2)
+    assert [keep for _, _, keep in zero] == [[0, 1], [], []]  # full: later rounds' groups are dropped
+    assert [keep for _, _, keep in one] == [[], [0], [0]]
+    assert [s["rounds"] for s in stats] == [3, 3] and [s["equal_groups"] for s in stats] == [0, 4]
+    assert [s["guide_sum"] for s in stats] == [6.0, 6.0]
+    with pytest.raises(ValueError, match="micro-batches"):
+        sample_with_signal(roll_out, group_size=2, target_groups=2, max_rounds=5, parts=3)
 
 
 def test_dynamic_sampling_trains_on_the_groups_with_signal(tmp_path):
@@ -197,7 +215,7 @@ def test_rollout_batch_keeps_its_sampling_statistics_through_a_checkpoint(tmp_pa
 
     cfg = make_config(tmp_path, "state", dynamic_sampling=True, dynamic_sampling_max_rounds=2)
     trainer = make_trainer(cfg)
-    batch = trainer.generate_micro_batch(0, 2)
+    (batch,) = trainer.generate_rollouts(2)
     assert batch.sampling["rounds"] in (1, 2) and batch.sampling["groups"] == 2 * batch.sampling["rounds"]
     back = RolloutBatch.from_state_dict(batch.state_dict(), trainer.device)
     assert back.sampling == batch.sampling
@@ -231,3 +249,29 @@ def test_adaptive_sparse_through_the_trainer(tmp_path):
                           reward_funcs=[script], guidance_reward=script)
         make_trainer(cfg).train()
         assert [r["guidance_length_next"] for r in read_metrics(cfg)] == want
+
+
+def test_dynamic_sampling_with_gradient_accumulation(tmp_path):
+    """Two micro-batches of 2 prompts (G = 4): each round generates both (one reward call per
+    micro-batch); micro-batch 0 is full after round 0, micro-batch 1 after round 2."""
+    script = Script([1, 0, 0, 0, 0, 1, 0, 0], [0, 0, 0, 0, 1, 1, 1, 1],
+                    [0, 1, 0, 0, 0, 0, 0, 1], [1, 0, 0, 0, 0, 0, 0, 0],
+                    [1, 1, 0, 0, 1, 0, 0, 0], [0, 0, 0, 0, 0, 1, 1, 0])
+    cfg = make_config(tmp_path, "accum", max_steps=1, guidance_schedule="none", reward_funcs=[script],
+                      dynamic_sampling=True, dynamic_sampling_max_rounds=4, gradient_accumulation_steps=2)
+    trainer = make_trainer(cfg)
+    rec = record(trainer)
+    trainer.train()
+    (row,) = read_metrics(cfg)
+    assert (row["sampling_rounds"], row["sampled_groups"], trainer.data_position) == (3, 12, 12)
+    (step,) = rec.steps
+    got = [call["advantages"] for call in step.loss_calls]
+    want = [torch.cat([advantages64([1, 0, 0, 0]), advantages64([0, 1, 0, 0])]),
+            torch.cat([advantages64([1, 0, 0, 0]), advantages64([0, 1, 1, 0])])]
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b.float())
+    # one engine call per round for both micro-batches (recorded as one Rollout per micro-batch):
+    # micro-batch 1 kept round 1's first group and round 2's second
+    assert len(rec.rollouts) == 6
+    kept = rec.rollouts[3].outputs[0:4] + rec.rollouts[5].outputs[4:8]
+    assert step.loss_calls[1]["token_ids"].tolist() == [t for out in kept for t in out]

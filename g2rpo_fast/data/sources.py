@@ -23,9 +23,10 @@ def needs_solutions(config, train: bool) -> bool:
     return train and config.n_guided > 0
 
 
-def check_dataset_source(config) -> None:
+def check_dataset_source(config, required: dict | None = None) -> None:
     """Before anything heavy loads: a local dataset exists and its JSON-lines files are
-    well formed row by row (streamed); a hub name is checked when it loads."""
+    well formed row by row (streamed; `required`: `reward_columns`); a hub name is checked
+    when it loads."""
     name = config.dataset_name
     if is_embedded(name):
         return
@@ -36,20 +37,20 @@ def check_dataset_source(config) -> None:
         guidance = config.guidance_field if needs_solutions(config, True) else None
         for path in files:
             if is_json_lines(path):
-                validate_jsonl_file(path, config.prompt_field, guidance)
+                validate_jsonl_file(path, config.prompt_field, guidance, required)
         return
     if looks_like_local_path(name):
         raise ValueError(f"`dataset_name`: no such file or directory: {name}")
 
 
-def load_split(config, split: str, train: bool):
-    """The split as a `datasets.Dataset`, every row checked (`validate_dataset`)."""
+def load_split(config, split: str, train: bool, required: dict | None = None):
+    """The split as a `datasets.Dataset` (a local JSON-lines file checked row by row first)."""
     name = config.dataset_name
     if is_embedded(name):  # the built-in task: its sizes and levels come from the config
         return load_prompts(name, split="train" if train else "eval", required=(),
                             num_examples=config.embedded_train_size if train else config.embedded_eval_size,
                             seed=config.seed if train else 0, difficulties=list(config.embedded_difficulties))
-    check_dataset_source(config)
+    check_dataset_source(config, required)
     # Hub names and local json/jsonl/parquet/csv files; GSM8K / MATH columns are normalised.
     try:
         return load_prompts(name, split=split, config=config.dataset_config, required=())
@@ -62,24 +63,26 @@ def load_split(config, split: str, train: bool):
                          f"{detail}{hint}") from None
 
 
-def dataset_source(config, split: str):
+def dataset_source(config, split: str, required: dict | None = None):
     """How messages name the data set, and the line of each row for a single JSON-lines file."""
     name = config.dataset_name
     if isinstance(name, str) and os.path.isfile(name) and is_json_lines(name):
         guidance = config.guidance_field if needs_solutions(config, True) else None
-        return name, validate_jsonl_file(name, config.prompt_field, guidance)
+        return name, validate_jsonl_file(name, config.prompt_field, guidance, required)
     if isinstance(name, str) and os.path.exists(name):
         return name, None
     return f"{name} (split {split})", None
 
 
-def validate_dataset(dataset, config, split: str, train: bool, source: str | None = None) -> None:
-    """Every row's prompt (and reference solution when guided) before the model loads."""
+def validate_dataset(dataset, config, split: str, train: bool, source: str | None = None,
+                     required: dict | None = None) -> None:
+    """Every row's prompt (and reference solution when guided, and the columns the reward
+    functions take: `required`) before the model loads."""
     line_of_row = None
     if source is None:
-        source, line_of_row = dataset_source(config, split)
+        source, line_of_row = dataset_source(config, split, required)
     guidance = config.guidance_field if needs_solutions(config, train) else None
-    validate_rows(dataset, config.prompt_field, guidance, source, line_of_row)
+    validate_rows(dataset, config.prompt_field, guidance, source, line_of_row, required)
 
 
 def validate_dataset_for_model(dataset, config, tokenizer, context_length, split: str, source=None) -> None:
@@ -101,6 +104,17 @@ def required_columns(fn) -> list[str]:
     for p in params[2:]:
         if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is p.empty:
             out.append(p.name)
+    return out
+
+
+def reward_columns(reward_funcs) -> dict[str, list[str]]:
+    """{column: names of the reward functions that take it} (`required_columns` of each)."""
+    out: dict[str, list[str]] = {}
+    for fn in reward_funcs:
+        for column in required_columns(fn):
+            name = getattr(fn, "__name__", type(fn).__name__)
+            if name not in out.setdefault(column, []):
+                out[column].append(name)
     return out
 
 

@@ -52,6 +52,20 @@ def load_tokenizer(name_or_path, field: str = "model_name_or_path"):
     return tokenizer
 
 
+def model_config(name_or_path):
+    """The transformers config of a model (a directory holding only config.json is enough)."""
+    from transformers import AutoConfig
+
+    if is_embedded(name_or_path):
+        from g2rpo_fast.models.builtin import BUILTIN_DIR
+
+        name_or_path = BUILTIN_DIR
+    try:
+        return AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"`model_name_or_path`: cannot load the config of {name_or_path}: {exc}") from None
+
+
 def model_context_length(name_or_path) -> int | None:
     """Positions the model supports (max_position_embeddings), from its config only."""
     from transformers import AutoConfig

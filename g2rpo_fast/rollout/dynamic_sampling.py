@@ -67,27 +67,34 @@ class SignalGroups:
         return self.full or self.rounds >= self.max_rounds
 
 
-def sample_with_signal(roll_out, *, group_size: int, target_groups: int, max_rounds: int,
+def sample_with_signal(roll_out, *, group_size: int, target_groups: int, max_rounds: int, parts: int = 1,
                        agree=lambda full: full):
-    """Generation rounds of one micro-batch under dynamic sampling (`max_rounds=1`: one round, as
-    without it).
+    """The generation rounds of one step's micro-batches (`parts`) under dynamic sampling
+    (`max_rounds=1`: one round, as without it).
 
-    `roll_out(round_index)` generates and scores the next round's fresh prompts: `(samples,
-    scores)` with `scores.total` (the rewards the advantages see) and `scores.guide` (the
-    guidance reward); `agree(full)` answers whether every rank's batch is full (ranks run the
-    same number of rounds: the prompt stream is global). Returns the rounds as
-    `[(samples, scores, kept group indices)]` and the statistics of everything generated:
-    `rounds`, `groups`, `equal_groups` (without signal), `guide_sum` (sum of the guidance reward).
+    `roll_out(round_index)` generates and scores the next fresh prompts of every micro-batch:
+    a list of `parts` `(samples, scores)`, with `scores.total` (the rewards the advantages see)
+    and `scores.guide` (the guidance reward). Rounds go on until every micro-batch holds
+    `target_groups` groups with signal or `max_rounds` rounds ran; `agree(full)` answers whether
+    that holds on every rank (ranks run the same number of rounds: the prompt stream is global).
+    A full micro-batch still takes part in later rounds and drops what they bring. Returns, per
+    micro-batch, its rounds `[(samples, scores, kept group indices)]` and the statistics of what
+    it generated: `rounds`, `groups`, `equal_groups` (without signal), `guide_sum` (sum of the
+    guidance reward).
     """
-    groups = SignalGroups(target_groups, group_size, max_rounds)
-    rounds, guide_sum = [], 0.0
-    samples, scores = roll_out(0)
+    groups = [SignalGroups(target_groups, group_size, max_rounds) for _ in range(parts)]
+    rounds, guide_sums = [[] for _ in range(parts)], [0.0] * parts
+    index = 0
     while True:
-        rounds.append((samples, scores, groups.add(scores.total)))
-        guide_sum += float(sum(scores.guide))
-        if groups.rounds >= max_rounds or agree(groups.full):
+        generated = roll_out(index)
+        if len(generated) != parts:
+            raise ValueError(f"`roll_out` gave {len(generated)} micro-batches, expected {parts}")
+        for k, (samples, scores) in enumerate(generated):
+            rounds[k].append((samples, scores, groups[k].add(scores.total)))
+            guide_sums[k] += float(sum(scores.guide))
+        index += 1
+        if index >= max_rounds or agree(all(g.full for g in groups)):
             break
-        samples, scores = roll_out(groups.rounds)
-    stats = {"rounds": groups.rounds, "groups": groups.groups_seen, "equal_groups": groups.equal_groups,
-             "guide_sum": guide_sum}
+    stats = [{"rounds": g.rounds, "groups": g.groups_seen, "equal_groups": g.equal_groups, "guide_sum": guide}
+             for g, guide in zip(groups, guide_sums)]
     return rounds, stats

@@ -1,77 +1,133 @@
-"""Temperature / top-k / top-p sampling with one seeded generator per request.
+"""Temperature / top-k / top-p sampling on the device, reproducible per request seed.
 
-Each sampled request draws one uniform number per token from its own CPU
-`torch.Generator`, and the token is found by inverse-CDF over its filtered distribution, so
-a request's completion does not depend on which other requests share the batch.
+Each sampled request draws one uniform number per token from a counter-based generator,
+Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11), keyed by
+the request's seed and counted by its number of generated tokens (the "Philox offset"). The
+number is a pure function of (seed, token index), computed with int64 tensor ops on the
+logits' device: no host generator, no copy to the host, nothing that depends on which other
+requests share the batch, and the same number again when a preempted request is recomputed.
+The token is then found by inverse CDF over its filtered distribution.
 
 Filtering follows HF's order: logits / T, keep the k largest, then the smallest set of the
-remaining (renormalised) tokens whose probability reaches top_p. Returned log-probs are
-under the *untruncated* tempered distribution, log_softmax(z / T) (log_softmax(z) when
-greedy) — the quantity a trainer recomputes as `old_logps`.
+remaining (renormalised) tokens whose probability reaches top_p. Returned log-probs are under
+the *untruncated* tempered distribution, log_softmax(z / T) (log_softmax(z) when greedy) — the
+quantity a trainer recomputes as `old_logps`.
+
+Every branch depends on the call's settings (`SamplingSpec`, Python values), never on tensor
+values: a step samples without a host sync and can be captured in a CUDA graph or compiled
+with `torch.compile(fullgraph=True)`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from .sequence import Sequence
+# Philox4x32-10 constants (the multipliers and the Weyl key increments)
+_M0, _M1 = 0xD2511F53, 0xCD9E8D57
+_W0, _W1 = 0x9E3779B9, 0xBB67AE85
+_MASK32 = 0xFFFFFFFF
 
 
-def filtered_probs(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
-                   top_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+@dataclass(frozen=True)
+class SamplingSpec:
+    """The sampling settings of one `generate` call (every request of a call shares them)."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    return_logprobs: bool = False
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @property
+    def filters(self) -> bool:
+        return self.top_k > 0 or self.top_p < 1.0
+
+
+def _mulhilo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(high, low) 32-bit words of the 64-bit product of the constant `a` and `b` (int64
+    tensors holding 32-bit values), in 16-bit halves so that no int64 product overflows."""
+    a_lo, a_hi = a & 0xFFFF, a >> 16
+    b_lo, b_hi = b & 0xFFFF, b >> 16
+    lo_lo, hi_lo, lo_hi = b_lo * a_lo, b_lo * a_hi, b_hi * a_lo
+    cross = (lo_lo >> 16) + (hi_lo & 0xFFFF) + (lo_hi & 0xFFFF)
+    low = ((cross & 0xFFFF) << 16) | (lo_lo & 0xFFFF)
+    high = b_hi * a_hi + (hi_lo >> 16) + (lo_hi >> 16) + (cross >> 16)
+    return high, low
+
+
+def philox4x32(counter: tuple[torch.Tensor, ...], key: tuple[torch.Tensor, torch.Tensor], rounds: int = 10):
+    """Philox4x32 on int64 tensors holding 32-bit words: 4 counter words, 2 key words -> 4 words."""
+    c0, c1, c2, c3 = counter
+    k0, k1 = key
+    for r in range(rounds):
+        if r:
+            k0, k1 = (k0 + _W0) & _MASK32, (k1 + _W1) & _MASK32
+        hi0, lo0 = _mulhilo(_M0, c0)
+        hi1, lo1 = _mulhilo(_M1, c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+    return c0, c1, c2, c3
+
+
+def uniform(seeds: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
+    """One float64 in [0, 1) per row from 53 random bits: Philox keyed by `seeds` (int64, any
+    value: its two 32-bit halves) at counter `counters` (int64 >= 0)."""
+    zero = torch.zeros_like(counters)
+    words = philox4x32((counters & _MASK32, (counters >> 32) & _MASK32, zero, zero),
+                       (seeds & _MASK32, (seeds >> 32) & _MASK32))
+    bits = ((words[0] >> 5) << 26) | (words[1] >> 6)  # 27 + 26 bits
+    return bits.to(torch.float64) * (1.0 / (1 << 53))
+
+
+def filtered_probs(logits: torch.Tensor, spec: SamplingSpec) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Sampling probabilities after temperature, top-k and top-p, and their token ids.
 
-    logits [B, V] fp32; temperature (> 0), top_k (0 = off), top_p: [B]. Returns (probs, ids)
-    with probs in descending order and ids [B, n] the token of each column, or ids=None when
-    no row filters (probs then in vocabulary order: no sort needed).
+    logits [B, V] fp32. Returns (probs, ids) with probs in descending order and ids [B, n] the
+    token of each column, or ids=None when nothing filters (probs then in vocabulary order).
     """
     vocab = logits.shape[-1]
-    z = logits / temperature[:, None]
-    if bool((top_k == 0).all()) and bool((top_p >= 1.0).all()):
+    z = logits / spec.temperature
+    if not spec.filters:
         return torch.softmax(z, dim=-1), None
-    if bool((top_k > 0).all()):  # only the k_max largest can survive: topk beats a full sort
-        z_sorted, ids = torch.topk(z, min(int(top_k.max()), vocab), dim=-1, sorted=True)
-        log_norm = torch.logsumexp(z, dim=-1, keepdim=True)
-        probs = torch.exp(z_sorted - log_norm)
+    if spec.top_k > 0:  # only the k largest can survive: topk beats a full sort
+        z_sorted, ids = torch.topk(z, min(spec.top_k, vocab), dim=-1, sorted=True)
+        probs = torch.softmax(z_sorted, dim=-1)
     else:
         z_sorted, ids = torch.sort(z, dim=-1, descending=True, stable=True)
         probs = torch.softmax(z_sorted, dim=-1)
-    rank = torch.arange(probs.shape[-1], device=logits.device)[None, :]
-    k = torch.where(top_k > 0, top_k, vocab)
-    probs = torch.where(rank < k[:, None], probs, 0.0)
-    probs = probs / probs.sum(-1, keepdim=True)
-    mass_before = torch.cumsum(probs, -1) - probs
-    keep = (mass_before < top_p[:, None]) | (top_p[:, None] >= 1.0) | (rank == 0)
-    return torch.where(keep, probs, 0.0), ids
+    if spec.top_p < 1.0:
+        rank = torch.arange(probs.shape[-1], device=logits.device)[None, :]
+        mass_before = torch.cumsum(probs, -1) - probs
+        probs = torch.where((mass_before < spec.top_p) | (rank == 0), probs, 0.0)
+    return probs, ids
 
 
-def sample(logits: torch.Tensor, seqs: list[Sequence], return_logprobs: bool):
-    """Pick the next token of each sequence; returns (token ids, log-probs or None)."""
-    dev = logits.device
-    temps = torch.tensor([s.params.temperature for s in seqs], dtype=torch.float32, device=dev)
-    greedy = temps == 0
-    sampled_rows = [i for i, s in enumerate(seqs) if not s.params.greedy]
-    all_sampled = len(sampled_rows) == len(seqs)
-    # the argmax is only needed for greedy rows (a GRPO roll-out has none)
-    tokens = None if all_sampled else logits.argmax(-1)
-    if sampled_rows:
-        rows = None if all_sampled else torch.tensor(sampled_rows, device=dev)
-        sub = seqs if all_sampled else [seqs[i] for i in sampled_rows]
-        probs, ids = filtered_probs(
-            logits if rows is None else logits[rows], temps if rows is None else temps[rows],
-            torch.tensor([s.params.top_k for s in sub], device=dev),
-            torch.tensor([s.params.top_p for s in sub], dtype=torch.float32, device=dev))
+def sample_tokens(logits: torch.Tensor, seeds: torch.Tensor, counters: torch.Tensor, spec: SamplingSpec):
+    """The next token of each row, and its log-prob when asked for: (tokens [B] int64, logprobs
+    [B] fp32 or None), all on the logits' device. `seeds`, `counters`: [B] int64 (the request's
+    seed and its number of generated tokens)."""
+    if spec.greedy:
+        tokens = logits.argmax(-1)
+    else:
+        probs, ids = filtered_probs(logits, spec)
         cdf = torch.cumsum(probs.double(), -1)
-        u = torch.cat([torch.rand(1, generator=s.generator, dtype=torch.float64) for s in sub]).to(dev)
-        # inverse CDF: first column whose cumulative mass exceeds u (zero-mass columns never win)
+        u = uniform(seeds, counters)
+        # inverse CDF: the first column whose cumulative mass exceeds u (zero-mass columns never win)
         idx = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp(max=probs.shape[-1] - 1)
-        picked = idx.squeeze(1) if ids is None else ids.gather(1, idx).squeeze(1)
-        if rows is None:
-            tokens = picked
-        else:
-            tokens[rows] = picked
+        tokens = idx.squeeze(1) if ids is None else ids.gather(1, idx).squeeze(1)
     logprobs = None
-    if return_logprobs:
-        safe_t = torch.where(greedy, torch.ones_like(temps), temps)
-        logp = torch.log_softmax(logits / safe_t[:, None], dim=-1)
-        logprobs = logp.gather(1, tokens[:, None]).squeeze(1).tolist()
-    return tokens.tolist(), logprobs
+    if spec.return_logprobs:
+        z = logits if spec.greedy else logits / spec.temperature
+        logprobs = torch.log_softmax(z, dim=-1).gather(1, tokens[:, None]).squeeze(1)
+    return tokens, logprobs
+
+
+def fetch(tokens: torch.Tensor, logprobs: torch.Tensor | None) -> tuple[list[int], list[float] | None]:
+    """The step's tokens (and log-probs) on the host: one transfer, the step's one host sync."""
+    if logprobs is None:
+        return tokens.tolist(), None
+    both = torch.stack([tokens.to(torch.float64), logprobs.to(torch.float64)]).tolist()  # ids < 2^53: exact
+    return [int(t) for t in both[0]], both[1]

@@ -3,7 +3,8 @@
 Limits: `max_num_seqs` running sequences, `max_num_batched_tokens` computed prompt tokens per
 prefill step, and the KV blocks of the block manager. When a decode step runs out of blocks
 the most recently admitted sequence is preempted: its blocks are freed and it is prefilled
-again later over all of its tokens (recompute; its sampling generator keeps its state).
+again later over all of its tokens (recompute; its next token draws the same random number:
+the sampler's counter is the number of tokens it has generated).
 """
 from __future__ import annotations
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-import torch
-
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -40,7 +38,7 @@ class Sequence:
     token_ids: list[int]
     num_prompt_tokens: int
     params: SamplingParams
-    generator: torch.Generator | None
+    seed: int  # the sampler's Philox key (rollout/sampler.py); the token index is its counter
     max_len: int  # hard cap on len(token_ids): the model's context
     status: SequenceStatus = SequenceStatus.WAITING
     block_table: list[int] = field(default_factory=list)

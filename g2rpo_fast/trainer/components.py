@@ -4,9 +4,10 @@
 2. the data sets, every row checked before the model loads (`_load_datasets`);
 3. the tokenizer, the prompts checked against it (chat template, context), then the policy
    (`_load_policy`): fp32 master weights, Liger, the packed varlen attention and prefix sharing
-   (`packing/`), gradient checkpointing, the frozen reference model (beta > 0), the
+   (`packing/`), gradient checkpointing (`auto`: on for CUDA), the frozen reference model (beta > 0), the
    `PackedPolicy` that DDP wraps or FSDP2 shards (`distributed/parallel.py`);
-4. the roll-out engine over the live weights (`_make_engine`).
+4. the roll-out engine over the live weights (`_make_engine`), sized for the generation batch
+   and, on CUDA, by the memory plan (`plan_memory`: KV cache, training piece size).
 A mixin of `G2RPOTrainer`: these are its methods, kept apart from the loop.
 """
 from __future__ import annotations
@@ -15,7 +16,13 @@ import copy
 
 import torch
 
-from g2rpo_fast.data.sources import check_columns, load_split, validate_dataset, validate_dataset_for_model
+from g2rpo_fast.data.sources import (
+    check_columns,
+    load_split,
+    reward_columns,
+    validate_dataset,
+    validate_dataset_for_model,
+)
 from g2rpo_fast.data.validation import context_length_of
 from g2rpo_fast.distributed.parallel import shard_fsdp, wrap_policy
 from g2rpo_fast.packing import packed_attention
@@ -35,17 +42,20 @@ class TrainerComponents:
 
     def _load_datasets(self, train_dataset, eval_dataset) -> None:
         cfg, guide_fn = self.config, self.rewards.guidance_fn
-        self.train_dataset = train_dataset if train_dataset is not None else load_split(cfg, cfg.dataset_split, True)
+        # every row must hold the columns its reward functions take (a null answer would score 0 silently)
+        needs, eval_needs = reward_columns(self.rewards.funcs + [guide_fn]), reward_columns([guide_fn])
+        self.train_dataset = train_dataset if train_dataset is not None else \
+            load_split(cfg, cfg.dataset_split, True, needs)
         check_columns(self.train_dataset, cfg, self.rewards.funcs + [guide_fn], "train dataset")
         validate_dataset(self.train_dataset, cfg, cfg.dataset_split, True,
-                         source="train_dataset" if train_dataset is not None else None)
+                         source="train_dataset" if train_dataset is not None else None, required=needs)
         if eval_dataset is None and cfg.eval_split and (cfg.eval_at_end or cfg.eval_steps):
-            eval_dataset = load_split(cfg, cfg.eval_split, False)
+            eval_dataset = load_split(cfg, cfg.eval_split, False, eval_needs)
             check_columns(eval_dataset, cfg, [guide_fn], "eval dataset")
-            validate_dataset(eval_dataset, cfg, cfg.eval_split, False)
+            validate_dataset(eval_dataset, cfg, cfg.eval_split, False, required=eval_needs)
         elif eval_dataset is not None:
             check_columns(eval_dataset, cfg, [guide_fn], "eval dataset")
-            validate_dataset(eval_dataset, cfg, cfg.eval_split, False, source="eval_dataset")
+            validate_dataset(eval_dataset, cfg, cfg.eval_split, False, source="eval_dataset", required=eval_needs)
         self.eval_dataset = eval_dataset
 
     def _load_policy(self, model, tokenizer, given) -> None:
@@ -75,7 +85,10 @@ class TrainerComponents:
         varlen_installed = packed_attention.install(self.model, self.runtime.backend)
         self.prefix_shared = resolve_prefix_sharing(cfg.prefix_shared_forward, self.model, varlen_installed)
         self.model.train()
-        if cfg.gradient_checkpointing:
+        # auto: on for CUDA (TRL's default is on), off on the CPU
+        self.gradient_checkpointing = cfg.gradient_checkpointing == "true" or (
+            cfg.gradient_checkpointing == "auto" and self.device.type == "cuda")
+        if self.gradient_checkpointing:
             if hasattr(self.model, "activation_checkpointing_enable"):  # the transformers 5 name
                 self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             else:
@@ -96,6 +109,39 @@ class TrainerComponents:
                                            self.runtime.compute_dtype)
 
     def _make_engine(self):
+        """The roll-out engine over the live weights, sized for the whole generation batch: every
+        completion of the step at once (`max_num_seqs`) and, on CUDA, the KV cache and the
+        training pieces the memory plan chooses (`plan_memory`)."""
+        from g2rpo_fast.memory_plan import engine_max_num_seqs
         from g2rpo_fast.rollout import RolloutEngine
 
-        return RolloutEngine(self.model, attn_backend=self.runtime.backend, dtype=self.runtime.compute_dtype)
+        cfg = self.config
+        self.memory_plan = self.plan_memory() if self.device.type == "cuda" else None
+        chosen = self.memory_plan["settings"] if self.memory_plan else {}
+        if cfg.max_tokens_per_microbatch != "auto":
+            self.piece_tokens = cfg.max_tokens_per_microbatch
+        elif chosen and chosen["pieces_per_micro_batch"] > 1:
+            self.piece_tokens = chosen["max_tokens_per_microbatch"]
+        else:
+            self.piece_tokens = 0  # the CPU: no cut (memory is not the limit there)
+        return RolloutEngine(self.model, attn_backend=self.runtime.backend, dtype=self.runtime.compute_dtype,
+                             max_num_seqs=engine_max_num_seqs(cfg),
+                             kv_cache_bytes=chosen.get("kv_cache_bytes") or None,
+                             cuda_graphs={"true": True, "false": False}.get(cfg.cuda_graphs, "auto"))
+
+    def plan_memory(self, memory_bytes: int | None = None) -> dict:
+        """The memory plan of this run on its device (`g2rpo_fast/memory_plan.py`; `g2rpo-fast plan`
+        prints the same): per-phase bytes, and the KV cache and piece size that fit."""
+        from g2rpo_fast import memory_plan
+
+        if memory_bytes is None:
+            memory_bytes = torch.cuda.get_device_properties(self.device).total_memory
+        settings = memory_plan.settings_from_config(
+            self.config, memory_bytes=memory_bytes, device=self.device.type,
+            compute_bytes=self.runtime.compute_dtype.itemsize,
+            attention="sdpa" if self.runtime.backend.name in ("sdpa", "cpu") else "flash",
+            world_size=self.dist.world_size, prefix_shared=self.prefix_shared,
+            gradient_checkpointing=self.gradient_checkpointing,
+            max_tokens_per_microbatch=None if self.config.max_tokens_per_microbatch == "auto"
+            else self.config.max_tokens_per_microbatch)
+        return memory_plan.plan(memory_plan.ModelShape.from_config(self.model.config), settings)

@@ -29,7 +29,10 @@ CHOICES = {
     "torch_dtype": ("auto", "float32", "bfloat16", "float16"),
     "attn_implementation": ("auto", "flash_attention_2", "torch_varlen", "sdpa"),
     "prefix_shared_forward": ("auto", "true", "false"),
+    "gradient_checkpointing": ("auto", "true", "false"),
+    "cuda_graphs": ("auto", "true", "false"),
     "report_to": ("none", "tensorboard"),
+    "reward_isolation": ("none", "process"),  # = rewards.scoring.ISOLATION
 }
 
 
@@ -101,7 +104,13 @@ class G2RPOConfig:
     per_device_train_batch_size: int = _f(64, "Completions per micro-batch per device (multiple of num_generations).")
     max_steps: int = _f(150, "Number of optimizer steps.")
     seed: int = _f(0, "Seed of data order, sampling and initialisation.")
-    gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass.")
+    gradient_checkpointing: str = _f("auto", "Recompute each decoder layer's activations in the backward pass: auto "
+                                             "(on for CUDA, as TRL's default; off on the CPU) | true | false.")
+    max_tokens_per_microbatch: int | str = _f("auto", "Cut each micro-batch's packed row (at group boundaries) into "
+                                                      "forward/backward pieces of at most this many tokens, the "
+                                                      "loss unchanged: auto (CUDA: the memory planner's largest "
+                                                      "piece that fits, `g2rpo-fast plan`; CPU: 0) | 0 (no cut) | "
+                                                      "a token count.")
     bf16: bool = _f(False, "TRL's switch, kept for compatibility: torch_dtype decides (its auto is bfloat16 on CUDA).")
     device: str = _f("auto", "auto | cpu | cuda.")
     torch_dtype: str = _f("auto", "Compute dtype of the training forward, roll-outs and loss matmuls: auto "
@@ -109,6 +118,9 @@ class G2RPOConfig:
                                   "Weights and AdamW state stay float32.")
     attn_implementation: str = _f("auto", "Attention of the packed training forward and the roll-outs: auto (by "
                                           "device and torch_dtype) | flash_attention_2 | torch_varlen | sdpa.")
+    cuda_graphs: str = _f("auto", "Roll-out decode steps replayed from CUDA graphs (one per batch-size bucket, "
+                                  "captured per roll-out call): auto (on for CUDA with the flash_attn, torch_varlen "
+                                  "or sdpa backend; off on the CPU) | true | false. Only a GPU can check them.")
     use_liger_kernel: bool = _f(False, "Liger-Kernel RMSNorm, RoPE and SwiGLU in the policy (needs CUDA, or "
                                        "TRITON_INTERPRET=1 on the CPU).")
     packed_row_tokens: int = _f(-1, "Cut the packed training row into forwards of at most this many tokens "
@@ -134,9 +146,19 @@ class G2RPOConfig:
     code_sandbox: str = _f("auto", "Isolation of the completions that code rewards run: auto (bubblewrap, else user "
                                    "namespaces; refuses to start when neither works) | bwrap | namespace | "
                                    "unsafe-process (no isolation: an explicit opt-in).")
-    reward_timeout: float | None = _f(None, "Seconds one reward-function call may take: a call that times out "
-                                            "scores 0 for its samples, with one warning (it runs in a worker "
-                                            "thread, left running in the background; None: no limit).")
+    reward_timeout: float | None = _f(300.0, "Seconds one reward-function call (one micro-batch) may take; a call "
+                                             "that overruns scores 0 for its samples, with one warning and "
+                                             "`reward_errors` in the metrics. 300: a hung reward is reported within "
+                                             "5 minutes, while a slow legitimate one is not cut (the built-in code "
+                                             "reward's worst case, every sample at its 5 s sandbox limit, is 80 s "
+                                             "for 64 completions on 2 cores). Enforced in a watchdog thread (the "
+                                             "call is abandoned, Python cannot stop it) or, with reward_isolation: "
+                                             "process, by killing the worker; the built-in rewards bound their own "
+                                             "time per sample and run directly. None: no limit.")
+    reward_isolation: str = _f("none", "none: reward functions run in the trainer's process (no copying, any "
+                                       "callable, closures too) | process: in a worker process (spawn) that can "
+                                       "die (os._exit, a crash) or be killed on reward_timeout without taking the "
+                                       "trainer with it; the functions must be importable names or picklable.")
 
     # ---- guidance (G²RPO-A)
     guidance_ratio: float = _f(0.25, "Fraction of each group that is guided: n_guided = round(ratio * G).")
@@ -176,8 +198,9 @@ class G2RPOConfig:
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         """Every field's type and range, then the cross-field rules; `ValueError` naming the field."""
-        if isinstance(self.prefix_shared_forward, bool):  # YAML's `true` / `false`
-            self.prefix_shared_forward = str(self.prefix_shared_forward).lower()
+        for name in ("prefix_shared_forward", "gradient_checkpointing", "cuda_graphs"):
+            if isinstance(getattr(self, name), bool):  # YAML's `true` / `false`, TRL's bool
+                setattr(self, name, str(getattr(self, name)).lower())
         for f in dataclasses.fields(self):
             _check_field(self, f)
         for name, choices in CHOICES.items():
@@ -223,11 +246,30 @@ class G2RPOConfig:
             self.reward_weights = [_finite_weight(i, w) for i, w in enumerate(self.reward_weights)]
         if self.fsdp_cpu_offload and not self.fsdp:
             raise ValueError("`fsdp_cpu_offload` needs `fsdp: true` (it offloads the FSDP shards)")
+        self._check_embedded_splits()
         if not self.embedded_difficulties:
             raise ValueError("`embedded_difficulties` must be a non-empty list of digit counts")
         for d in self.embedded_difficulties:
             if not isinstance(d, int) or isinstance(d, bool) or not 1 <= d <= 5:
                 raise ValueError(f"`embedded_difficulties`: {d!r} is not a digit count in [1, 5]")
+
+    def _check_embedded_splits(self) -> None:
+        """The built-in task has two splits, `train` and `eval`: another name would be ignored."""
+        from g2rpo_fast.data.loading import is_embedded
+
+        if not is_embedded(self.dataset_name):
+            return
+        for name, allowed in (("dataset_split", ("train",)), ("eval_split", ("eval", None))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"`{name}`: the built-in task's splits are 'train' (training) and 'eval' "
+                                 f"(held out); got {getattr(self, name)!r}")
+
+    def warmup_notice(self) -> str | None:
+        """Legal but likely a mistake (the trainer warns with it): a warm-up as long as the run."""
+        if 0 < self.max_steps <= self.warmup_steps:
+            return (f"`warmup_steps` ({self.warmup_steps}) >= `max_steps` ({self.max_steps}): the learning rate never "
+                    f"reaches learning_rate ({self.learning_rate:g}) in this run")
+        return None
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -291,6 +333,31 @@ class G2RPOConfig:
         return cls.from_dict(values)
 
 
+class DuplicateKeyError(ValueError):
+    def __init__(self, key, first: int, second: int):
+        super().__init__(key)
+        self.key, self.first, self.second = key, first, second
+
+
+def _unique_key_loader():
+    """yaml's SafeLoader, except that a mapping naming a key twice is an error (YAML says keys
+    are unique; PyYAML would silently keep the last value)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                line = key_node.start_mark.line + 1
+                if isinstance(key, str) and key in seen:
+                    raise DuplicateKeyError(key, seen[key], line)
+                seen[key] = line
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
 def read_yaml_mapping(path) -> dict:
     """The `field: value` mapping of a YAML config file; float fields written like `1e-4`
     (a string to YAML 1.1) are read as numbers."""
@@ -300,7 +367,9 @@ def read_yaml_mapping(path) -> dict:
         raise ValueError(f"`--config`: {path} is a directory, not a YAML file")
     try:
         with open(path, encoding="utf-8") as fh:
-            values = yaml.safe_load(fh)
+            values = yaml.load(fh, Loader=_unique_key_loader())  # a SafeLoader subclass
+    except DuplicateKeyError as exc:
+        raise ValueError(f"`{exc.key}`: {path} sets it twice (lines {exc.first} and {exc.second}); keep one") from None
     except FileNotFoundError:
         raise ValueError(f"`--config`: no such file: {path}") from None
     except OSError as exc:
@@ -331,16 +400,20 @@ INT_MIN = {
     "max_prompt_length": 1, "max_completion_length": 1, "top_k": 0, "num_iterations": 1, "warmup_steps": 0,
     "gradient_accumulation_steps": 1, "per_device_train_batch_size": 1, "max_steps": 1, "seed": 0,
     "dynamic_sampling_max_rounds": 1,
-    "packed_row_tokens": -1, "guidance_initial_length": 0, "guidance_max_length": 0, "guidance_min_length": 0,
+    "packed_row_tokens": -1, "max_tokens_per_microbatch": 0, "guidance_initial_length": 0, "guidance_max_length": 0,
+    "guidance_min_length": 0,
     "guidance_final_length": 0, "guidance_window": 1, "guidance_update_every": 1, "logging_steps": 1,
     "save_steps": 0, "save_total_limit": 1, "eval_steps": 0, "eval_num_samples": 0,
 }
+# int fields that also take "auto"
+AUTO_INT_FIELDS = ("max_tokens_per_microbatch",)
 SEED_MAX = 2**63 - 1  # torch.manual_seed and numpy seed sequences take it
 # Range of every float field: (low, high, low included, high included); all must be finite.
 INF = float("inf")
 FLOAT_RANGES = {
     "temperature": (0.0, INF, False, False), "top_p": (0.0, 1.0, False, True), "beta": (0.0, INF, True, False),
-    "epsilon": (0.0, INF, True, False), "epsilon_high": (0.0, INF, True, False), "delta": (1.0, INF, False, False),
+    # epsilon < 1: the ratio's clip floor 1 - epsilon must stay positive
+    "epsilon": (0.0, 1.0, True, False), "epsilon_high": (0.0, INF, True, False), "delta": (1.0, INF, False, False),
     "learning_rate": (0.0, INF, True, False), "weight_decay": (0.0, INF, True, False),
     "adam_beta1": (0.0, 1.0, True, False), "adam_beta2": (0.0, 1.0, True, False),
     "max_grad_norm": (0.0, INF, True, False), "guidance_ratio": (0.0, 1.0, True, True),
@@ -361,6 +434,8 @@ def field_kind(f) -> tuple[str, bool]:
 def _check_field(cfg, f) -> None:
     name, value = f.name, getattr(cfg, f.name)
     kind, optional = field_kind(f)
+    if name in AUTO_INT_FIELDS and value == "auto":
+        return
     if value is None:
         if optional:
             return
@@ -371,7 +446,8 @@ def _check_field(cfg, f) -> None:
     elif kind == "int":
         low = INT_MIN[name]
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}")
+            auto = " or 'auto'" if name in AUTO_INT_FIELDS else ""
+            raise ValueError(f"`{name}` must be an int >= {low}{auto}, got {value!r}")
         if name == "seed" and value > SEED_MAX:
             raise ValueError(f"`seed` must be <= 2**63 - 1, got {value!r}")
     elif kind == "float":

@@ -1,7 +1,8 @@
 """What a checkpoint holds of the trainer, and the run directory around it.
 
 `state_dict` is everything besides the model that continues a run exactly (optimizer,
-scheduler, guidance controller, data position, roll-outs still to train on, fp16 loss scale);
+scheduler, guidance controller, data position, roll-outs still to train on, fp16 loss scale),
+and every step's metrics so far (a resume rebuilds metrics.jsonl lines that were torn or deleted);
 `save` / `load` write and read it with the model, in one process or DDP through
 `checkpointing/checkpoint.py` (rank 0), under FSDP through `checkpointing/sharded_checkpoint.py`
 (every rank its shards). `prepare_output_dir` and `_checkpoint_to_resume` run before step 1,
@@ -35,6 +36,7 @@ class TrainerState:
                 "guidance": self.guidance.state_dict(), "data_position": self.data_position,
                 "buffer": buffer, "buffer_uses": self.buffer_uses,
                 "buffer_guidance_length": self.buffer_guidance_length, "steps_skipped": self.steps_skipped,
+                "metrics": list(self.history),
                 # fp16's loss scale and its growth tracker: a resume continues the same scaling
                 "grad_scaler": None if self.grad_scaler is None else self.grad_scaler.state_dict()}
 
@@ -81,6 +83,7 @@ class TrainerState:
         self.buffer_uses = int(state.get("buffer_uses", 0))
         self.buffer_guidance_length = state.get("buffer_guidance_length")
         self.step = int(state["step"])
+        self.saved_metrics = state.get("metrics")  # None in checkpoints written before they held it
         if "rng" in state:  # a sharded checkpoint restored this rank's RNG already
             set_rng_state(state["rng"])
 

@@ -3,16 +3,19 @@
 Set-up (`__init__`) checks rewards, device and precision (`g2rpo_fast/runtime.py`) and every
 data row before the model loads, then builds the policy and the engine (`components.py`). Then
 each optimiser step (`training_step`) runs four phases:
-  1. generate + score (`generate_micro_batch`, through `rollout/guided.py` and
+  1. generate + score (`generate_rollouts`, `generation.py`, through `rollout/guided.py` and
      `rewards/scoring.py`): `per_device_train_batch_size // num_generations` prompts per
-     micro-batch (seeded shuffle, or dataset order with `curriculum`); the first
+     micro-batch (seeded shuffle, or dataset order with `curriculum`), every micro-batch of the
+     step in one engine call; the first
      `round(guidance_ratio·G)` samples of each group continue from prompt + the first ℓ tokens of
      the reference solution (ℓ from the guidance schedule); the engine reads the live weights;
-     the full completion text (guidance + generated) is rewarded;
+     the full completion text (guidance + generated) is rewarded; with `dynamic_sampling`, more
+     rounds of fresh prompts until every micro-batch holds only groups with signal;
   2. build the loss inputs (`batch.py`): group-normalised advantages over all G samples, the
      packed row (`packing/`), old log-probs (num_iterations > 1) and reference log-probs (beta > 0);
-  3. optimise (`optimize.py`): packed padding-free forward, FusedLinearG2RPOLoss, backward,
-     AdamW step;
+  3. optimise (`optimize.py`): packed padding-free forward, FusedLinearG2RPOLoss, backward
+     (a micro-batch larger than `max_tokens_per_microbatch` in pieces of whole groups), AdamW step
+     (with `skip_zero_signal_steps`, none of it in a step where no trained token has signal);
   4. log (`metrics_log.py`), update the guidance controller with the step's mean guidance
      reward, checkpoint (`state.py`, through `checkpointing/`).
 With `num_iterations = μ > 1` one generated batch serves μ optimizer steps and the guidance
@@ -25,41 +28,43 @@ import math
 import os
 import sys
 import time
+import warnings
 
-import numpy as np
 import torch
 
 from g2rpo_fast.checkpointing.checkpoint import warn_changed_config
-from g2rpo_fast.checkpointing.run_dir import METRICS_FILE
-from g2rpo_fast.data.sources import take_indices
-from g2rpo_fast.distributed.parallel import equal_forward_count, gathered_weights
-from g2rpo_fast.distributed.process_group import all_ranks, all_reduce_mean, failure_notice, setup_distributed
+from g2rpo_fast.checkpointing.run_dir import METRICS_FILE, ended_early_notice, take_final_record, write_final_record
+from g2rpo_fast.distributed.parallel import gathered_weights
+from g2rpo_fast.distributed.process_group import all_reduce_mean, failure_notice, setup_distributed
 from g2rpo_fast.evaluation import evaluate
 from g2rpo_fast.packing.policy_forward import make_loss_fn
-from g2rpo_fast.rewards.scoring import RewardScorer, reward_inputs
-from g2rpo_fast.rollout.dynamic_sampling import sample_with_signal
+from g2rpo_fast.rewards.scoring import RewardScorer
 from g2rpo_fast.rollout.guided import Rollouts, stop_token_ids
 from g2rpo_fast.runtime import resolve_runtime
 
-from .batch import RolloutBatch, build_rollout_batch, kept_groups
+from .batch import RolloutBatch
 from .components import TrainerComponents
 from .config import G2RPOConfig
-from .metrics_log import MetricsLog, generated_tokens, read_metrics, step_metrics, write_metrics
+from .generation import TrainerGeneration
+from .metrics_log import MetricsLog, generated_tokens, read_metrics, rebuild_metrics, step_metrics, write_metrics
 from .optimize import accumulate_gradients, dapo_num_items, has_signal, optimizer_step, skip_step
 from .state import TrainerState
 
 
-class G2RPOTrainer(TrainerComponents, TrainerState):
+class G2RPOTrainer(TrainerComponents, TrainerGeneration, TrainerState):
     def __init__(self, config: G2RPOConfig, model=None, tokenizer=None, train_dataset=None, eval_dataset=None,
                  reward_funcs=None):
         if not isinstance(config, G2RPOConfig):
             raise ValueError(f"`config` must be a G2RPOConfig, got {type(config).__name__}")
         config.validate()
         self.config = cfg = config
+        if cfg.warmup_notice():
+            warnings.warn(cfg.warmup_notice(), UserWarning, stacklevel=2)
 
         # ---- rewards, device, precision, attention, Liger (checked before any loading)
         self.rewards = RewardScorer(reward_funcs if reward_funcs is not None else cfg.reward_funcs,
-                                    cfg.reward_weights, cfg.guidance_reward, cfg.reward_timeout)
+                                    cfg.reward_weights, cfg.guidance_reward, cfg.reward_timeout,
+                                    cfg.reward_isolation)
         from g2rpo_fast.rewards import check_code_sandbox
 
         check_code_sandbox(cfg.code_sandbox, self.rewards.funcs + [self.rewards.guidance_fn])
@@ -105,6 +110,7 @@ class G2RPOTrainer(TrainerComponents, TrainerState):
         self.buffer_guidance_length = None
         self.steps_skipped = 0  # optimizer steps skipped for want of signal (skip_zero_signal_steps)
         self.history: list[dict] = []
+        self.saved_metrics: list[dict] | None = None  # the loaded checkpoint's copy of the metrics
 
     @property
     def loss_fn(self):
@@ -124,46 +130,6 @@ class G2RPOTrainer(TrainerComponents, TrainerState):
 
     def _comm_device(self):
         return self.device if self.dist.backend == "nccl" else torch.device("cpu")
-
-    # ------------------------------------------------------------------ phases 1-2: generate, score, build
-    def generate_micro_batch(self, micro: int, guidance_length: int) -> RolloutBatch:
-        """Draw the next prompts (this rank's share), roll out their guided groups, score them,
-        and build the loss inputs. With `dynamic_sampling`, more rounds of fresh prompts until the
-        micro-batch holds only groups with signal (`rollout/dynamic_sampling.py`)."""
-        cfg = self.config
-        rounds, sampling = sample_with_signal(
-            lambda r: self._roll_out_round(micro, r, guidance_length), group_size=cfg.num_generations,
-            target_groups=cfg.prompts_per_micro_batch, max_rounds=cfg.dynamic_sampling_max_rounds
-            if cfg.dynamic_sampling else 1, agree=lambda full: all_ranks(full, self.dist, self._comm_device()))
-        samples, scores = kept_groups(rounds, cfg.num_generations) if cfg.dynamic_sampling else rounds[0][:2]
-        align = None
-        if self.sharded:
-            def align(packed):
-                equal_forward_count(packed, self.dist, self._comm_device())
-        batch = build_rollout_batch(samples, scores, cfg, self.runtime, self.policy, self.ref_policy,
-                                    prefix_shared=self.prefix_shared, align_forwards=align)
-        batch.sampling = sampling
-        return batch
-
-    def _roll_out_round(self, micro: int, round_index: int, guidance_length: int):
-        """One generation round: the next prompts of the stream, their groups, their scores."""
-        cfg = self.config
-        n_prompts, world = cfg.prompts_per_micro_batch, self.dist.world_size
-        global_idx = take_indices(len(self.train_dataset), self.data_position, n_prompts * world, cfg.seed,
-                                  cfg.curriculum)
-        self.data_position += n_prompts * world
-        rank = self.dist.rank
-        rows = [self.train_dataset[int(i)] for i in global_idx[rank * n_prompts:(rank + 1) * n_prompts]]
-        group = cfg.num_generations
-        # Seeds independent of the global RNG state and of the batch layout: resume reproduces them.
-        key = [cfg.seed, self.step, micro, rank] + ([round_index] if round_index else [])
-        seeds = np.random.SeedSequence(key).generate_state(len(rows) * group, dtype=np.uint64)
-        with gathered_weights(self.policy):  # FSDP: whole weights for the engine, freed after
-            samples = self.rollouts.generate(rows, group_size=group, n_guided=cfg.n_guided,
-                                             guidance_length=guidance_length,
-                                             max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature,
-                                             top_p=cfg.top_p, top_k=cfg.top_k, seeds=[int(x) for x in seeds % (2**62)])
-        return samples, self.rewards.score(*reward_inputs(rows, samples, cfg.prompt_field))
 
     # ------------------------------------------------------------------ phase 3: optimise
     def train_micro_batches(self, batches: list[RolloutBatch]) -> dict:
@@ -189,8 +155,7 @@ class G2RPOTrainer(TrainerComponents, TrainerState):
         fresh = self.buffer is None
         if fresh:
             guidance_length = int(self.guidance.length)
-            self.buffer = [self.generate_micro_batch(k, guidance_length)
-                           for k in range(cfg.gradient_accumulation_steps)]
+            self.buffer = self.generate_rollouts(guidance_length)
             self.engine.free_kv_cache()  # the training step's peak must not hold the roll-out cache
             self.buffer_uses = 0
             self.buffer_guidance_length = guidance_length
@@ -246,30 +211,42 @@ class G2RPOTrainer(TrainerComponents, TrainerState):
             if self.dist.world_size > 1:  # say which rank failed before torchrun stops the others
                 print(failure_notice(self.dist, exc, self.config.dist_timeout_s), file=sys.stderr, flush=True)
             raise
+        finally:  # Ctrl-C too: the progress bar and TensorBoard writer are closed
+            if getattr(self, "metrics_log", None) is not None:
+                self.metrics_log.close()
 
     def _train(self, resume_from_checkpoint) -> list[dict]:
         cfg = self.config
         out = cfg.output_dir
         metrics_path = os.path.join(out, METRICS_FILE)
+        t0 = time.perf_counter()
         self.prepare_output_dir(resume=bool(resume_from_checkpoint))
         self.history = []
         if resume_from_checkpoint:
             path = self._checkpoint_to_resume(resume_from_checkpoint)
             self.load(path)
             warn_changed_config(path, cfg)
-            self.history = read_metrics(metrics_path, upto=self.step)
+        # No final record until this run reaches its end: an early end is never taken for a finished run.
+        previous = take_final_record(out) if self.is_main else None
+        if resume_from_checkpoint:
+            logged = read_metrics(metrics_path)
+            if self.is_main and previous is None:
+                last = max((m["step"] for m in logged), default=None)
+                warnings.warn(ended_early_notice(out, last, path), RuntimeWarning, stacklevel=2)
+            self.history = rebuild_metrics(logged, self.saved_metrics, self.step, path)
         log = None
         if self.is_main:
             write_metrics(metrics_path, self.history)
             cfg.save_json(os.path.join(out, "config.json"))
-            log = MetricsLog(metrics_path, cfg.max_steps, cfg.logging_steps, cfg.progress_bar, self.step,
-                             report_to=cfg.report_to)
+            log = self.metrics_log = MetricsLog(metrics_path, cfg.max_steps, cfg.logging_steps, cfg.progress_bar,
+                                                self.step, report_to=cfg.report_to)
         while self.step < cfg.max_steps:
             m = self.training_step()
             if cfg.eval_steps and self.step % cfg.eval_steps == 0 and self.step < cfg.max_steps:
                 m.update(self.evaluate(max_prompts=cfg.num_eval_prompts))
-            if self.rewards.errors:
+            if self.rewards.errors:  # the failed calls, also warned and logged one line each
                 m["reward_errors"] = len(self.rewards.errors)
+                m["reward_failures"] = [e[:300] for e in self.rewards.errors[:10]]
                 self.rewards.errors = []
             self.history.append(m)
             if log is not None:
@@ -290,6 +267,10 @@ class G2RPOTrainer(TrainerComponents, TrainerState):
                 plot_metrics(self.history, out)
         if self.dist.world_size > 1:
             torch.distributed.barrier()  # rank 0 has finished writing
+        if self.is_main:  # the very last act: only a run that got here has a final record
+            write_final_record(out, {"step": self.step, "max_steps": cfg.max_steps,
+                                     "train_runtime_s": round(time.perf_counter() - t0, 3),
+                                     "final_eval": self.final_eval})
         return self.history
 
     def _final_evaluation(self) -> dict:
@@ -307,4 +288,5 @@ class G2RPOTrainer(TrainerComponents, TrainerState):
         exception, without the final barrier (the other ranks wait in another collective)."""
         from g2rpo_fast.distributed.process_group import teardown_distributed
 
+        self.rewards.close()  # reward_isolation: process: the worker
         teardown_distributed(self.dist, failed=failed)
