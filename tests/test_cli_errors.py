@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import child_env
+from helpers import child_env, eval_file
 
 REWARD = "helpers:digit_fraction_reward"  # tests/ is on the children's PYTHONPATH too
 
@@ -34,7 +34,8 @@ def run_cli(args, pythonpath=None, cwd=None, timeout=300):
 
 def train_args(assets, out, *extra):
     model, data = assets
-    return ["train", "--model-name-or-path", model, "--dataset-name", data, "--output-dir", str(out),
+    return ["train", "--model-name-or-path", model, "--dataset-name", data, "--eval-dataset-name", eval_file(data),
+            "--output-dir", str(out),
             "--num-generations", "2", "--per-device-train-batch-size", "4", "--max-completion-length", "6",
             "--guidance-initial-length", "3", "--guidance-max-length", "6", "--guidance-ratio", "0.5",
             "--reward-funcs", f"[{REWARD}, accuracy]", "--num-eval-prompts", "2", "--eval-num-samples", "0",
@@ -133,6 +134,7 @@ def test_chat_prompts_refused_after_the_tokenizer_before_the_model(tmp_path, tin
         for line in open(data):
             row = json.loads(line)
             fh.write(json.dumps({**row, "prompt": [{"role": "user", "content": row["prompt"]}]}) + "\n")
+    shutil.copy(eval_file(data), eval_file(str(chat)))
     assert main(train_args((str(broken), str(chat)), tmp_path / "out")) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("g2rpo-fast train: error: `prompt_field`: ")

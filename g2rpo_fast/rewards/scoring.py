@@ -34,9 +34,9 @@ def reward_inputs(rows, samples, prompt_field: str):
 
 class RewardScorer:
     """The run's reward functions (names, `module:function` or callables), their weights and the
-    guidance reward; `errors` collects the failures reported since it was last emptied."""
+    guidance reward (default: the first function); `errors` collects the failures reported since it was last emptied."""
 
-    def __init__(self, reward_funcs, reward_weights=None, guidance_reward="accuracy", reward_timeout=None):
+    def __init__(self, reward_funcs, reward_weights=None, guidance_reward=None, reward_timeout=None):
         funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
         try:
             self.funcs = [get_reward_func(f) for f in funcs]
@@ -47,7 +47,8 @@ class RewardScorer:
         if len(self.weights) != len(self.funcs):
             raise ValueError(f"`reward_weights` has {len(self.weights)} entries for "
                              f"{len(self.funcs)} reward functions")
-        self.guidance_fn = get_reward_func(guidance_reward)
+        # None: the first reward function drives the guidance controller and the held-out accuracy
+        self.guidance_fn = self.funcs[0] if guidance_reward is None else get_reward_func(guidance_reward)
         self.guidance_index = next((i for i, f in enumerate(self.funcs) if f is self.guidance_fn), None)
         self.timeout = reward_timeout
         self.errors: list[str] = []

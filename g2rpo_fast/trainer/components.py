@@ -15,7 +15,14 @@ import copy
 
 import torch
 
-from g2rpo_fast.data.sources import check_columns, load_split, validate_dataset, validate_dataset_for_model
+from g2rpo_fast.data.sources import (
+    check_columns,
+    held_out,
+    load_split,
+    validate_dataset,
+    validate_dataset_for_model,
+    warn_if_training_rows,
+)
 from g2rpo_fast.data.validation import context_length_of
 from g2rpo_fast.distributed.parallel import shard_fsdp, wrap_policy
 from g2rpo_fast.packing import packed_attention
@@ -33,38 +40,73 @@ class TrainerComponents:
             return torch.device("cuda", index)
         return torch.device("cpu")
 
-    def _load_datasets(self, train_dataset, eval_dataset) -> None:
+    def _load_datasets(self, train_dataset, eval_dataset, user_model: bool) -> None:
+        """The training rows (`train_dataset`, else `dataset_name`) and the held-out rows
+        (`eval_dataset`, else `eval_dataset_name` or the training source's held-out split,
+        `data.sources.held_out`), every row checked. A model of the user's never trains or
+        evaluates on the built-in task unless `dataset_name` names it."""
         cfg, guide_fn = self.config, self.rewards.guidance_fn
+        if train_dataset is None and cfg.dataset_name is None and user_model:
+            raise ValueError(f"`train_dataset`: no data to train {self.model_label} on: pass train_dataset (a "
+                             f"datasets.Dataset) or set dataset_name (the built-in arithmetic task goes with the "
+                             f"built-in model only, unless dataset_name names it: 'embedded')")
         self.train_dataset = train_dataset if train_dataset is not None else load_split(cfg, cfg.dataset_split, True)
         check_columns(self.train_dataset, cfg, self.rewards.funcs + [guide_fn], "train dataset")
         validate_dataset(self.train_dataset, cfg, cfg.dataset_split, True,
                          source="train_dataset" if train_dataset is not None else None)
-        if eval_dataset is None and cfg.eval_split and (cfg.eval_at_end or cfg.eval_steps):
-            eval_dataset = load_split(cfg, cfg.eval_split, False)
-            check_columns(eval_dataset, cfg, [guide_fn], "eval dataset")
-            validate_dataset(eval_dataset, cfg, cfg.eval_split, False)
+        self.eval_source = None  # (name, split) of held-out rows loaded from a name
+        if eval_dataset is None and self.evaluates:
+            self.eval_source = held_out(cfg, train_given=train_dataset is not None)
+            if self.eval_source is not None:
+                name, split = self.eval_source
+                field = "eval_dataset_name" if cfg.eval_dataset_name is not None else "dataset_name"
+                eval_dataset = load_split(cfg, split, False, name=name, field=field)
+                check_columns(eval_dataset, cfg, [guide_fn], "eval dataset")
+                validate_dataset(eval_dataset, cfg, split, False, name=name)
         elif eval_dataset is not None:
             check_columns(eval_dataset, cfg, [guide_fn], "eval dataset")
-            validate_dataset(eval_dataset, cfg, cfg.eval_split, False, source="eval_dataset")
+            validate_dataset(eval_dataset, cfg, cfg.eval_split or "eval", False, source="eval_dataset")
+        warn_if_training_rows(cfg, self.train_dataset, eval_dataset, self.eval_source)
         self.eval_dataset = eval_dataset
 
     def _load_policy(self, model, tokenizer, given) -> None:
-        """Tokenizer, then the prompts against it (chat template, context), then the model."""
-        from g2rpo_fast.models.loading import load_model, load_tokenizer, model_context_length
+        """Tokenizer (the model's own unless `processing_class` is given), then the prompts
+        against it (chat template, context), then the model (`model_init_kwargs`)."""
+        from g2rpo_fast.models.loading import (
+            check_vocabulary,
+            load_model,
+            load_tokenizer,
+            model_config,
+            tokenizer_of_model,
+        )
 
         cfg = self.config
         train_given, eval_given = given
-        if tokenizer is None:
-            tokenizer = load_tokenizer(cfg.model_name_or_path)
-        context = (context_length_of(model.config) if model is not None
-                   else model_context_length(cfg.model_name_or_path))
+        hub = {"trust_remote_code": cfg.trust_remote_code}
+        if (cfg.model_init_kwargs or {}).get("revision") is not None:
+            hub["revision"] = cfg.model_init_kwargs["revision"]
+        if model is None:  # a path, a hub name or the built-in model, in model_name_or_path
+            if tokenizer is None:
+                tokenizer = load_tokenizer(cfg.model_name_or_path, **hub)
+            config = model_config(cfg.model_name_or_path, **hub)
+            embedding_rows = getattr(config.get_text_config() if hasattr(config, "get_text_config") else config,
+                                     "vocab_size", None)
+        else:
+            if tokenizer is None:
+                tokenizer = tokenizer_of_model(model, **hub)
+            config = model.config
+            embedding_rows = model.get_input_embeddings().num_embeddings
+        check_vocabulary(tokenizer, embedding_rows, self.model_label)
+        context = context_length_of(config.get_text_config() if hasattr(config, "get_text_config") else config)
         validate_dataset_for_model(self.train_dataset, cfg, tokenizer, context, cfg.dataset_split,
-                                   source="train_dataset" if train_given else None)
+                                   source="train_dataset" if train_given else None, model_name=self.model_label)
         if self.eval_dataset is not None:
-            validate_dataset_for_model(self.eval_dataset, cfg, tokenizer, context, cfg.eval_split,
-                                       source="eval_dataset" if eval_given else None)
+            name = None if self.eval_source is None else self.eval_source[0]
+            validate_dataset_for_model(self.eval_dataset, cfg, tokenizer, context, cfg.eval_split or "eval",
+                                       source="eval_dataset" if eval_given else None, name=name,
+                                       model_name=self.model_label)
         if model is None:
-            model = load_model(cfg.model_name_or_path)
+            model = load_model(cfg.model_name_or_path, init_kwargs={**(cfg.model_init_kwargs or {}), **hub})
         # fp32 master weights whatever the compute dtype (runtime.py)
         self.model = model.to(self.device, dtype=torch.float32)
         self.tokenizer = tokenizer

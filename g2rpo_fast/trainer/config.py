@@ -44,13 +44,22 @@ class G2RPOConfig:
     """Configuration of `G2RPOTrainer` (see each field's ``metadata["help"]``)."""
 
     # ---- model and data
-    model_name_or_path: str = _f("embedded", "HF hub name or local path of the policy; 'embedded' = built-in tiny "
-                                             "Qwen3 warm-started on the addition task (no download).")
-    dataset_name: str = _f("embedded", "HF dataset name, local json/jsonl/parquet file, or 'embedded' (built-in "
-                                       "multi-digit addition task).")
+    model_name_or_path: str | None = _f(None, "HF hub name or local path of the policy; None or 'embedded': the "
+                                              "built-in tiny Qwen3 warm-started on the addition task (no download).")
+    model_init_kwargs: dict | None = _f(None, "Keyword arguments of the policy's from_pretrained when it is loaded "
+                                              "from a path or hub name (TRL's name), e.g. {revision: main}; the "
+                                              "weights are kept in float32 (torch_dtype sets the compute dtype).")
+    trust_remote_code: bool = _f(False, "Let the model's and tokenizer's from_pretrained run code from the hub.")
+    dataset_name: str | None = _f(None, "HF dataset name, local json/jsonl/parquet/csv file (optionally .gz) or "
+                                        "directory, or 'embedded' (the built-in addition task). None: the built-in "
+                                        "task with the built-in model; a model of your own needs its data.")
     dataset_config: str | None = _f(None, "HF dataset configuration name.")
     dataset_split: str = _f("train", "Split used for training.")
-    eval_split: str | None = _f("eval", "Split used for held-out evaluation (None: no evaluation).")
+    eval_split: str | None = _f(None, "Split used for held-out evaluation. None: the data set's held-out split if "
+                                      "it has one ('test', 'validation' or 'eval'; a single local file has none), "
+                                      "else no evaluation. A split named here must exist.")
+    eval_dataset_name: str | None = _f(None, "A separate evaluation set (hub name, local file or directory; its "
+                                             "eval_split split, a single file whole).")
     prompt_field: str = _f("prompt", "Dataset column holding the prompt (text or chat messages).")
     guidance_field: str = _f("solution", "Dataset column holding the reference solution (the guidance source).")
     embedded_train_size: int = _f(2000, "Embedded task: number of training problems.")
@@ -138,7 +147,8 @@ class G2RPOConfig:
     guidance_window: int = _f(2, "Adaptive: number of previous step rewards averaged into p.")
     guidance_update_every: int = _f(1, "Adaptive: apply the rule every this many optimizer steps.")
     guidance_loss: str = _f("mask", "mask: guidance tokens are context only | include: trained on (authors' code).")
-    guidance_reward: str = _f("accuracy", "Reward function whose step mean drives the adaptive controller.")
+    guidance_reward: str | None = _f(None, "Reward function whose step mean drives the adaptive controller and "
+                                           "the held-out accuracy (None: the first of reward_funcs).")
 
     # ---- output
     output_dir: str = _f("g2rpo_output", "Where metrics.jsonl, checkpoints and plots go.")
@@ -192,7 +202,8 @@ class G2RPOConfig:
             raise ValueError("`reward_funcs` must name at least one reward function")
         from g2rpo_fast.rewards import get_reward_func
 
-        for name in list(self.reward_funcs) + [self.guidance_reward]:
+        guides = [] if self.guidance_reward is None else [self.guidance_reward]
+        for name in list(self.reward_funcs) + guides:
             if isinstance(name, str) or callable(name):
                 try:
                     get_reward_func(name)
@@ -248,7 +259,7 @@ class G2RPOConfig:
             v = getattr(self, f.name)
             if f.name == "reward_funcs":
                 v = [_callable_name(x) for x in v]
-            elif f.name == "guidance_reward":  # validate() accepts a callable here too
+            elif f.name == "guidance_reward" and v is not None:  # validate() accepts a callable here too
                 v = _callable_name(v)
             out[f.name] = v
         return out
@@ -256,6 +267,12 @@ class G2RPOConfig:
     def save_json(self, path) -> None:
         with open(path, "w", encoding="utf-8") as fh:
             json.dump(self.to_dict(), fh, indent=2)
+
+    @classmethod
+    def default_of(cls, name: str):
+        """A field's default value (a fresh copy for lists and dicts)."""
+        f = next(f for f in dataclasses.fields(cls) if f.name == name)
+        return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -382,6 +399,9 @@ def _check_field(cfg, f) -> None:
             return
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"`{name}` must be a list, got {value!r}")
+    elif kind == "dict":
+        if not isinstance(value, dict):
+            raise ValueError(f"`{name}` must be a mapping, got {value!r}")
 
 
 def _finite_weight(index: int, value) -> float:

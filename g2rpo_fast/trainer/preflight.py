@@ -21,3 +21,5 @@ def preflight(config, resume: bool = False) -> None:
         raise RunSetupError(f"`resume`: no checkpoint in {config.output_dir}")
     check_model_source(config.model_name_or_path)
     check_dataset_source(config)
+    if config.eval_dataset_name is not None:
+        check_dataset_source(config, config.eval_dataset_name, "eval_dataset_name", train=False)

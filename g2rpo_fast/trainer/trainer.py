@@ -31,6 +31,7 @@ import torch
 
 from g2rpo_fast.checkpointing.checkpoint import warn_changed_config
 from g2rpo_fast.checkpointing.run_dir import METRICS_FILE
+from g2rpo_fast.data.loading import is_embedded
 from g2rpo_fast.data.sources import take_indices
 from g2rpo_fast.distributed.parallel import equal_forward_count, gathered_weights
 from g2rpo_fast.distributed.process_group import DistState, all_reduce_mean, failure_notice, setup_distributed
@@ -40,25 +41,28 @@ from g2rpo_fast.rewards.scoring import RewardScorer, reward_inputs
 from g2rpo_fast.rollout.guided import Rollouts, stop_token_ids
 from g2rpo_fast.runtime import resolve_runtime
 
+from .arguments import init_signature, model_label, resolve_arguments, trl_signature
 from .batch import RolloutBatch, build_rollout_batch
 from .components import TrainerComponents
-from .config import G2RPOConfig
 from .metrics_log import MetricsLog, generated_tokens, read_metrics, step_metrics, write_metrics
 from .optimize import accumulate_gradients, dapo_num_items, optimizer_step
 from .state import TrainerState
 
 
 class G2RPOTrainer(TrainerComponents, TrainerState):
-    def __init__(self, config: G2RPOConfig, model=None, tokenizer=None, train_dataset=None, eval_dataset=None,
-                 reward_funcs=None):
-        if not isinstance(config, G2RPOConfig):
-            raise ValueError(f"`config` must be a G2RPOConfig, got {type(config).__name__}")
-        config.validate()
-        self.config = cfg = config
+    """TRL's `GRPOTrainer` signature (`arguments.trl_signature`); the older config-first form
+    `G2RPOTrainer(config, model=..., tokenizer=...)` is accepted too (`arguments.py`)."""
+
+    def __init__(self, *args, **kwargs):
+        given = resolve_arguments(args, kwargs)
+        # `args` is TRL's name for the config; `config` the older one: the same object
+        self.args = self.config = cfg = given.config
+        model = given.model if not isinstance(given.model, (str, os.PathLike)) else None
+        self.model_label = model_label(model if model is not None else cfg.model_name_or_path or "the built-in model")
+        user_model = model is not None or not is_embedded(cfg.model_name_or_path)
 
         # ---- rewards, device, precision, attention, Liger (checked before any loading)
-        self.rewards = RewardScorer(reward_funcs if reward_funcs is not None else cfg.reward_funcs,
-                                    cfg.reward_weights, cfg.guidance_reward, cfg.reward_timeout)
+        self.rewards = RewardScorer(cfg.reward_funcs, cfg.reward_weights, cfg.guidance_reward, cfg.reward_timeout)
         from g2rpo_fast.rewards import check_code_sandbox
 
         check_code_sandbox(cfg.code_sandbox, self.rewards.funcs + [self.rewards.guidance_fn])
@@ -72,8 +76,9 @@ class G2RPOTrainer(TrainerComponents, TrainerState):
         self.loss_fn = make_loss_fn(cfg)
 
         # ---- data (every row checked before the model is loaded), tokenizer, model
-        self._load_datasets(train_dataset, eval_dataset)
-        self._load_policy(model, tokenizer, given=(train_dataset is not None, eval_dataset is not None))
+        self._load_datasets(given.train_dataset, given.eval_dataset, user_model)
+        self._load_policy(model, given.processing_class,
+                          given=(given.train_dataset is not None, given.eval_dataset is not None))
         self.engine = self._make_engine()
         if self.sharded and not self.engine.packed:
             raise ValueError("`fsdp`: the roll-out engine runs this model family through the model's own forward, "
@@ -119,6 +124,11 @@ class G2RPOTrainer(TrainerComponents, TrainerState):
     @property
     def is_main(self) -> bool:
         return self.dist.rank == 0
+
+    @property
+    def evaluates(self) -> bool:
+        """Whether the run evaluates at all (then held-out rows are looked for)."""
+        return bool(self.config.eval_at_end or self.config.eval_steps)
 
     def _comm_device(self):
         return self.device if self.dist.backend == "nccl" else torch.device("cpu")
@@ -288,3 +298,6 @@ class G2RPOTrainer(TrainerComponents, TrainerState):
         from g2rpo_fast.distributed.process_group import teardown_distributed
 
         teardown_distributed(self.dist, failed=failed)
+
+
+G2RPOTrainer.__init__.__signature__ = init_signature(trl_signature)  # what help() and IDEs show
