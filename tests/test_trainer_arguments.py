@@ -94,15 +94,17 @@ def test_contradicting_keywords_and_args_are_refused_naming_both(own_model, tmp_
 
     model, tok = tiny_model_and_tokenizer()
     cfg = args(tmp_path)
+    named = dataclasses.replace(cfg, model_name_or_path=own_model)
+    other_tok = tok.__class__.from_pretrained(own_model)
     calls = {
-        "model": (lambda: G2RPOTrainer("/some/other/model", args=dataclasses.replace(cfg, model_name_or_path=own_model)),
+        "model": (lambda: G2RPOTrainer("/some/other/model", args=named),
                   r"`model` \('/some/other/model'\) and `args.model_name_or_path`"),
-        "model module": (lambda: G2RPOTrainer(model, args=dataclasses.replace(cfg, model_name_or_path=own_model)),
+        "model module": (lambda: G2RPOTrainer(model, args=named),
                          r"`model` \(a Qwen3ForCausalLM built in memory\) and `args.model_name_or_path`"),
         "config and args": (lambda: G2RPOTrainer(cfg, model=model, args=dataclasses.replace(cfg)),
                             r"`config` and `args` are two different configurations"),
-        "tokenizer": (lambda: G2RPOTrainer(cfg, model=model, tokenizer=tok, processing_class=tok.__class__.from_pretrained(
-            own_model)), r"`processing_class` and `tokenizer` are two different tokenizers"),
+        "tokenizer": (lambda: G2RPOTrainer(cfg, model=model, tokenizer=tok, processing_class=other_tok),
+                      r"`processing_class` and `tokenizer` are two different tokenizers"),
         "reward_funcs": (lambda: G2RPOTrainer(model, digit_fraction_reward,
                                               args=dataclasses.replace(cfg, reward_funcs=["format"])),
                          r"`reward_funcs` \(\['digit_fraction_reward'\]\) and `args.reward_funcs` \(\['format'\]\)"),
