@@ -72,8 +72,12 @@ def make_config(tmp_path, name="run", **kw):
     """A 2-step run of the tiny trainer set-up (G=4, 8 completions, 8 new tokens) in tmp_path/name."""
     from g2rpo_fast.trainer.config import G2RPOConfig
 
+    # the values these tests were written for, stated (G2RPOConfig's defaults are TRL's)
     base = dict(output_dir=str(tmp_path / name), num_generations=4, per_device_train_batch_size=8,
                 max_completion_length=8, max_steps=2, learning_rate=1e-2, warmup_steps=0,
+                lr_scheduler_type="constant_with_warmup", optim="adamw_torch", adam_beta2=0.99, temperature=1.2,
+                max_prompt_length=256, gradient_checkpointing=False, logging_steps=1, save_steps=25,
+                save_total_limit=2,
                 guidance_initial_length=4, guidance_max_length=8, guidance_ratio=0.5,
                 reward_funcs=[digit_fraction_reward, "accuracy"], guidance_reward="accuracy", eval_at_end=False,
                 plots=False, progress_bar=False, seed=0)

@@ -96,7 +96,12 @@ PRE_LOAD_CASES = {
     "used output dir": (["--output-dir", "{tmp}/used"], ["already holds a run (metrics.jsonl)", "--resume",
                                                          "--overwrite-output-dir"]),
     "resume without checkpoint": (["--output-dir", "{tmp}/used", "--resume"], ["`resume`: no checkpoint in"]),
-    "--report-to wandb": (["--report-to", "wandb"], ["`report_to` must be one of ['none', 'tensorboard']"]),
+    "--report-to mlflow": (["--report-to", "mlflow"], ["`report_to`: 'mlflow' is not supported: none | all | "
+                                                      "tensorboard | wandb"]),
+    "--report_to [wandb, comet_ml]": (["--report_to", "[wandb, comet_ml]"],
+                                      ["`report_to`: 'comet_ml' is not supported"]),
+    "--push_to_hub": (["--push_to_hub"], ["`push_to_hub`: True is not supported (no hub upload"]),
+
     "--embedded-difficulties [4, 6]": (["--embedded-difficulties", "[4, 6]"],
                                        ["`embedded_difficulties`: 6 is not a digit count"]),
 }
@@ -150,6 +155,7 @@ def test_overwrite_output_dir_and_odd_final_save_with_num_iterations(tmp_path, t
     (out / "checkpoint-7").mkdir(parents=True)
     (out / "metrics.jsonl").write_text('{"step": 7}\n')
     args = train_args(tiny_local_assets, out, "--overwrite-output-dir", "--num-iterations", "2", "--save-steps", "1",
+                      "--save-total-limit", "2",
                       "--max-steps", "3")
     with pytest.warns(RuntimeWarning, match="removed the earlier run's checkpoint-7, metrics.jsonl"):
         assert main(args) == 0

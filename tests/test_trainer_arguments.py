@@ -24,7 +24,7 @@ def own_model(tmp_path_factory):
     tok = build_char_tokenizer()
     tok.add_tokens(THINK, special_tokens=True)
     model = build_tiny_model(0, tokenizer=tok, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                             num_key_value_heads=1, head_dim=16, intermediate_size=64)
+                             num_key_value_heads=1, head_dim=16, intermediate_size=64, max_position_embeddings=1024)
     path = str(tmp_path_factory.mktemp("own") / "model")
     model.save_pretrained(path)
     tok.save_pretrained(path)

@@ -21,7 +21,7 @@ from .manifest import CHECKPOINT_NAME
 
 METRICS_FILE = "metrics.jsonl"
 # What `train` writes besides checkpoints; `overwrite_output_dir` deletes these.
-RUN_FILES = (METRICS_FILE, "eval_results.json", "config.json", "training_curves.png")
+RUN_FILES = (METRICS_FILE, "eval_results.json", "config.json", "training_curves.png", "completions.jsonl")
 
 
 class RunSetupError(ValueError):

@@ -91,17 +91,17 @@ def source_splits(name, dataset_config=None) -> list[str] | None:
 def held_out(config, train_given: bool):
     """`(name, split)` of the run's held-out rows, or None when it has none.
 
-    `eval_dataset_name` first (its `eval_split`, or its held-out split, or a single file whole);
+    `eval_dataset_name` first (a single file whole, else its `eval_split`, else its held-out split);
     else, when the training rows come from `dataset_name`, that source's `eval_split` (it must
     exist) or, with `eval_split` None, its first split among test / validation / eval other than
     the training split. A `train_dataset` object has no held-out split."""
     if config.eval_dataset_name is not None:
         name = config.eval_dataset_name
         splits = source_splits(name, config.dataset_config)
-        if config.eval_split is not None:
-            return name, _existing(name, config.eval_split, splits, "eval_split")
         if splits is not None and len(splits) == 1:
             return name, splits[0]  # a file, or a directory of one split: all of it
+        if config.eval_split is not None:
+            return name, _existing(name, config.eval_split, splits, "eval_split")
         found = _first_held_out(splits, exclude=None)
         if found is None:
             raise ValueError(f"`eval_split`: {name} has the splits {splits}; name the one to evaluate on")

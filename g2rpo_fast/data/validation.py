@@ -319,7 +319,8 @@ def validate_prompts_for_model(dataset, config, tokenizer, context_length: int |
                          f"({context_length} tokens)")
     if config.max_prompt_length is not None and config.max_prompt_length <= budget:
         return  # every prompt is left-truncated to max_prompt_length: all fit
-    overhead = len(_encode(tokenizer, "x", True)) if has_template else 0  # the template's own tokens
+    kwargs = dict(getattr(config, "chat_template_kwargs", None) or {})
+    overhead = len(_encode(tokenizer, "x", True, kwargs)) if has_template else 0  # the template's own tokens
     offset = 0
     for batch in dataset.select_columns([config.prompt_field]).iter(batch_size=_BATCH):
         for i, prompt in enumerate(batch[config.prompt_field]):
@@ -327,7 +328,7 @@ def validate_prompts_for_model(dataset, config, tokenizer, context_length: int |
             # character tokenizers: a short text prompt needs no tokenization.
             if not _is_chat(prompt) and len(prompt.encode()) + overhead + 8 <= budget:
                 continue
-            n = len(_encode(tokenizer, prompt, has_template))
+            n = len(_encode(tokenizer, prompt, has_template, kwargs))
             if config.max_prompt_length is not None:
                 n = min(n, config.max_prompt_length)
             if n > budget:
@@ -339,13 +340,14 @@ def validate_prompts_for_model(dataset, config, tokenizer, context_length: int |
         offset += len(batch[config.prompt_field])
 
 
-def _encode(tokenizer, prompt, has_template: bool) -> list[int]:
-    # The same text the trainer feeds the model (`G2RPOTrainer.encode_prompt`).
+def _encode(tokenizer, prompt, has_template: bool, chat_template_kwargs=None) -> list[int]:
+    # The same text the trainer feeds the model (`rollout.guided.Rollouts.encode_prompt`).
+    kwargs = chat_template_kwargs or {}
     if _is_chat(prompt):
-        text = tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True, **kwargs)
     elif has_template:
         text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
+                                             add_generation_prompt=True, **kwargs)
     else:
         text = prompt
     return tokenizer.encode(text, add_special_tokens=False)

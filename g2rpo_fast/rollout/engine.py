@@ -55,7 +55,7 @@ class RolloutEngine:
     def __init__(self, model, *, block_size: int | None = None, max_num_seqs: int = 256,
                  max_num_batched_tokens: int = 16384, num_kv_blocks: int | None = None,
                  kv_cache_bytes: int | None = None, attn_backend="auto", dtype: torch.dtype | None = None,
-                 enable_prefix_caching: bool = True):
+                 enable_prefix_caching: bool = True, lm_head_fp32: bool = False):
         self.model = model
         param = next(model.parameters())
         device = param.device
@@ -89,7 +89,7 @@ class RolloutEngine:
         self.kv_cache_bytes = kv_cache_bytes
         self.enable_prefix_caching = enable_prefix_caching
         self.packed = supports_packed_forward(model)
-        self.runner = ModelRunner(model, block_size, backend, self.dtype) if self.packed else None
+        self.runner = ModelRunner(model, block_size, backend, self.dtype, lm_head_fp32) if self.packed else None
         self.backend = backend
         self.max_model_len = model.config.max_position_embeddings
         self.vocab_size = model.get_input_embeddings().num_embeddings
@@ -144,7 +144,8 @@ class RolloutEngine:
         return max(1, min(needed, budget // self.runner.bytes_per_block()))
 
     # ---- validation ---------------------------------------------------------------------
-    def _check(self, prompts, max_new_tokens, temperature, top_p, top_k, seed, stop_token_ids):
+    def _check(self, prompts, max_new_tokens, temperature, top_p, top_k, seed, stop_token_ids, min_p=0.0,
+               repetition_penalty=1.0):
         if not isinstance(prompts, (list, tuple)):
             raise ValueError(f"prompts must be a list of token-id lists, got {type(prompts).__name__}")
         for i, p in enumerate(prompts):
@@ -168,6 +169,10 @@ class RolloutEngine:
             raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
         if not _is_int(top_k) or top_k < 0:
             raise ValueError(f"top_k must be an int >= 0 (0 = off), got {top_k!r}")
+        if not isinstance(min_p, numbers.Real) or not 0 <= min_p <= 1:
+            raise ValueError(f"min_p must be in [0, 1] (0 = off), got {min_p!r}")
+        if not isinstance(repetition_penalty, numbers.Real) or not 0 < repetition_penalty < float("inf"):
+            raise ValueError(f"repetition_penalty must be a finite number > 0 (1 = off), got {repetition_penalty!r}")
         if seed is not None and not _is_int(seed):
             if not isinstance(seed, (list, tuple)) or len(seed) != len(prompts) or not all(map(_is_int, seed)):
                 raise ValueError("seed must be None, an int, or a list of ints with one seed per prompt")
@@ -178,12 +183,15 @@ class RolloutEngine:
     # ---- generation ---------------------------------------------------------------------
     def generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
                  top_p: float = 1.0, top_k: int = 0, seed=None, stop_token_ids=None,
-                 return_logprobs: bool = False) -> list[RolloutOutput]:
+                 return_logprobs: bool = False, min_p: float = 0.0,
+                 repetition_penalty: float = 1.0) -> list[RolloutOutput]:
         """Complete every prompt; returns one `RolloutOutput` per prompt, in order."""
-        self._check(prompts, max_new_tokens, temperature, top_p, top_k, seed, stop_token_ids)
+        self._check(prompts, max_new_tokens, temperature, top_p, top_k, seed, stop_token_ids, min_p,
+                    repetition_penalty)
         prompts = [p.tolist() if isinstance(p, torch.Tensor) else list(p) for p in prompts]
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=float(temperature),
-                                top_p=float(top_p), top_k=int(top_k),
+                                top_p=float(top_p), top_k=int(top_k), min_p=float(min_p),
+                                repetition_penalty=float(repetition_penalty),
                                 stop_token_ids=frozenset(stop_token_ids or ()))
         if seed is None:
             seeds = [int(torch.randint(0, 2**62, ()).item()) for _ in prompts]  # follows torch.manual_seed

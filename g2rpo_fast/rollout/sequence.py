@@ -16,6 +16,8 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0
     stop_token_ids: frozenset = frozenset()
+    min_p: float = 0.0  # 0: off
+    repetition_penalty: float = 1.0  # 1: off
 
     @property
     def greedy(self) -> bool:

@@ -117,11 +117,14 @@ class TrainerComponents:
         varlen_installed = packed_attention.install(self.model, self.runtime.backend)
         self.prefix_shared = resolve_prefix_sharing(cfg.prefix_shared_forward, self.model, varlen_installed)
         self.model.train()
+        if cfg.disable_dropout:
+            disable_dropout(self.model)
         if cfg.gradient_checkpointing:
+            kwargs = {"use_reentrant": False, **(cfg.gradient_checkpointing_kwargs or {})}
             if hasattr(self.model, "activation_checkpointing_enable"):  # the transformers 5 name
-                self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+                self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
             else:
-                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         if hasattr(self.model.config, "use_cache"):
             self.model.config.use_cache = False  # the packed forward needs no KV cache
         self.grad_scaler = self.runtime.grad_scaler()
@@ -140,4 +143,12 @@ class TrainerComponents:
     def _make_engine(self):
         from g2rpo_fast.rollout import RolloutEngine
 
-        return RolloutEngine(self.model, attn_backend=self.runtime.backend, dtype=self.runtime.compute_dtype)
+        return RolloutEngine(self.model, attn_backend=self.runtime.backend, dtype=self.runtime.compute_dtype,
+                             lm_head_fp32=self.runtime.lm_head_fp32)
+
+
+def disable_dropout(model) -> None:
+    """`disable_dropout` (TRL's): every dropout module of the model drops nothing."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0

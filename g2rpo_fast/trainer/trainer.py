@@ -45,7 +45,17 @@ from .arguments import init_signature, model_label, resolve_arguments, trl_signa
 from .batch import RolloutBatch, build_rollout_batch
 from .components import TrainerComponents
 from .metrics_log import MetricsLog, generated_tokens, read_metrics, step_metrics, write_metrics
-from .optimize import accumulate_gradients, dapo_num_items, optimizer_step
+from .optimize import (
+    accumulate_gradients,
+    current_lr,
+    dapo_num_items,
+    is_due,
+    make_optimizer,
+    make_scheduler,
+    optimizer_step,
+    run_length,
+    steps_on_metric,
+)
 from .state import TrainerState
 
 
@@ -85,28 +95,30 @@ class G2RPOTrainer(TrainerComponents, TrainerState):
                              "whose FSDP hooks would reshard the layers in mid-roll-out; use fsdp: false (DDP)")
         self.rollouts = Rollouts(self.engine, self.tokenizer, self.model, prompt_field=cfg.prompt_field,
                                  guidance_field=cfg.guidance_field, max_prompt_length=cfg.max_prompt_length,
-                                 stop_token_ids=stop_token_ids(self.tokenizer, self.model))
+                                 stop_token_ids=stop_token_ids(self.tokenizer, self.model),
+                                 chat_template_kwargs=cfg.chat_template_kwargs,
+                                 sampling={"min_p": cfg.min_p or 0.0, "repetition_penalty": cfg.repetition_penalty})
 
-        # ---- optimisation and guidance
-        from transformers import get_scheduler
-
+        # ---- run length, optimisation and guidance
         from g2rpo_fast.guidance import make_guidance_schedule
 
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.learning_rate,
-                                           betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
-        self.scheduler = get_scheduler(cfg.lr_scheduler_type, self.optimizer, num_warmup_steps=cfg.warmup_steps,
-                                       num_training_steps=cfg.max_steps)
+        self.max_steps, self.steps_per_epoch = run_length(cfg, len(self.train_dataset), self.dist.world_size)
+        self._check_generation_batch_size()
+        optimizer, scheduler = given.optimizers
+        self.optimizer = optimizer or make_optimizer(cfg, self.model.parameters(), self.sharded)
+        self.scheduler = scheduler or make_scheduler(cfg, self.optimizer, self.max_steps)
         self.guidance = make_guidance_schedule(
             cfg.guidance_schedule, initial_length=cfg.guidance_initial_length, max_length=cfg.guidance_max_length,
             min_length=cfg.guidance_min_length, window=cfg.guidance_window,
             update_every=cfg.guidance_update_every, final_length=cfg.guidance_final_length,
             # the controller is updated once per generated batch, i.e. every num_iterations steps
-            total_steps=max(1, math.ceil(cfg.max_steps / cfg.num_iterations)))
+            total_steps=max(1, math.ceil(self.max_steps / cfg.num_iterations)))
         self.step = 0
         self.data_position = 0  # prompts consumed, over all ranks
         self.buffer: list[RolloutBatch] | None = None  # generated micro-batches still to be trained on
         self.buffer_uses = 0
         self.buffer_guidance_length = None
+        self.last_batches: list[RolloutBatch] = []  # the micro-batches of the last step (log_completions)
         self.history: list[dict] = []
 
     @property
@@ -127,8 +139,15 @@ class G2RPOTrainer(TrainerComponents, TrainerState):
 
     @property
     def evaluates(self) -> bool:
-        """Whether the run evaluates at all (then held-out rows are looked for)."""
-        return bool(self.config.eval_at_end or self.config.eval_steps)
+        return self.config.evaluates
+
+    def _check_generation_batch_size(self) -> None:
+        cfg = self.config
+        full = cfg.per_device_train_batch_size * self.dist.world_size * cfg.gradient_accumulation_steps
+        if cfg.generation_batch_size not in (None, full):
+            raise ValueError(f"`generation_batch_size` ({cfg.generation_batch_size}) must be "
+                             f"per_device_train_batch_size x world size x gradient_accumulation_steps = {full}: each "
+                             f"optimizer step generates its own roll-outs (num_iterations reuses them)")
 
     def _comm_device(self):
         return self.device if self.dist.backend == "nccl" else torch.device("cpu")
@@ -189,14 +208,14 @@ class G2RPOTrainer(TrainerComponents, TrainerState):
         t1 = time.perf_counter()
         train_metrics = self.train_micro_batches(self.buffer)
         t2 = time.perf_counter()
-        batches = self.buffer
+        batches = self.last_batches = self.buffer
         self.buffer_uses += 1
         if self.buffer_uses >= cfg.num_iterations:
             self.buffer = None
 
         # ---- phase 4: log
         m = step_metrics(batches, num_generations=cfg.num_generations, guidance_length=self.buffer_guidance_length,
-                         learning_rate=self.scheduler.get_last_lr()[0], reward_names=self.rewards.names,
+                         learning_rate=current_lr(self.optimizer), reward_names=self.rewards.names,
                          train_metrics=train_metrics)
         step_time = time.perf_counter() - t0
         # Completion tokens (generated, then trained on) per second of the whole step.
@@ -208,6 +227,7 @@ class G2RPOTrainer(TrainerComponents, TrainerState):
             self.guidance.update(m["accuracy"])
         self.step += 1
         m["step"] = self.step
+        m["epoch"] = self.step / self.steps_per_epoch  # TRL's: optimizer steps over the steps of an epoch
         m["guidance_length_next"] = float(self.guidance.length)
         return m
 
@@ -252,19 +272,23 @@ class G2RPOTrainer(TrainerComponents, TrainerState):
         if self.is_main:
             write_metrics(metrics_path, self.history)
             cfg.save_json(os.path.join(out, "config.json"))
-            log = MetricsLog(metrics_path, cfg.max_steps, cfg.logging_steps, cfg.progress_bar, self.step,
-                             report_to=cfg.report_to)
-        while self.step < cfg.max_steps:
+            log = MetricsLog(metrics_path, self.max_steps, cfg, self.step, decode=self.rollouts.decode,
+                             reward_names=self.rewards.names)
+        if cfg.eval_on_start and self.step == 0 and self.eval_dataset is not None:
+            self._evaluate_in_training(log)
+        while self.step < self.max_steps:
             m = self.training_step()
-            if cfg.eval_steps and self.step % cfg.eval_steps == 0 and self.step < cfg.max_steps:
-                m.update(self.evaluate(max_prompts=cfg.num_eval_prompts))
+            last = self.step >= self.max_steps
+            if not last and is_due(cfg.eval_strategy, cfg.eval_steps or cfg.logging_steps, self.step,
+                                   self.steps_per_epoch):
+                m.update(self._evaluate_in_training(None))
             if self.rewards.errors:
                 m["reward_errors"] = len(self.rewards.errors)
                 self.rewards.errors = []
             self.history.append(m)
             if log is not None:
-                log.log(self.step, m)
-            if cfg.save_steps and self.step % cfg.save_steps == 0 and self.step < cfg.max_steps:
+                log.log(self.step, m, self.last_batches)
+            if not last and is_due(cfg.save_strategy, cfg.save_steps, self.step, self.steps_per_epoch):
                 self.save()
         if log is not None:
             log.close()
@@ -281,6 +305,17 @@ class G2RPOTrainer(TrainerComponents, TrainerState):
         if self.dist.world_size > 1:
             torch.distributed.barrier()  # rank 0 has finished writing
         return self.history
+
+    def _evaluate_in_training(self, log) -> dict:
+        """Held-out accuracy during training; a metric-driven scheduler steps on it."""
+        if self.eval_dataset is None:
+            return {}
+        result = self.evaluate(max_prompts=self.config.num_eval_prompts)
+        if steps_on_metric(self.scheduler):
+            self.scheduler.step(result["eval_accuracy"])
+        if log is not None:
+            log.log_eval(self.step, result)
+        return result
 
     def _final_evaluation(self) -> dict:
         cfg = self.config
