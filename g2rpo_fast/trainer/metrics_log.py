@@ -80,6 +80,11 @@ def generated_tokens(batches) -> int:
     return sum(len(s.generated_ids) for b in batches for s in b.samples)
 
 
+def sequence_tokens(batches) -> int:
+    """Prompt + completion tokens of the samples (TRL's num_tokens counts these, cumulatively)."""
+    return sum(len(s.prompt_ids) + len(s.completion_ids) for b in batches for s in b.samples)
+
+
 def _jsonable(m: dict) -> dict:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in m.items()}
 

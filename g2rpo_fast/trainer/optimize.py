@@ -57,6 +57,11 @@ def run_length(config, num_prompts: int, world_size: int) -> tuple[int, int]:
     """(max_steps, steps per epoch): one epoch draws every training prompt once, a generation
     takes `prompts_per_micro_batch x gradient_accumulation_steps x world_size` prompts and serves
     `num_iterations` optimizer steps; with `max_steps` -1 the run is `num_train_epochs` epochs."""
+    completions = config.per_device_train_batch_size * world_size * config.gradient_accumulation_steps
+    if config.generation_batch_size not in (None, completions):
+        raise ValueError(f"`generation_batch_size` ({config.generation_batch_size}) must be "
+                         f"per_device_train_batch_size x world size x gradient_accumulation_steps = {completions}: "
+                         f"each optimizer step generates its own roll-outs (num_iterations reuses them)")
     per_generation = config.prompts_per_micro_batch * config.gradient_accumulation_steps * world_size
     steps_per_epoch = math.ceil(num_prompts / per_generation) * config.num_iterations
     if config.max_steps > 0:

@@ -33,7 +33,7 @@ class TrainerState:
         buffer = None if self.buffer is None else [b.state_dict() for b in self.buffer]
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "guidance": self.guidance.state_dict(), "data_position": self.data_position,
-                "buffer": buffer, "buffer_uses": self.buffer_uses,
+                "buffer": buffer, "buffer_uses": self.buffer_uses, "num_tokens": self.num_tokens,
                 "buffer_guidance_length": self.buffer_guidance_length,
                 # fp16's loss scale and its growth tracker: a resume continues the same scaling
                 "grad_scaler": None if self.grad_scaler is None else self.grad_scaler.state_dict()}
@@ -78,6 +78,7 @@ class TrainerState:
         buffer = state.get("buffer")
         self.buffer = None if buffer is None else [RolloutBatch.from_state_dict(b, self.device) for b in buffer]
         self.buffer_uses = int(state.get("buffer_uses", 0))
+        self.num_tokens = int(state.get("num_tokens", 0))
         self.buffer_guidance_length = state.get("buffer_guidance_length")
         self.step = int(state["step"])
         if "rng" in state:  # a sharded checkpoint restored this rank's RNG already

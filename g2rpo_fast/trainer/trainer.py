@@ -29,13 +29,19 @@ import time
 import numpy as np
 import torch
 
+from g2rpo_fast.callbacks import Callbacks
 from g2rpo_fast.checkpointing.checkpoint import warn_changed_config
 from g2rpo_fast.checkpointing.run_dir import METRICS_FILE
 from g2rpo_fast.data.loading import is_embedded
 from g2rpo_fast.data.sources import take_indices
 from g2rpo_fast.distributed.parallel import equal_forward_count, gathered_weights
-from g2rpo_fast.distributed.process_group import DistState, all_reduce_mean, failure_notice, setup_distributed
-from g2rpo_fast.evaluation import evaluate
+from g2rpo_fast.distributed.process_group import (
+    DistState,
+    all_reduce_mean,
+    any_rank,
+    failure_notice,
+    setup_distributed,
+)
 from g2rpo_fast.packing.policy_forward import make_loss_fn
 from g2rpo_fast.rewards.scoring import RewardScorer, reward_inputs
 from g2rpo_fast.rollout.guided import Rollouts, stop_token_ids
@@ -44,7 +50,8 @@ from g2rpo_fast.runtime import resolve_runtime
 from .arguments import init_signature, model_label, resolve_arguments, trl_signature
 from .batch import RolloutBatch, build_rollout_batch
 from .components import TrainerComponents
-from .metrics_log import MetricsLog, generated_tokens, read_metrics, step_metrics, write_metrics
+from .held_out import HeldOutEvaluation
+from .metrics_log import MetricsLog, generated_tokens, read_metrics, sequence_tokens, step_metrics, write_metrics
 from .optimize import (
     accumulate_gradients,
     current_lr,
@@ -54,12 +61,11 @@ from .optimize import (
     make_scheduler,
     optimizer_step,
     run_length,
-    steps_on_metric,
 )
 from .state import TrainerState
 
 
-class G2RPOTrainer(TrainerComponents, TrainerState):
+class G2RPOTrainer(TrainerComponents, TrainerState, HeldOutEvaluation):
     """TRL's `GRPOTrainer` signature (`arguments.trl_signature`); the older config-first form
     `G2RPOTrainer(config, model=..., tokenizer=...)` is accepted too (`arguments.py`)."""
 
@@ -103,7 +109,6 @@ class G2RPOTrainer(TrainerComponents, TrainerState):
         from g2rpo_fast.guidance import make_guidance_schedule
 
         self.max_steps, self.steps_per_epoch = run_length(cfg, len(self.train_dataset), self.dist.world_size)
-        self._check_generation_batch_size()
         optimizer, scheduler = given.optimizers
         self.optimizer = optimizer or make_optimizer(cfg, self.model.parameters(), self.sharded)
         self.scheduler = scheduler or make_scheduler(cfg, self.optimizer, self.max_steps)
@@ -120,6 +125,15 @@ class G2RPOTrainer(TrainerComponents, TrainerState):
         self.buffer_guidance_length = None
         self.last_batches: list[RolloutBatch] = []  # the micro-batches of the last step (log_completions)
         self.history: list[dict] = []
+        self.num_tokens = 0  # prompt + completion tokens generated, over all ranks (TRL's num_tokens)
+        # transformers' TrainerCallbacks (TRL's `callbacks`): trainer.state / .control / .callback_handler
+        self.callbacks = Callbacks(given.callbacks, cfg, self.model, self.tokenizer, self.optimizer, self.scheduler,
+                                   max_steps=self.max_steps, steps_per_epoch=self.steps_per_epoch,
+                                   is_main=self.is_main, is_local_main=self.dist.local_rank == 0)
+        self.callback_handler = self.callbacks.handler
+        self.add_callback, self.pop_callback = self.callback_handler.add_callback, self.callback_handler.pop_callback
+        self.remove_callback = self.callback_handler.remove_callback
+        self.callbacks.event("on_init_end")
 
     @property
     def loss_fn(self):
@@ -133,6 +147,9 @@ class G2RPOTrainer(TrainerComponents, TrainerState):
         if hasattr(self, "policy"):
             self.policy.loss_fn = fn
 
+    state = property(lambda self: self.callbacks.state, doc="transformers' TrainerState of the run")
+    control = property(lambda self: self.callbacks.control, doc="the TrainerControl the callbacks left")
+
     @property
     def is_main(self) -> bool:
         return self.dist.rank == 0
@@ -141,13 +158,6 @@ class G2RPOTrainer(TrainerComponents, TrainerState):
     def evaluates(self) -> bool:
         return self.config.evaluates
 
-    def _check_generation_batch_size(self) -> None:
-        cfg = self.config
-        full = cfg.per_device_train_batch_size * self.dist.world_size * cfg.gradient_accumulation_steps
-        if cfg.generation_batch_size not in (None, full):
-            raise ValueError(f"`generation_batch_size` ({cfg.generation_batch_size}) must be "
-                             f"per_device_train_batch_size x world size x gradient_accumulation_steps = {full}: each "
-                             f"optimizer step generates its own roll-outs (num_iterations reuses them)")
 
     def _comm_device(self):
         return self.device if self.dist.backend == "nccl" else torch.device("cpu")
@@ -220,8 +230,10 @@ class G2RPOTrainer(TrainerComponents, TrainerState):
         step_time = time.perf_counter() - t0
         # Completion tokens (generated, then trained on) per second of the whole step.
         m.update(tokens_per_s=generated_tokens(batches) / max(step_time, 1e-9), step_time_s=step_time,
-                 rollout_time_s=t1 - t0, train_time_s=t2 - t1)
+                 rollout_time_s=t1 - t0, train_time_s=t2 - t1, num_tokens=sequence_tokens(batches) if fresh else 0)
         m = all_reduce_mean(m, self.dist, self._comm_device())
+        self.num_tokens += round(m["num_tokens"] * self.dist.world_size)  # the mean over ranks, summed
+        m["num_tokens"] = float(self.num_tokens)
         # Guidance controller: once per generated batch, with the mean guidance reward of all ranks.
         if fresh:
             self.guidance.update(m["accuracy"])
@@ -230,22 +242,6 @@ class G2RPOTrainer(TrainerComponents, TrainerState):
         m["epoch"] = self.step / self.steps_per_epoch  # TRL's: optimizer steps over the steps of an epoch
         m["guidance_length_next"] = float(self.guidance.length)
         return m
-
-    # ------------------------------------------------------------------ evaluation
-    def evaluate(self, dataset=None, max_prompts=None, max_new_tokens=None, temperature=0.0,
-                 num_samples=1, prefix="eval") -> dict:
-        """Held-out accuracy (the guidance reward, default accuracy), unguided roll-outs.
-
-        Greedy by default (`{prefix}_accuracy`); with `temperature > 0`, `num_samples` sampled
-        completions per prompt (seeded by `config.seed`) and their mean accuracy.
-        """
-        dataset = dataset if dataset is not None else self.eval_dataset
-        if dataset is None:
-            return {}
-        with torch.no_grad(), gathered_weights(self.policy):
-            return evaluate(self.rollouts, dataset, self.rewards.guidance_fn, self.config, self.dist,
-                            self._comm_device(), max_prompts=max_prompts, max_new_tokens=max_new_tokens,
-                            temperature=temperature, num_samples=num_samples, prefix=prefix)
 
     # ------------------------------------------------------------------ main loop
     def train(self, resume_from_checkpoint=None) -> list[dict]:
@@ -274,26 +270,37 @@ class G2RPOTrainer(TrainerComponents, TrainerState):
             cfg.save_json(os.path.join(out, "config.json"))
             log = MetricsLog(metrics_path, self.max_steps, cfg, self.step, decode=self.rollouts.decode,
                              reward_names=self.rewards.names)
+        cb = self.callbacks
+        cb.state.global_step = self.step
+        cb.event("on_train_begin")
         if cfg.eval_on_start and self.step == 0 and self.eval_dataset is not None:
             self._evaluate_in_training(log)
         while self.step < self.max_steps:
+            cb.event("on_step_begin")
             m = self.training_step()
+            control = cb.step_done(self.step, m["epoch"], self.num_tokens)
             last = self.step >= self.max_steps
-            if not last and is_due(cfg.eval_strategy, cfg.eval_steps or cfg.logging_steps, self.step,
-                                   self.steps_per_epoch):
+            if not last and (control.should_evaluate or is_due(cfg.eval_strategy, cfg.eval_steps or cfg.logging_steps,
+                                                               self.step, self.steps_per_epoch)):
                 m.update(self._evaluate_in_training(None))
             if self.rewards.errors:
                 m["reward_errors"] = len(self.rewards.errors)
                 self.rewards.errors = []
             self.history.append(m)
-            if log is not None:
-                log.log(self.step, m, self.last_batches)
-            if not last and is_due(cfg.save_strategy, cfg.save_steps, self.step, self.steps_per_epoch):
+            logs = log.log(self.step, m, self.last_batches) if log is not None else None
+            if logs is not None:
+                cb.log(logs)
+            if not last and (control.should_save or is_due(cfg.save_strategy, cfg.save_steps, self.step,
+                                                           self.steps_per_epoch)):
                 self.save()
+                cb.event("on_save")
+            if any_rank(control.should_training_stop, self.dist, self._comm_device()):
+                break  # a callback stopped the run: evaluated and saved as at its end
         if log is not None:
             log.close()
         self.final_eval = self._final_evaluation()
         self.save(export=True)  # under FSDP every rank writes its shards; the whole model too
+        cb.event("on_save")
         if self.is_main:
             if self.final_eval:
                 with open(os.path.join(out, "eval_results.json"), "w", encoding="utf-8") as fh:
@@ -304,28 +311,8 @@ class G2RPOTrainer(TrainerComponents, TrainerState):
                 plot_metrics(self.history, out)
         if self.dist.world_size > 1:
             torch.distributed.barrier()  # rank 0 has finished writing
+        cb.event("on_train_end")
         return self.history
-
-    def _evaluate_in_training(self, log) -> dict:
-        """Held-out accuracy during training; a metric-driven scheduler steps on it."""
-        if self.eval_dataset is None:
-            return {}
-        result = self.evaluate(max_prompts=self.config.num_eval_prompts)
-        if steps_on_metric(self.scheduler):
-            self.scheduler.step(result["eval_accuracy"])
-        if log is not None:
-            log.log_eval(self.step, result)
-        return result
-
-    def _final_evaluation(self) -> dict:
-        cfg = self.config
-        if not (cfg.eval_at_end and self.eval_dataset is not None):
-            return {}
-        final = self.evaluate(max_prompts=cfg.num_eval_prompts)
-        if cfg.eval_num_samples:
-            final.update(self.evaluate(max_prompts=cfg.num_eval_prompts, temperature=cfg.temperature,
-                                       num_samples=cfg.eval_num_samples, prefix="eval_sampled"))
-        return final
 
     def close(self, failed: bool = False) -> None:
         """Tear down the process group this trainer started (torchrun runs); `failed`: after an
