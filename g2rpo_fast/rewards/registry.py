@@ -4,6 +4,8 @@ from __future__ import annotations
 import importlib
 import logging
 import math
+import os
+import sys
 import threading
 import warnings
 from collections.abc import Callable
@@ -37,7 +39,7 @@ def get_reward_func(name_or_callable) -> Callable:
     if ":" in name:
         module_name, _, attr = name.partition(":")
         try:
-            module = importlib.import_module(module_name)
+            module = import_from_working_directory(module_name)
         except ImportError as exc:
             raise ValueError(f"reward function {name!r}: cannot import module {module_name!r}: {exc}") from exc
         fn = module
@@ -48,6 +50,17 @@ def get_reward_func(name_or_callable) -> Callable:
         return fn
     raise ValueError(f"unknown reward function {name!r}; built-ins: {sorted(REWARD_FUNCS)}, "
                      "or give 'module:function'")
+
+
+def import_from_working_directory(module_name: str):
+    """`importlib.import_module`, finding modules in the working directory as `python -m` and
+    `python -c` do (a console script such as `g2rpo-fast` starts with its own folder on sys.path
+    instead): the working directory goes to the front of sys.path, for good, as Python puts it."""
+    cwd = os.getcwd()
+    if not any(os.path.abspath(p or ".") == cwd for p in sys.path):
+        sys.path.insert(0, cwd)
+        importlib.invalidate_caches()
+    return importlib.import_module(module_name)
 
 
 def func_name(fn) -> str:
