@@ -222,6 +222,21 @@ def test_stop_ids_and_max_new_tokens(models):
     assert len(RolloutEngine(model).generate([long], 10)[0].token_ids) == 256 - len(long)
 
 
+def test_entropy_is_the_tempered_models_over_the_generated_tokens(models):
+    """`return_entropy`: per completion, the mean over its generated tokens of the entropy of
+    softmax(logits / T), from HF's forward of prompt + completion (TRL's entropy)."""
+    model = get_model(models, "qwen3")
+    prompts = _prompts()
+    outs = RolloutEngine(model).generate(prompts, 6, temperature=0.7, top_k=5, seed=3, return_entropy=True)
+    for p, o in zip(prompts, outs):
+        with torch.no_grad():
+            logits = model(torch.tensor([p + o.token_ids])).logits[0, len(p) - 1:-1].double() / 0.7
+        logp = torch.log_softmax(logits, -1)
+        expected = float(-(logp.exp() * logp).sum(-1).mean())
+        assert o.entropy == pytest.approx(expected, rel=1e-4)
+    assert RolloutEngine(model).generate(prompts, 2, temperature=1.0, seed=3)[0].entropy is None
+
+
 def test_repetition_penalty_equals_transformers_processor():
     """Row by row, exactly HF's RepetitionPenaltyLogitsProcessor: positive logits of seen tokens
     divided, negative ones multiplied, repeats counted once, other tokens untouched."""

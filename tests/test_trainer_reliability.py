@@ -132,8 +132,8 @@ def test_huge_exiting_and_hanging_rewards_do_not_stop_training(tmp_path):
         release.set()
     m = history[0]
     assert all(v is None or not isinstance(v, float) or math.isfinite(v) for v in m.values())
-    assert m["rewards/huge_reward"] == 0.0  # +1e6 and -1e6 in equal numbers
-    assert m["rewards/exiting_reward"] == 0.0 and m["rewards/hanging_reward"] == 0.0
+    assert m["rewards/huge_reward/mean"] == 0.0  # +1e6 and -1e6 in equal numbers
+    assert m["rewards/exiting_reward/mean"] == 0.0 and m["rewards/hanging_reward/mean"] == 0.0
     texts = [str(w.message) for w in caught]
     assert sum("hanging_reward: no result after 0.5 s" in t for t in texts) == 1
     assert any("exiting_reward" in t and "sys.exit(3)" in t for t in texts)

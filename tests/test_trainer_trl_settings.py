@@ -79,7 +79,8 @@ def test_warmup_fraction_and_the_fused_optimizer(tmp_path):
     trainer = trainer_for(cfg)
     assert trainer.optimizer.defaults["fused"] is True
     history = trainer.train()
-    expected = [1e-2 * min((k + 1) / 2, max(0.0, (4 - (k + 1)) / (4 - 2))) for k in range(4)]
+    # the rate each step trains with: the schedule after k - 1 scheduler steps
+    expected = [1e-2 * min(k / 2, max(0.0, (4 - k) / (4 - 2))) for k in range(4)]
     assert [m["learning_rate"] for m in history] == pytest.approx(expected)
     plain = trainer_for(make_config(tmp_path, name="plain", max_steps=4, warmup_steps=0.5,
                                     lr_scheduler_type="linear", optim="adamw_torch"))

@@ -186,18 +186,21 @@ def validate_dataset_for_model(dataset, config, tokenizer, context_length, split
                                model_name or config.model_name_or_path or "the built-in model", line_of_row)
 
 
+# What the trainer gives a reward function besides the data set's columns (TRL's keywords)
+REWARD_KEYWORDS = ("prompts", "completions", "completion_ids", "trainer_state")
+
+
 def required_columns(fn) -> list[str]:
-    """Dataset columns a TRL-style reward function needs: its parameters after
-    (prompts, completions) that have no default."""
+    """Dataset columns a TRL-style reward function needs: its named parameters without a
+    default, other than TRL's own keywords (prompts, completions, completion_ids, trainer_state)."""
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
         return []
-    out = []
-    for p in params[2:]:
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is p.empty:
-            out.append(p.name)
-    return out
+    named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if not any(p.name in REWARD_KEYWORDS for p in named):
+        named = named[2:]  # fn(p, c, ...): the first two are the prompts and completions, by position
+    return [p.name for p in named if p.default is p.empty and p.name not in REWARD_KEYWORDS]
 
 
 def check_columns(dataset, config, reward_funcs, what: str = "train dataset") -> None:

@@ -125,12 +125,12 @@ def _call(fn, timeout, /, *args, **kwargs):
     blocks the exit). Rewards that can hang should do their work in a subprocess, as
     `code_reward` does."""
     if timeout is None:
-        return fn(*args, **kwargs)
+        return _by_keyword(fn, *args, **kwargs)
     box: dict = {}
 
     def run():
         try:
-            box["value"] = fn(*args, **kwargs)
+            box["value"] = _by_keyword(fn, *args, **kwargs)
         except BaseException as exc:
             box["error"] = exc
 
@@ -144,15 +144,54 @@ def _call(fn, timeout, /, *args, **kwargs):
     return box["value"]
 
 
+def _by_keyword(fn, prompts, completions, **columns):
+    """`fn` called as TRL calls a reward function, `prompts=` and `completions=` by keyword (so
+    `fn(completions, **kwargs)` works, as in TRL); a function that names neither gets them by
+    position, `fn(p, c, **columns)`, as this package always did."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return fn(prompts=prompts, completions=completions, **columns)
+    named = {k for k in ("prompts", "completions") if k in params and params[k].kind is not params[k].POSITIONAL_ONLY}
+    if not named:
+        return fn(prompts, completions, **columns)
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    given = {"prompts": prompts, "completions": completions}
+    return fn(**{k: v for k, v in given.items() if k in named or takes_any}, **columns)
+
+
 def _failure(exc: BaseException) -> str:
     if isinstance(exc, SystemExit):
         return f"called sys.exit({exc.code!r})"
     return f"{type(exc).__name__}: {exc}"
 
 
+# Keywords TRL gives every reward function besides the data set's columns.
+TRL_REWARD_KEYWORDS = ("prompts", "completions", "completion_ids", "trainer_state")
+
+
+def accepted_keywords(fn, columns: dict) -> dict:
+    """The keyword arguments `fn` takes: all of them with `**kwargs` (TRL's convention); else the
+    ones it names (a function written without `**kwargs` is not handed what it cannot take)."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return columns
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return columns
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {k: v for k, v in columns.items() if k in names}
+
+
 def safe_reward_call(fn, prompts, completions, reward_timeout: float | None = None,
                      **columns) -> tuple[list[float], list[str]]:
-    """Call ``fn`` with the TRL signature; never raises (``KeyboardInterrupt`` excepted).
+    """Call ``fn`` as TRL does, by keyword: ``fn(prompts=..., completions=..., **columns)`` (the
+    columns include ``completion_ids`` and ``trainer_state`` when the trainer calls); never raises
+    (``KeyboardInterrupt`` excepted).
 
     - a call that raises, or calls ``sys.exit``, is reported; a failed batch call is then
       retried sample by sample to isolate the culprits (up to n more calls; after
@@ -166,6 +205,8 @@ def safe_reward_call(fn, prompts, completions, reward_timeout: float | None = No
     name = func_name(fn)
     n = len(completions)
     errors: list[str] = []
+    columns = accepted_keywords(fn, {"prompts": prompts, "completions": completions, **columns})
+    prompts, completions = columns.pop("prompts", prompts), columns.pop("completions", completions)
     try:
         values = list(_call(fn, reward_timeout, prompts, completions, **columns))
         if len(values) != n:

@@ -24,11 +24,13 @@ class Scores:
 
 def reward_inputs(rows, samples, prompt_field: str):
     """(prompts, completions, columns) of TRL's reward signature, one entry per sample; chat
-    prompts get their completion as an assistant message."""
+    prompts get their completion as an assistant message; `completion_ids` (guidance +
+    generated tokens) among the columns, as TRL passes them."""
     prompts = [rows[s.prompt_index][prompt_field] for s in samples]
     conversational = bool(prompts) and isinstance(prompts[0], (list, tuple))
     completions = [[{"role": "assistant", "content": s.text}] if conversational else s.text for s in samples]
     columns = {k: [rows[s.prompt_index][k] for s in samples] for k in rows[0] if k != prompt_field}
+    columns["completion_ids"] = [list(s.completion_ids) for s in samples]
     return prompts, completions, columns
 
 

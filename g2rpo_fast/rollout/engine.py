@@ -33,6 +33,7 @@ class RolloutOutput:
     token_ids: list[int]
     logprobs: list[float] | None
     finish_reason: str
+    entropy: float | None = None  # mean entropy of the sampling distribution over the tokens (return_entropy)
 
 
 def _compute_dtype(dtype, weights: torch.dtype) -> torch.dtype:
@@ -184,14 +185,14 @@ class RolloutEngine:
     def generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
                  top_p: float = 1.0, top_k: int = 0, seed=None, stop_token_ids=None,
                  return_logprobs: bool = False, min_p: float = 0.0,
-                 repetition_penalty: float = 1.0) -> list[RolloutOutput]:
+                 repetition_penalty: float = 1.0, return_entropy: bool = False) -> list[RolloutOutput]:
         """Complete every prompt; returns one `RolloutOutput` per prompt, in order."""
         self._check(prompts, max_new_tokens, temperature, top_p, top_k, seed, stop_token_ids, min_p,
                     repetition_penalty)
         prompts = [p.tolist() if isinstance(p, torch.Tensor) else list(p) for p in prompts]
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=float(temperature),
                                 top_p=float(top_p), top_k=int(top_k), min_p=float(min_p),
-                                repetition_penalty=float(repetition_penalty),
+                                repetition_penalty=float(repetition_penalty), entropy=bool(return_entropy),
                                 stop_token_ids=frozenset(stop_token_ids or ()))
         if seed is None:
             seeds = [int(torch.randint(0, 2**62, ()).item()) for _ in prompts]  # follows torch.manual_seed
@@ -217,7 +218,8 @@ class RolloutEngine:
         for s in seqs:
             ids = s.completion_ids
             reason = "stop" if ids and ids[-1] in params.stop_token_ids else "length"
-            outputs.append(RolloutOutput(ids, list(s.logprobs) if return_logprobs else None, reason))
+            entropy = s.entropy_sum / len(ids) if return_entropy and ids else None
+            outputs.append(RolloutOutput(ids, list(s.logprobs) if return_logprobs else None, reason, entropy))
         return outputs
 
     def _generate_packed(self, seqs: list[Sequence], return_logprobs: bool) -> None:

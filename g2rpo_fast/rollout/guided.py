@@ -62,7 +62,7 @@ class Rollouts:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def generate(self, rows, *, group_size: int, max_new_tokens: int, n_guided: int = 0, guidance_length: int = 0,
-                 temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, seeds=None):
+                 temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, seeds=None, entropy: bool = False):
         """`len(rows) * group_size` samples, group by group (guided ones first), with their
         completions and texts."""
         prompt_ids = [self.encode_prompt(r[self.prompt_field]) for r in rows]
@@ -74,7 +74,7 @@ class Rollouts:
         with eval_mode(self.model):
             outputs = self.engine.generate([s.generation_input for s in samples], max_new_tokens=max_new_tokens,
                                            temperature=temperature, top_p=top_p, top_k=top_k, seed=seeds,
-                                           stop_token_ids=self.stop_token_ids, **sampling)
+                                           stop_token_ids=self.stop_token_ids, return_entropy=entropy, **sampling)
         return assemble_samples(samples, outputs, self.decode, self.stop_token_ids)
 
 

@@ -93,8 +93,14 @@ def sample(logits: torch.Tensor, seqs: list[Sequence], return_logprobs: bool):
         else:
             tokens[rows] = picked
     logprobs = None
-    if return_logprobs:
+    entropy_rows = [i for i, s in enumerate(seqs) if s.params.entropy]
+    if return_logprobs or entropy_rows:
         safe_t = torch.where(greedy, torch.ones_like(temps), temps)
         logp = torch.log_softmax(model_logits / safe_t[:, None], dim=-1)
-        logprobs = logp.gather(1, tokens[:, None]).squeeze(1).tolist()
+        if return_logprobs:
+            logprobs = logp.gather(1, tokens[:, None]).squeeze(1).tolist()
+        if entropy_rows:  # of the model's tempered distribution, as TRL's entropy (before any filtering)
+            entropy = (-(logp.exp() * logp).nan_to_num().sum(-1)).tolist()
+            for i in entropy_rows:
+                seqs[i].entropy_sum += entropy[i]
     return tokens.tolist(), logprobs

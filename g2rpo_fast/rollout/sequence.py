@@ -18,6 +18,7 @@ class SamplingParams:
     stop_token_ids: frozenset = frozenset()
     min_p: float = 0.0  # 0: off
     repetition_penalty: float = 1.0  # 1: off
+    entropy: bool = False  # track the entropy of each step's sampling distribution
 
     @property
     def greedy(self) -> bool:
@@ -48,6 +49,7 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     num_cached_tokens: int = 0  # tokens whose KV already sits in the blocks
     logprobs: list[float] = field(default_factory=list)
+    entropy_sum: float = 0.0  # Σ over generated tokens of the tempered distribution's entropy (params.entropy)
 
     def __len__(self) -> int:
         return len(self.token_ids)

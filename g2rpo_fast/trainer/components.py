@@ -25,6 +25,7 @@ from g2rpo_fast.data.sources import (
 )
 from g2rpo_fast.data.validation import context_length_of
 from g2rpo_fast.distributed.parallel import shard_fsdp, wrap_policy
+from g2rpo_fast.models.adapters import adapters_disabled, is_peft_model, wrap_with_adapters
 from g2rpo_fast.packing import packed_attention
 from g2rpo_fast.packing.policy_forward import PackedPolicy
 from g2rpo_fast.packing.prefix_shared_attention import resolve_prefix_sharing
@@ -51,6 +52,7 @@ class TrainerComponents:
                              f"datasets.Dataset) or set dataset_name (the built-in arithmetic task goes with the "
                              f"built-in model only, unless dataset_name names it: 'embedded')")
         self.train_dataset = train_dataset if train_dataset is not None else load_split(cfg, cfg.dataset_split, True)
+        without_guidance_column(cfg, self.train_dataset)
         check_columns(self.train_dataset, cfg, self.rewards.funcs + [guide_fn], "train dataset")
         validate_dataset(self.train_dataset, cfg, cfg.dataset_split, True,
                          source="train_dataset" if train_dataset is not None else None)
@@ -69,9 +71,10 @@ class TrainerComponents:
         warn_if_training_rows(cfg, self.train_dataset, eval_dataset, self.eval_source)
         self.eval_dataset = eval_dataset
 
-    def _load_policy(self, model, tokenizer, given) -> None:
+    def _load_policy(self, model, tokenizer, given, peft_config=None) -> None:
         """Tokenizer (the model's own unless `processing_class` is given), then the prompts
-        against it (chat template, context), then the model (`model_init_kwargs`)."""
+        against it (chat template, context), then the model (`model_init_kwargs`), with
+        adapters (`peft_config`, or a PeftModel given: `models/adapters.py`)."""
         from g2rpo_fast.models.loading import (
             check_vocabulary,
             load_model,
@@ -108,12 +111,20 @@ class TrainerComponents:
         if model is None:
             model = load_model(cfg.model_name_or_path, init_kwargs={**(cfg.model_init_kwargs or {}), **hub})
         # fp32 master weights whatever the compute dtype (runtime.py)
-        self.model = model.to(self.device, dtype=torch.float32)
-        self.tokenizer = tokenizer
+        model = model.to(self.device, dtype=torch.float32)
+        self.tokenizer = self.processing_class = tokenizer  # TRL's name, and ours
         if cfg.use_liger_kernel:
             from g2rpo_fast.models.liger import apply_liger
 
-            apply_liger(self.model)
+            apply_liger(model.get_base_model() if is_peft_model(model) else model)
+        if peft_config is not None:
+            model = wrap_with_adapters(model, peft_config, cfg.seed)
+        # with adapters: the PeftModel saves / loads / disables them; everything else runs the model inside it
+        self.peft_model = model if is_peft_model(model) else None
+        self.model = model.get_base_model() if self.peft_model is not None else model
+        if self.peft_model is not None and self.sharded:
+            raise ValueError("`peft_config`: adapters with `fsdp` are not supported: use DDP (fsdp: false), which "
+                             "synchronises only the adapters' gradients")
         varlen_installed = packed_attention.install(self.model, self.runtime.backend)
         self.prefix_shared = resolve_prefix_sharing(cfg.prefix_shared_forward, self.model, varlen_installed)
         self.model.train()
@@ -129,7 +140,10 @@ class TrainerComponents:
             self.model.config.use_cache = False  # the packed forward needs no KV cache
         self.grad_scaler = self.runtime.grad_scaler()
         self.ref_model = self.ref_policy = None
-        if cfg.beta > 0:
+        if cfg.beta > 0 and peft_config is not None:  # fresh adapters: the reference is the base model, adapters off
+            self.ref_policy = PackedPolicy(self.model, self.runtime, temperature=cfg.temperature,
+                                           forward_context=adapters_disabled(self.peft_model))
+        elif cfg.beta > 0:
             self.ref_model = copy.deepcopy(self.model).eval()
             self.ref_model.requires_grad_(False)
             self.ref_policy = PackedPolicy(self.ref_model, self.runtime, temperature=cfg.temperature)
@@ -152,3 +166,18 @@ def disable_dropout(model) -> None:
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
+
+
+def without_guidance_column(config, dataset) -> None:
+    """A TRL data set has no reference solutions: with the default `guidance_field` missing, the
+    run is vanilla GRPO (`guidance_schedule` none, in this run's private config), said once. A
+    guidance column named otherwise must exist (`check_columns` refuses it by name)."""
+    import warnings
+
+    default = type(config).default_of("guidance_field")
+    if config.n_guided == 0 or config.guidance_field != default or default in dataset.column_names:
+        return
+    warnings.warn(f"the training set has no {default!r} column (guidance_field): training without guidance, as "
+                  f"GRPO; name the column of reference solutions in guidance_field to train with G²RPO-A's "
+                  f"guidance", RuntimeWarning, stacklevel=4)
+    config.guidance_schedule = "none"

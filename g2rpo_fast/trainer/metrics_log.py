@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import torch
 
-TIMING_KEYS = ("tokens_per_s", "step_time_s", "rollout_time_s", "train_time_s")
+TIMING_KEYS = ("tokens_per_s", "step_time", "rollout_time_s", "train_time_s")
 # Group-outcome metrics (`group_outcomes`), all over the groups' total rewards (what the
 # advantages see). TRL's name where it has one (frac_reward_zero_std).
 GROUP_KEYS = ("frac_reward_zero_std", "frac_groups_all_zero", "frac_groups_all_one")
@@ -43,10 +43,40 @@ def guidance_split(samples, rewards) -> dict:
             "guidance_length_injected": float(np.mean(injected)) if injected else 0.0}
 
 
+# The loss's metric names (loss/metrics.py) -> TRL's logged keys for the same quantities.
+TRL_LOSS_KEYS = {"clip_ratio_low": "clip_ratio/low_mean", "clip_ratio_high": "clip_ratio/high_mean",
+                 "clip_ratio": "clip_ratio/region_mean"}
+
+
+def completion_lengths(samples) -> dict:
+    """TRL's completions/* keys over the completion tokens (guidance + generated: what is rewarded
+    and trained on); "terminated" are the completions that ended with a stop token."""
+    lengths = np.array([len(s.completion_ids) for s in samples], dtype=np.float64)
+    ended = np.array([not s.truncated for s in samples])
+    done = lengths[ended] if ended.any() else np.zeros(1)  # TRL's convention when none ended
+    return {"completions/mean_length": float(lengths.mean()), "completions/min_length": float(lengths.min()),
+            "completions/max_length": float(lengths.max()), "completions/clipped_ratio": float(1 - ended.mean()),
+            "completions/mean_terminated_length": float(done.mean()),
+            "completions/min_terminated_length": float(done.min()),
+            "completions/max_terminated_length": float(done.max())}
+
+
+def sampling_entropy(samples) -> float | None:
+    """TRL's `entropy`: the mean entropy per generated token of the distribution the roll-out
+    sampled from (the policy at the training temperature); None when the engine did not track it."""
+    tracked = [(s.entropy, len(s.generated_ids)) for s in samples if s.entropy is not None and s.generated_ids]
+    if not tracked:
+        return None
+    return float(sum(e * n for e, n in tracked) / sum(n for _, n in tracked))
+
+
 def step_metrics(batches, *, num_generations: int, guidance_length: float, learning_rate: float,
                  reward_names, train_metrics: dict) -> dict:
     """Rewards, accuracy (the guidance reward), advantage std, guidance and completion
-    statistics of the step's `RolloutBatch`es, then `train_metrics`, then each reward's mean."""
+    statistics of the step's `RolloutBatch`es, then `train_metrics`, then each reward's mean and
+    std. TRL's key where the quantity is TRL's (reward, reward_std, frac_reward_zero_std,
+    rewards/<name>/mean|std, completions/*, entropy, clip_ratio/*, kl, loss, grad_norm,
+    learning_rate); ours besides (accuracy, advantage_std, guidance_*, reward_std_in_group, ...)."""
     samples = [s for b in batches for s in b.samples]
     rewards = [r for b in batches for r in b.scores.total]
     guide = [r for b in batches for r in b.scores.guide]
@@ -56,7 +86,10 @@ def step_metrics(batches, *, num_generations: int, guidance_length: float, learn
     guided = [r for s, r in zip(samples, guide) if s.guided]
     m = {
         "reward": float(np.mean(rewards)),
-        "reward_std": float(groups.std(dim=1).mean()) if num_generations > 1 else 0.0,
+        # TRL's: the std of all the step's rewards (unbiased, as torch.std)
+        "reward_std": float(torch.tensor(rewards).std()) if len(rewards) > 1 else 0.0,
+        # ours: the mean over groups of the std within each group (what the advantages divide by)
+        "reward_std_in_group": float(groups.std(dim=1).mean()) if num_generations > 1 else 0.0,
         "accuracy": float(np.mean(guide)),
         "accuracy_unguided": float(np.mean(unguided)) if unguided else float("nan"),
         "accuracy_guided": float(np.mean(guided)) if guided else float("nan"),
@@ -65,14 +98,16 @@ def step_metrics(batches, *, num_generations: int, guidance_length: float, learn
         **group_outcomes(rewards, num_generations),
         **guidance_split(samples, rewards),
         "guided_fraction": float(np.mean([s.guided for s in samples])),
-        "completion_length": float(np.mean([len(s.completion_ids) for s in samples])),
+        **completion_lengths(samples),
         "generated_length": float(generated_tokens(batches) / max(len(samples), 1)),
-        "truncated_ratio": float(np.mean([s.truncated for s in samples])),
+        "entropy": sampling_entropy(samples),
         "learning_rate": float(learning_rate),
-        **train_metrics,
+        **{TRL_LOSS_KEYS.get(k, k): v for k, v in train_metrics.items()},
     }
     for k, name in enumerate(reward_names):
-        m[f"rewards/{name}"] = float(np.mean([r for b in batches for r in b.scores.per_func[k]]))
+        values = torch.tensor([r for b in batches for r in b.scores.per_func[k]], dtype=torch.float64)
+        m[f"rewards/{name}/mean"] = float(values.mean())
+        m[f"rewards/{name}/std"] = float(values.std()) if values.numel() > 1 else 0.0
     return m
 
 
@@ -190,7 +225,7 @@ class MetricsLog:
         logs, self.window = window_mean(self.window), []
         self.print(f"step {step}/{self.max_steps} reward {logs['reward']:.3f} acc {logs['accuracy']:.3f} "
                    f"adv_std {logs['advantage_std']:.3f} zero_std {logs['frac_reward_zero_std']:.2f} "
-                   f"len {logs['guidance_length']:.0f} loss {logs['loss']:.4f} {m['step_time_s']:.1f}s")
+                   f"len {logs['guidance_length']:.0f} loss {logs['loss']:.4f} {m['step_time']:.1f}s")
         self.reporters.log(step, logs)
         if self.completions and batches:
             self.log_completions(step, completion_rows(batches, step, m["guidance_length"], self.decode,

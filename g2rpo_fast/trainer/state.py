@@ -24,6 +24,7 @@ from g2rpo_fast.checkpointing.checkpoint import (
     set_rng_state,
 )
 from g2rpo_fast.checkpointing.run_dir import RunSetupError, check_output_dir, delete_earlier_run
+from g2rpo_fast.models.adapters import load_adapter_weights
 
 from .batch import RolloutBatch
 
@@ -54,8 +55,9 @@ class TrainerState:
             return path if self.is_main else None
         if not self.is_main:
             return None
-        return save_checkpoint(output_dir or self.config.output_dir, self.step, self.model, self.tokenizer,
-                               self.state_dict(), self.config, self.config.save_total_limit)
+        # with adapters, the PeftModel: the checkpoint holds the adapter (`g2rpo-fast export` merges it)
+        return save_checkpoint(output_dir or self.config.output_dir, self.step, self.peft_model or self.model,
+                               self.tokenizer, self.state_dict(), self.config, self.config.save_total_limit)
 
     def load(self, path: str) -> None:
         from g2rpo_fast.checkpointing.sharded_checkpoint import is_sharded_checkpoint, load_sharded_checkpoint
@@ -67,7 +69,10 @@ class TrainerState:
             raise RunSetupError(f"`resume`: {path} is a single-process/DDP checkpoint; an fsdp run resumes from "
                                 f"sharded checkpoints only (resume it with fsdp: false)")
         else:
-            load_model_weights(self.model, path)
+            if self.peft_model is not None:
+                load_adapter_weights(self.peft_model, path)
+            else:
+                load_model_weights(self.model, path)
             state = load_trainer_state(path)
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -89,12 +89,13 @@ class G2RPOTrainer(TrainerComponents, TrainerState, HeldOutEvaluation):
         if self.sharded and self.runtime.compute_dtype == torch.float16:
             raise ValueError("`fsdp` with `torch_dtype: float16` is not supported (its loss scaling would need "
                              "a sharded GradScaler): use bfloat16")
-        self.loss_fn = make_loss_fn(cfg)
 
         # ---- data (every row checked before the model is loaded), tokenizer, model
         self._load_datasets(given.train_dataset, given.eval_dataset, user_model)
+        self.loss_fn = make_loss_fn(cfg)  # after the data: a set without reference solutions trains unguided
         self._load_policy(model, given.processing_class,
-                          given=(given.train_dataset is not None, given.eval_dataset is not None))
+                          given=(given.train_dataset is not None, given.eval_dataset is not None),
+                          peft_config=given.peft_config)
         self.engine = self._make_engine()
         if self.sharded and not self.engine.packed:
             raise ValueError("`fsdp`: the roll-out engine runs this model family through the model's own forward, "
@@ -181,8 +182,10 @@ class G2RPOTrainer(TrainerComponents, TrainerState, HeldOutEvaluation):
             samples = self.rollouts.generate(rows, group_size=group, n_guided=cfg.n_guided,
                                              guidance_length=guidance_length,
                                              max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature,
-                                             top_p=cfg.top_p, top_k=cfg.top_k, seeds=[int(x) for x in seeds % (2**62)])
-        scores = self.rewards.score(*reward_inputs(rows, samples, cfg.prompt_field))
+                                             top_p=cfg.top_p, top_k=cfg.top_k, seeds=[int(x) for x in seeds % (2**62)],
+                                             entropy=True)
+        prompts, completions, columns = reward_inputs(rows, samples, cfg.prompt_field)
+        scores = self.rewards.score(prompts, completions, {**columns, "trainer_state": self.state})  # TRL's keywords
         align = None
         if self.sharded:
             def align(packed):
@@ -216,6 +219,7 @@ class G2RPOTrainer(TrainerComponents, TrainerState, HeldOutEvaluation):
             self.buffer_uses = 0
             self.buffer_guidance_length = guidance_length
         t1 = time.perf_counter()
+        lr = current_lr(self.optimizer)  # the rate this step trains with (TRL logs it; the scheduler moves it after)
         train_metrics = self.train_micro_batches(self.buffer)
         t2 = time.perf_counter()
         batches = self.last_batches = self.buffer
@@ -225,11 +229,11 @@ class G2RPOTrainer(TrainerComponents, TrainerState, HeldOutEvaluation):
 
         # ---- phase 4: log
         m = step_metrics(batches, num_generations=cfg.num_generations, guidance_length=self.buffer_guidance_length,
-                         learning_rate=current_lr(self.optimizer), reward_names=self.rewards.names,
+                         learning_rate=lr, reward_names=self.rewards.names,
                          train_metrics=train_metrics)
         step_time = time.perf_counter() - t0
         # Completion tokens (generated, then trained on) per second of the whole step.
-        m.update(tokens_per_s=generated_tokens(batches) / max(step_time, 1e-9), step_time_s=step_time,
+        m.update(tokens_per_s=generated_tokens(batches) / max(step_time, 1e-9), step_time=step_time,
                  rollout_time_s=t1 - t0, train_time_s=t2 - t1, num_tokens=sequence_tokens(batches) if fresh else 0)
         m = all_reduce_mean(m, self.dist, self._comm_device())
         self.num_tokens += round(m["num_tokens"] * self.dist.world_size)  # the mean over ranks, summed
