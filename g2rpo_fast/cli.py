@@ -14,8 +14,10 @@ YAML syntax, e.g. `--reward-funcs "[accuracy, format]"`; a true/false field alon
 `--config`, the built-in model runs its preset (configs/default.yaml) and a model of your own starts
 from TRL's defaults. A user mistake (bad configuration, missing model or data, bad data
 rows, an unusable or already used output directory, a bad checkpoint) exits with status 2 and
-a one-line message naming the field, before any model is loaded; a full disk exits with
-status 1 and "no space left on <path>".
+a one-line message naming the field, before any model is loaded (options are never
+abbreviated: `--learning-rat` is an unknown option, not `--learning-rate`); a full disk exits with
+status 1 and "no space left on <path>"; Ctrl-C (or a reward function raising
+KeyboardInterrupt) stops cleanly with status 130, keeping the last complete checkpoint.
 """
 from __future__ import annotations
 
@@ -71,6 +73,10 @@ def _config_from_args(args, fixed: dict | None = None):
         if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
     if getattr(args, "guidance", None) is not None:
+        given = overrides.get("guidance_schedule", args.guidance)
+        if given != args.guidance:
+            raise ValueError(f"`guidance_schedule`: --guidance {args.guidance} and --guidance-schedule {given} "
+                             f"disagree (--guidance is its alias): give one")
         overrides["guidance_schedule"] = args.guidance
     if getattr(args, "guidance_ratio", None) is not None:
         overrides["guidance_ratio"] = args.guidance_ratio
@@ -100,6 +106,45 @@ class UsageError(Exception):
     """A configuration / data error found before any work: reported without a traceback."""
 
 
+class Interrupted(Exception):
+    """Ctrl-C, or a reward function that raised KeyboardInterrupt: a clean stop (status 130)."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """No abbreviated options (a typo is an error, never another field) and usage errors as
+    one line, status 2, like every other user mistake."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _unknown_option(parser, command: str, extra: list[str]) -> str:
+    """The one-line error for arguments no option takes, with the closest option's name."""
+    import difflib
+
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    known = [o for a in sub._actions for o in a.option_strings if o.startswith("--")]
+    flag = next((a for a in extra if a.startswith("-")), None)
+    if flag is None:
+        return f"unexpected argument(s): {' '.join(extra)}"
+    flag = flag.split("=")[0]
+    close = difflib.get_close_matches(flag, known, n=1)
+    return f"`{flag}`: unknown option" + (f" (did you mean {close[0]}?)" if close else "")
+
+
+def _interrupted_at(trainer, output_dir: str) -> str:
+    from g2rpo_fast.checkpointing.checkpoint import latest_checkpoint
+
+    latest = latest_checkpoint(output_dir) if trainer.is_main else None
+    kept = (f"{latest} is the last complete checkpoint (--resume continues from it)" if latest
+            else "no checkpoint was saved yet")
+    return f"interrupted at step {trainer.step} (Ctrl-C or KeyboardInterrupt); {kept}"
+
+
 def _setup(fn, *a, **kw):
     try:
         return fn(*a, **kw)
@@ -123,6 +168,9 @@ def cmd_train(args) -> int:
     except RunSetupError as exc:  # output dir / checkpoint to resume: found before step 1
         trainer.close(failed=True)
         raise UsageError(str(exc)) from exc
+    except KeyboardInterrupt:
+        trainer.close(failed=True)
+        raise Interrupted(_interrupted_at(trainer, cfg.output_dir)) from None
     except BaseException:
         trainer.close(failed=True)
         raise
@@ -183,8 +231,7 @@ def cmd_demo(args) -> int:
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="g2rpo-fast", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="g2rpo-fast", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     d = sub.add_parser("demo", help="GRPO vs fixed guidance vs G²RPO-A over seeds, held-out accuracy")
@@ -229,7 +276,10 @@ def _short_warnings() -> None:
 def main(argv=None) -> int:
     _short_warnings()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        print(f"g2rpo-fast {args.command}: error: {_unknown_option(parser, args.command, extra)}", file=sys.stderr)
+        return 2
     commands = {"train": cmd_train, "demo": cmd_demo, "eval": cmd_eval, "export": cmd_export}
     try:
         return commands[args.command](args)
@@ -237,6 +287,12 @@ def main(argv=None) -> int:
         # Configuration and data errors: a one-line message, status 2, no traceback.
         print(f"g2rpo-fast {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"g2rpo-fast {args.command}: {exc}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # before the trainer existed, or in another command
+        print(f"g2rpo-fast {args.command}: interrupted (Ctrl-C or KeyboardInterrupt)", file=sys.stderr)
+        return 130
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise

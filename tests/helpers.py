@@ -46,6 +46,60 @@ def digit_fraction_reward(prompts, completions, **kwargs):
     return out
 
 
+# ------------------------------------------------------------------ rewards that misbehave
+# Module level, so that a reward worker process (`reward_isolation: process`) and the CLI's
+# `helpers:name` can import them. The call count is per process.
+_CALLS = {"n": 0}
+
+
+def _nth_call() -> int:
+    _CALLS["n"] += 1
+    return _CALLS["n"]
+
+
+def interrupting_reward(prompts, completions, **kwargs):
+    """Scores like `digit_fraction_reward` on its first call, raises KeyboardInterrupt after."""
+    if _nth_call() > 1:
+        raise KeyboardInterrupt
+    return digit_fraction_reward(prompts, completions)
+
+
+def exiting_reward(prompts, completions, **kwargs):
+    """Scores on its first call, then ends the process that runs it with `os._exit(0)`: no
+    exception, no clean-up, status 0 (what no try/except can catch)."""
+    if _nth_call() > 1:
+        os._exit(0)
+    return digit_fraction_reward(prompts, completions)
+
+
+def dying_reward(prompts, completions, **kwargs):
+    os._exit(0)
+
+
+def sys_exit_reward(prompts, completions, **kwargs):
+    import sys
+
+    sys.exit(3)
+
+
+def crashing_reward(prompts, completions, **kwargs):
+    """A segmentation fault, as a broken extension module would cause."""
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+def hanging_reward(prompts, completions, **kwargs):
+    import time
+
+    time.sleep(3600)
+
+
+def pid_reward(prompts, completions, **kwargs):
+    """The id of the process that runs it (mod 10^6, the reward limit), as every sample's reward."""
+    return [float(os.getpid() % 1_000_000)] * len(completions)
+
+
 def save_tiny_assets(root) -> tuple[str, str]:
     """(model dir, train jsonl) under `root`: the tiny random Qwen3 + char tokenizer saved with
     `save_pretrained`, and 12 addition problems, for CLI runs on local files only; beside them

@@ -183,3 +183,27 @@ def test_what_makes_an_output_dir_used(tmp_path):
     check_output_dir(str(out), overwrite=True)
     with pytest.raises(RunSetupError, match="exclude each other"):
         check_output_dir(str(out), resume=True, overwrite=True)
+
+
+@pytest.mark.parametrize("pending", [True, False])
+def test_sharded_checkpoint_with_pending_rollouts_is_refused_on_another_world_size(tmp_path, pending):
+    """Roll-outs still to train on (num_iterations > 1) belong to the ranks that generated them:
+    on another world size such a checkpoint is refused before anything loads, never dropped
+    silently. Without pending roll-outs it is accepted (the warning says what does not map)."""
+    from types import SimpleNamespace
+
+    from g2rpo_fast.checkpointing import sharded_checkpoint as sc
+
+    path = tmp_path / "checkpoint-3"
+    (path / sc.DCP_DIR).mkdir(parents=True)
+    torch.save({"step": 3, "world_size": 2, "sharded": True}, path / ck.STATE_FILE)
+    for rank in (0, 1):  # rank 1 holds the pending batch: every rank's file is looked at
+        torch.save({"buffer": [{"samples": []}] if (pending and rank == 1) else None}, path / f"rank{rank}_state.pt")
+    one_process = SimpleNamespace(rank=0, world_size=1, backend="gloo")
+    if pending:
+        with pytest.raises(ValueError, match="saved by 2 ranks with roll-outs still to train on"):
+            sc.load_sharded_checkpoint(str(path), model=None, optimizer=None, dist=one_process)
+    else:  # past the check: it goes on to load the (absent) DCP shards
+        with pytest.warns(RuntimeWarning, match="saved by 2 ranks, this run has 1"), pytest.raises(Exception) as info:
+            sc.load_sharded_checkpoint(str(path), model=None, optimizer=None, dist=one_process)
+        assert "roll-outs still to train on" not in str(info.value)

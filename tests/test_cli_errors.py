@@ -68,6 +68,13 @@ def _case_files(tmp, assets):
     with open(tmp / "latin1.jsonl", "wb") as fh:
         fh.write((json.dumps(rows[0]) + "\n").encode())
         fh.write('{"prompt": "na\xefve", "solution": "s", "answer": "1"}\n'.encode("latin-1"))
+    with open(tmp / "no_answer.jsonl", "w") as fh:  # row 3 lacks the column the accuracy reward takes
+        for i, r in enumerate(rows):
+            fh.write(json.dumps({k: v for k, v in r.items() if not (i == 2 and k == "answer")}) + "\n")
+    with open(tmp / "null_answer.jsonl", "w") as fh:
+        for i, r in enumerate(rows):
+            fh.write(json.dumps({**r, "answer": None} if i == 6 else r) + "\n")
+    (tmp / "duplicate_key.yaml").write_text("learning_rate: 1.0e-4\nmax_steps: 1\nlearning_rate: 1.0e-2\n")
     (tmp / "not_a_model").mkdir()
     read_only = "/sys/g2rpo_out" if os.geteuid() == 0 else str(tmp / "ro" / "out")
     if os.geteuid() != 0:  # root writes through file modes; sysfs refuses it
@@ -104,6 +111,22 @@ PRE_LOAD_CASES = {
 
     "--embedded-difficulties [4, 6]": (["--embedded-difficulties", "[4, 6]"],
                                        ["`embedded_difficulties`: 6 is not a digit count"]),
+    # argparse would take a prefix for the whole option (--learning-rat -> --learning-rate)
+    "abbreviated option": (["--learning-rat", "1e-5"], ["`--learning-rat`: unknown option (did you mean "
+                                                        "--learning-rate?)"]),
+    "duplicate YAML key": (["--config", "{tmp}/duplicate_key.yaml"], ["`learning_rate`: ", "duplicate_key.yaml sets "
+                                                                       "it twice (lines 1 and 3)"]),
+    "--epsilon 2 (ratio floor -1)": (["--epsilon", "2"], ["`epsilon` must be a finite number in [0.0, 1.0)"]),
+    "--guidance fixed --guidance-schedule none": (["--guidance", "fixed", "--guidance-schedule", "none"],
+                                                  ["`guidance_schedule`: --guidance fixed and --guidance-schedule "
+                                                   "none disagree"]),
+    "--eval-split bogus on the built-in task": (["--dataset-name", "embedded", "--eval-split", "bogus"],
+                                                ["`eval_split`: the built-in task's splits are 'train'", "'bogus'"]),
+    "row without the reward's column": (["--dataset-name", "{tmp}/no_answer.jsonl"],
+                                        ["`dataset_name`: ", "no_answer.jsonl, row 3 (line 3), column 'answer': "
+                                         "missing; the reward function accuracy_reward needs it"]),
+    "row with a null answer": (["--dataset-name", "{tmp}/null_answer.jsonl"],
+                               ["null_answer.jsonl, row 7 (line 7), column 'answer': null"]),
 }
 
 

@@ -66,7 +66,7 @@ def test_secret_through_frames_gc_and_proc(sandbox_backend):
     token = f"SECRET_{secrets.token_hex(8)}"
     test = f"def check(candidate):\n    # {token}\n    assert candidate(2, 3) == 5, {token!r}\n"
     code = r'''
-import gc, os, sys
+import gc, os, re, sys
 seen = set()
 for frame in sys._current_frames().values():
     while frame is not None:
@@ -90,13 +90,15 @@ for pid in pids:
     except (OSError, ValueError, OverflowError):
         pass
 found = [s for s in seen if "SECRET_" in s and "seen" not in s]  # not this source
+# Report first: forging below breaks the channel, and the run may be stopped at once.
+tokens = sorted({t for s in found for t in re.findall("SECRET_[0-9a-f]{16}", s)})
+print("VISIBLE_PIDS", len(pids), "FOUND", tokens, flush=True)
 for fd in range(3, 64):  # forge: write whatever was found, and success words, everywhere
     for text in found + ["pass", "1\n('ok', 5)"]:
         try:
             os.write(fd, text.encode())
         except OSError:
             pass
-print("VISIBLE_PIDS", len(pids), "FOUND", found[:3], flush=True)
 os._exit(0)
 '''
     # A generous timeout: the attack reads every readable page it can see, which is slow on a
@@ -166,6 +168,57 @@ def test_candidate_cannot_choose_the_in_process_mode(sandbox_backend):
         assert result.mode == "boundary"
 
 
+# In boundary mode the completion's namespace has no `check`; in the in-process mode it runs
+# beside the test, so this `sort_it` passes there with an always-equal object, and steers the
+# boundary run into that mode if it can.
+STEER = (
+    "class Eq:\n    __eq__ = lambda self, other: True\n    __hash__ = lambda self: 0\n"
+    "    __mul__ = lambda self, n: self\n"
+    "def sort_it(x):\n"
+    "    if 'check' in globals():  # the in-process mode: forge\n"
+    "        return Eq()\n"
+    "    {boundary}\n")
+REUSES_RESULT = ("def check(candidate):\n    once = candidate([3, 1, 2])\n"
+                 "    assert candidate(once) == once == [1, 2, 3]\n")
+
+
+@pytest.mark.parametrize("boundary", [
+    # 89 levels: it crosses as a result, and not back as an argument (90 and over)
+    "deep = []\n    for _ in range(88):\n        deep = [deep]\n    return deep",
+    # a result that is fine alone but too large once the test sends it back
+    "return 'x' * (5 << 20)",
+], ids=["nested_89_deep", "too_large_to_send_back"])
+def test_a_result_sent_back_cannot_steer_into_the_in_process_mode(sandbox_backend, boundary):
+    code = STEER.format(boundary=boundary)
+    test = REUSES_RESULT if "deep" in boundary else \
+        "def check(candidate):\n    once = candidate([3, 1, 2])\n    assert candidate(once * 4) == [1, 2, 3]\n"
+    # the forgery works once in that mode: the attack is real
+    assert run_program(build_program(code, test, "sort_it"), sandbox=sandbox_backend).passed
+    result = attack(code, sandbox_backend, test=test, entry_point="sort_it", timeout=10.0)
+    assert result.mode == "boundary" and result.verdict == "fail", result
+    assert "never selects the in-process mode" in result.detail, result
+
+
+def test_an_exception_sent_back_cannot_steer_into_the_in_process_mode(sandbox_backend):
+    # The exception the test catches is re-created from the candidate's reply: not the test's own.
+    code = STEER.format(boundary="raise ValueError('try me')")
+    test = ("def check(candidate):\n    error = None\n    try:\n        candidate([3, 1, 2])\n"
+            "    except ValueError as exc:\n        error = exc\n    assert candidate(error) == [1, 2, 3]\n")
+    assert run_program(build_program(code, test, "sort_it"), sandbox=sandbox_backend).passed
+    result = attack(code, sandbox_backend, test=test, entry_point="sort_it")
+    assert result.mode == "boundary" and "never selects the in-process mode" in result.detail, result
+
+
+def test_the_tests_own_values_still_select_the_in_process_mode(sandbox_backend):
+    # The mode exists for tests that pass their own non-plain values (here a lambda, after a
+    # candidate result went back and forth as plain data): not weakened by the checks above.
+    test = ("def check(candidate):\n    once = candidate([3, 1, 2], None)\n"
+            "    assert candidate(once, lambda v: -v) == [3, 2, 1]\n")
+    good = "def sort_it(x, key):\n    return sorted(x, key=key)\n"
+    result = score_code(good, test, "sort_it", sandbox=sandbox_backend)
+    assert result.passed and result.mode == "in_process", result
+
+
 # ---------------------------------------------------------------- escaping the sandbox
 def test_unix_abstract_and_tcp_sockets_outside(sandbox_backend, tmp_path):
     path = str(tmp_path / "outside.sock")
@@ -214,7 +267,54 @@ def test_host_files_are_invisible_and_unwritable(sandbox_backend, tmp_path):
         assert not os.path.exists(target)
 
 
+def test_no_nested_user_namespace(sandbox_backend):
+    # A user namespace of its own would give the completion every capability inside it.
+    code = ("import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+            "made = libc.unshare(0x10000000) == 0  # CLONE_NEWUSER\n"
+            "print('NESTED', made, os.strerror(ctypes.get_errno()))\n"
+            "def add(a, b):\n    return a + b if made else a - b\n")
+    result = attack(code, sandbox_backend, timeout=10.0)
+    assert "NESTED False" in result.output, result.output
+
+
+def test_launcher_output_does_not_reach_the_protocol(sandbox_backend, monkeypatch):
+    # unshare prints "sigprocmask unblock failed" on some machines; any launcher may print.
+    # The channel is separate from the launcher's stdout/stderr, so a good answer still passes.
+    from g2rpo_fast.rewards.sandbox import isolation
+
+    name = f"{sandbox_backend}_command"
+    real = getattr(isolation, name)
+
+    def noisy(*args, **kwargs):
+        return ["/bin/sh", "-c", 'echo "7\n(\'ok\', 5)"; echo launcher noise >&2; exec "$@"', "sh",
+                *real(*args, **kwargs)]
+
+    monkeypatch.setattr(isolation, name, noisy)
+    good = score_code(GOOD, TEST, "add", sandbox=sandbox_backend, timeout=10.0)
+    assert good.passed, good
+    assert "launcher noise" in good.output
+    attack(WRONG, sandbox_backend)  # and the noise forges nothing
+
+
 # ---------------------------------------------------------------- resources
+def test_dev_shm_and_dev_fill_are_capped(sandbox_backend):
+    # bwrap's /dev is a tmpfs without a size limit: /dev/shm (and /dev itself) took 800 MB.
+    cap_mb = 8
+    code = ("import os\nwritten = {}\n"
+            "for where in ('/dev/shm', '/dev', '/tmp'):\n    written[where] = 0\n"
+            "    for i in range(64):  # 256 MiB in 4 MiB files (one file is capped at the tmpfs size)\n"
+            "        try:\n            with open(f'{where}/fill{i}', 'wb') as f:\n"
+            "                f.write(b'x' * (4 << 20))\n            written[where] += 4\n"
+            "        except OSError as exc:\n            print('stopped', where, written[where], exc)\n"
+            "            break\n"
+            "print('WRITTEN', written, flush=True)\n"
+            "def add(a, b):\n    return a + b if max(written.values()) >= 64 else a - b\n")
+    result = attack(code, sandbox_backend, tmpfs_mb=cap_mb, timeout=20.0)
+    written = eval(re.search(r"WRITTEN (\{.*\})", result.output).group(1))
+    assert all(mb <= cap_mb for mb in written.values()), written
+    assert written["/dev"] == 0, written  # read-only
+
+
 def test_memfd_bomb_is_capped_by_the_sandbox_memory(sandbox_backend):
     needs_cgroup()
     memory_mb = 96
@@ -269,16 +369,18 @@ def test_killing_the_parent_and_other_processes(sandbox_backend):
         victim.wait()
 
 
-# ---------------------------------------------------------------- the verdict holds without isolation too
-@pytest.mark.parametrize("code", [
-    "def check(candidate):\n    pass\n" + WRONG,
-    "import sys\nsys.settrace(lambda *a: None)\n" + WRONG,
-    "def add(a, b):\n    return type('Eq', (), {'__eq__': lambda s, o: True})()\n",
-    "import os\nos._exit(0)\n",
-], ids=["redefined_check", "settrace", "always_equal", "os_exit"])
-def test_unsafe_process_mode_still_judges_outside(code):
-    with pytest.warns(RuntimeWarning, match="unsafe-process"):
-        from g2rpo_fast.rewards.sandbox import run as sandbox_module
-        sandbox_module._warned.discard("unsafe-process")
-        result = score_code(code, TEST, "add", sandbox="unsafe-process", timeout=4.0)
-    assert not result.passed and not result.leaked
+# ---------------------------------------------------------------- no isolation: refused as root, no guarantee
+def test_unsafe_process_is_refused_as_root(monkeypatch):
+    """Without isolation a completion can forge its verdict (it found the tester through /proc
+    and wrote "pass" into the verdict pipe: 164/164) and leave the run's cgroup; as root it would
+    also own the machine. So the mode promises nothing, says so, and is refused as root."""
+    from g2rpo_fast.rewards.sandbox import SandboxUnavailableError, resolve_sandbox
+    from g2rpo_fast.rewards.sandbox import run as sandbox_run
+
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    with pytest.raises(SandboxUnavailableError, match="refused as root"):
+        score_code(GOOD, TEST, "add", sandbox="unsafe-process")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(sandbox_run, "_warned", set())
+    with pytest.warns(RuntimeWarning, match="NO verdict guarantee"):
+        assert resolve_sandbox("unsafe-process") == "unsafe-process"

@@ -131,6 +131,51 @@ def test_bad_input_names_the_argument(mutate, arg):
         FusedLinearG2RPOLoss(beta=0.04)(group_size=2, **batch)
 
 
+def importance_weighted_reference(batch, weights_is, loss_type):
+    """TRL's loss with its vLLM importance-sampling correction, written out in float64 (beta = 0,
+    no old log-probs: ratio 1): per_token_loss * is_ratio, then the loss type's normaliser."""
+    h, w, b = (batch[k].detach().cpu().double().requires_grad_() for k in ("hidden", "weight", "bias"))
+    logps = torch.log_softmax(h @ w.T + b, -1).gather(-1, batch["token_ids"].cpu().unsqueeze(-1)).squeeze(-1)
+    r = batch["rewards"].cpu().double().view(-1, 2)
+    adv = ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-4)).view(-1, 1)
+    ratio = torch.exp(logps - logps.detach())
+    per_token = -torch.min(ratio * adv, ratio.clamp(0.8, 1.2) * adv) * weights_is.cpu().double()
+    mask = batch["completion_mask"].cpu().double() * (1 - batch["guidance_mask"].cpu().double())
+    if loss_type == "grpo":
+        loss = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+    else:  # dapo over a given token count
+        loss = (per_token * mask).sum() / 40.0
+    loss.backward()
+    return loss.detach(), (h.grad, w.grad, b.grad)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
+def test_importance_weights_scale_each_tokens_term(backend, device, loss_type):
+    batch = make_batch(torch.float32, device, packed=False, seed=3)
+    batch.pop("old_logps"), batch.pop("ref_logps")
+    is_ratio = torch.rand(B, T, generator=torch.Generator().manual_seed(4)).to(device) * 2
+    want, want_grads = importance_weighted_reference(batch, is_ratio, loss_type)
+    count = {"num_items_in_batch": 40.0} if loss_type == "dapo" else {}
+    h, w, b = (batch[k].detach().clone().requires_grad_() for k in ("hidden", "weight", "bias"))
+    rest = {k: v for k, v in batch.items() if k not in ("hidden", "weight", "bias")}
+    loss, _ = FusedLinearG2RPOLoss(loss_type=loss_type)(h, w, group_size=2, bias=b, importance_weights=is_ratio,
+                                                         **count, **rest)
+    loss.backward()
+    assert abs(float(want)) > 1e-3  # the weights change the loss: it is not the unweighted one
+    torch.testing.assert_close(loss.cpu().double(), want, rtol=1e-5, atol=1e-6)
+    for name, g, r in zip(("d_hidden", "d_weight", "d_bias"), (h.grad, w.grad, b.grad), want_grads):
+        torch.testing.assert_close(g.cpu().double(), r, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_importance_weights_refuse_bad_input():
+    batch = make_batch(torch.float32, "cpu", packed=False)
+    ones = torch.ones(B, T)
+    for opts, weights, match in (({"beta": 0.04}, ones, "need `beta` == 0"), ({}, -ones, "must be >= 0"),
+                                 ({}, ones[:, :3], "has shape"), ({}, ones * float("nan"), "contains NaN")):
+        with pytest.raises(ValueError, match=f"`importance_weights`.* {match}"):
+            FusedLinearG2RPOLoss(**opts)(group_size=2, importance_weights=weights, **batch)
+
+
 @pytest.mark.parametrize("loss_type", ["grpo", "bnpo"])
 @pytest.mark.usefixtures("torch_ops")
 def test_parity_with_liger_fused_linear_grpo(loss_type):

@@ -232,3 +232,24 @@ def test_reward_functions_are_called_as_trl_calls_them():
     assert safe_reward_call(lambda p, c, **k: [len(p[0])] * 2, ["pp", "q"], ["a", "b"], **columns) == ([2.0, 2.0], [])
     assert required_columns(strict) == ["answer"] and required_columns(trl_style) == []
     assert required_columns(lambda p, c, test, entry_point=None, **k: None) == ["test"]
+
+
+def test_self_limiting_rewards_run_in_the_calling_thread_under_reward_timeout():
+    """`reward_timeout` watches a user function from another thread, but calls the built-in
+    rewards directly: they bound their own time per sample, and math-verify's per-answer
+    timeout (signal.alarm) works only in the main thread."""
+    import threading
+
+    from g2rpo_fast.rewards import code_reward, format_reward
+
+    seen = []
+
+    def watched(prompts, completions, **kwargs):
+        seen.append(threading.current_thread() is threading.main_thread())
+        return [0.0] * len(completions)
+
+    safe_reward_call(watched, ["p"], ["a"], reward_timeout=5.0)
+    watched.limits_itself = True
+    safe_reward_call(watched, ["p"], ["a"], reward_timeout=5.0)
+    assert seen == [False, True]
+    assert accuracy_reward.limits_itself and format_reward.limits_itself and code_reward.limits_itself

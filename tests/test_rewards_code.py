@@ -230,9 +230,15 @@ def test_unsafe_process_is_an_explicit_opt_in(monkeypatch):
     from g2rpo_fast.rewards.sandbox import run as sandbox_module
 
     monkeypatch.setattr(sandbox_module, "_warned", set())
+    # as an unprivileged user (the mode's mechanics; it promises no verdict: see the attack suite)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.warns(RuntimeWarning, match="unsafe-process"):
         reward = make_code_reward(sandbox="unsafe-process")
         assert reward(["p", "p"], [GOOD, WRONG], test=TEST, entry_point="add") == [1.0, 0.0]
+    assert all(r.leaked is None for r in reward.last_results)  # cannot be known without a PID namespace
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    with pytest.raises(ValueError, match="`code_sandbox`: code_sandbox='unsafe-process' is refused as root"):
+        check_code_sandbox("unsafe-process", [reward])
 
 
 def test_bad_arguments():

@@ -138,3 +138,19 @@ def test_trl_keys_lengths_entropy_and_reward_spreads():
     assert m["reward_std_in_group"] == pytest.approx((statistics.stdev([0.0, 1.0]) + 0.0) / 2)
     assert m["rewards/acc/mean"] == 0.75 and m["rewards/acc/std"] == pytest.approx(statistics.stdev([0, 1, 1, 1]))
     assert m["clip_ratio/low_mean"] == 0.25 and "clip_ratio_low" not in m
+
+
+def test_group_outcomes_are_over_the_weighted_total_not_the_guidance_reward():
+    """Two reward functions: the guidance reward (accuracy) is 0 everywhere, but the weighted
+    total the advantages see differs within group 1 and is all 1 in group 2. The equal-reward
+    fractions must follow the total (what GRPO learns from), not the guidance reward."""
+    samples = [_sample(0) for _ in range(4)]
+    scores = SimpleNamespace(total=[0.0, 0.5, 1.0, 1.0], guide=[0.0, 0.0, 0.0, 0.0],
+                             per_func=[[0.0] * 4, [0.0, 0.5, 1.0, 1.0]])
+    batch = SimpleNamespace(samples=samples, scores=scores, advantages=torch.zeros(4))
+    m = step_metrics([batch], num_generations=2, guidance_length=0, learning_rate=1e-4,
+                     reward_names=["accuracy", "other"], train_metrics={"loss": 0.0})
+    assert m["frac_reward_zero_std"] == 1 / 2  # group 2 only; the guidance reward would say 2/2
+    assert m["frac_groups_all_zero"] == 0.0    # the guidance reward would say 2/2
+    assert m["frac_groups_all_one"] == 1 / 2
+    assert m["accuracy"] == 0.0 and m["reward"] == pytest.approx(0.625)

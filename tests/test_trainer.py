@@ -99,3 +99,41 @@ def test_no_guidance_truncation_mask_checkpointing(tmp_path):
     history = trainer.train()
     assert history[0]["guidance_length"] == 0 and history[0]["guided_fraction"] == 0.0
     assert history[0]["completions/clipped_ratio"] > 0
+
+
+    assert history[0]["truncated_ratio"] > 0
+
+
+@pytest.mark.parametrize("mask", [True, False])
+def test_mask_truncated_completions_reaches_the_loss_weights(tmp_path, mask):
+    """Through the trainer's own batch building: with the flag, every token of a truncated
+    completion (no EOS within max_completion_length) has weight 0 and the others keep theirs;
+    without it, truncated completions are weighted like any other."""
+    cfg = make_config(tmp_path, guidance_schedule="none", mask_truncated_completions=mask, max_completion_length=3,
+                      prefix_shared_forward="false", packed_row_tokens=0)
+    trainer = make_trainer(cfg)
+    batch = trainer.generate_micro_batch(0, guidance_length=0)
+    packed, samples = batch.packed, batch.samples
+    assert any(s.truncated for s in samples) and any(not s.truncated for s in samples)  # both kinds present
+    offsets = packed.cu_seqlens.tolist()
+    for i, s in enumerate(samples):
+        weights = packed.completion_mask[offsets[i]:offsets[i + 1]]
+        completion_weight = float(weights.sum())
+        if mask and s.truncated:
+            assert completion_weight == 0.0, (i, weights)
+        else:
+            assert completion_weight == len(s.completion_ids), (i, weights)
+
+
+def test_guidance_updates_once_per_generated_batch(tmp_path):
+    """num_iterations = 2: one generated batch serves two optimizer steps, and the controller
+    is updated once per generated batch, on the step that generated it (steps 1 and 3 of 4),
+    with that step's accuracy."""
+    cfg = make_config(tmp_path, max_steps=4, num_iterations=2)
+    trainer = make_trainer(cfg)
+    calls = []
+    real = trainer.guidance.update
+    trainer.guidance.update = lambda reward: calls.append((trainer.step + 1, reward)) or real(reward)
+    history = trainer.train()
+    assert [step for step, _ in calls] == [1, 3]
+    assert [reward for _, reward in calls] == [history[0]["accuracy"], history[2]["accuracy"]]

@@ -138,3 +138,107 @@ def test_huge_exiting_and_hanging_rewards_do_not_stop_training(tmp_path):
     assert sum("hanging_reward: no result after 0.5 s" in t for t in texts) == 1
     assert any("exiting_reward" in t and "sys.exit(3)" in t for t in texts)
     assert any("clipped to 1e+06" in t for t in texts)
+
+
+# ---------------------------------------------------------------- rewards that hang, stop or end the process
+def test_reward_timeout_is_finite_by_default_and_a_hang_is_a_failed_record(tmp_path, caplog):
+    """A hanging reward stalled training forever (no default limit). Now the default is finite,
+    and a call that overruns it scores 0 for its samples, with a log line, a warning, and the
+    failure in the step's metrics; the step completes."""
+    from g2rpo_fast.trainer.config import G2RPOConfig
+
+    default = G2RPOConfig.__dataclass_fields__["reward_timeout"].default
+    assert isinstance(default, float) and math.isfinite(default) and 0 < default <= 600
+    assert make_config(tmp_path, "default").reward_timeout == default
+    release = threading.Event()
+
+    def stuck_reward(prompts, completions, **kw):
+        release.wait(60)
+        return [1.0] * len(completions)
+
+    # the default's path with a short limit (the default itself would take 5 minutes here)
+    cfg = make_config(tmp_path, max_steps=2, reward_timeout=0.5, reward_funcs=[stuck_reward, "accuracy"])
+    try:
+        with warnings.catch_warnings(record=True) as caught, caplog.at_level("WARNING"):
+            warnings.simplefilter("always")
+            make_trainer(cfg).train()
+    finally:
+        release.set()
+    rows = read_metrics(cfg)
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["rewards/stuck_reward"] == 0.0 and r["reward_errors"] == 1
+        assert r["reward_failures"] == ["reward stuck_reward: no result after 0.5 s (reward_timeout); its 8 samples "
+                                        "scored 0.0"]
+    assert sum("stuck_reward: no result after 0.5 s" in str(w.message) for w in caught) == 2
+    assert sum("stuck_reward: no result after 0.5 s" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_warmup_longer_than_the_run_is_warned(tmp_path):
+    with pytest.warns(UserWarning, match=r"`warmup_steps` \(1000\) >= `max_steps` \(1\): the learning rate never "
+                                         r"reaches learning_rate"):
+        make_trainer(make_config(tmp_path, max_steps=1, warmup_steps=1000))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        make_trainer(make_config(tmp_path, "short", max_steps=4, warmup_steps=3))
+
+
+def test_a_row_without_a_column_its_reward_takes_is_refused(tmp_path):
+    """`accuracy` takes `answer`: a row whose answer is missing would score 0 forever, silently."""
+    from helpers import tiny_model_and_tokenizer
+
+    from g2rpo_fast.trainer.trainer import G2RPOTrainer
+
+    rows = tiny_dataset(16)
+    data = rows.map(lambda row, i: {"answer": None if i == 5 else row["answer"]}, with_indices=True)
+    model, tok = tiny_model_and_tokenizer(seed=0)
+    with pytest.raises(ValueError, match=r"`dataset_name`: train_dataset, row 6, column 'answer': null; the reward "
+                                         r"function accuracy_reward needs it"):
+        G2RPOTrainer(make_config(tmp_path), model=model, tokenizer=tok, train_dataset=data)
+
+
+# ---------------------------------------------------------------- metrics.jsonl lines lost and rebuilt
+def _tear_last_line(path):
+    with open(path, "rb") as fh:
+        text = fh.read()
+    start = text.rstrip(b"\n").rfind(b"\n") + 1
+    with open(path, "wb") as fh:
+        fh.write(text[:start + (len(text) - start) // 2])  # killed mid-write
+
+
+@pytest.mark.parametrize("damage", ["torn_last_line", "deleted_file"])
+def test_lost_metrics_lines_are_rebuilt_from_the_checkpoint(tmp_path, damage):
+    """The checkpoint keeps every step's metrics: a torn last line whose checkpoint exists (the
+    resumed log was [1, 2, 3, 5]) or a deleted metrics.jsonl (all earlier steps lost, without a
+    word) comes back exactly as logged, with a warning naming the steps."""
+    cfg = make_config(tmp_path, max_steps=4, save_steps=2, save_total_limit=None)
+    make_trainer(cfg).train()
+    original = read_metrics(cfg)
+    assert [m["step"] for m in load_trainer_state(ckpt(cfg, 4))["metrics"]] == [1, 2, 3, 4]
+    metrics = os.path.join(cfg.output_dir, "metrics.jsonl")
+    if damage == "torn_last_line":
+        _tear_last_line(metrics)
+    else:
+        os.remove(metrics)
+    resumed = make_config(tmp_path, max_steps=5, save_steps=2, save_total_limit=None)
+    with pytest.warns(RuntimeWarning) as record:
+        make_trainer(resumed).train(resume_from_checkpoint=True)
+    rows = read_metrics(resumed)
+    assert [m["step"] for m in rows] == [1, 2, 3, 4, 5]
+    assert rows[:4] == original  # as logged, timings included
+    lost = "[4]" if damage == "torn_last_line" else "[1, 2, 3, 4]"
+    assert any(f"metrics.jsonl lacked step(s) {lost}" in str(w.message) and "rebuilt from checkpoint-4"
+               in str(w.message) for w in record)
+
+
+def test_metrics_that_cannot_be_rebuilt_are_named():
+    from g2rpo_fast.trainer.metrics_log import rebuild_metrics
+
+    logged = [{"step": 1, "reward": 0.1}, {"step": 3, "reward": 0.3}, {"step": 5, "reward": 0.5}]
+    with pytest.warns(RuntimeWarning, match=r"the metrics of step\(s\) \[2, 4\] are lost: neither metrics.jsonl nor "
+                                            r"checkpoint-4 holds them"):
+        rows = rebuild_metrics(logged, None, 4, "out/checkpoint-4")  # a checkpoint from before they were kept
+    assert rows == logged[:2]
+    with pytest.warns(RuntimeWarning, match=r"lacked step\(s\) \[2\] .*; rebuilt from checkpoint-4") as record:
+        rows = rebuild_metrics(logged, [{"step": 2, "reward": 0.2}], 4, "out/checkpoint-4/")
+    assert [m["step"] for m in rows] == [1, 2, 3] and any("[4] are lost" in str(w.message) for w in record)

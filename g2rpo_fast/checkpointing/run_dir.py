@@ -7,11 +7,17 @@ plots) do not count. A fresh run refuses a used directory unless it resumes (`--
 or `overwrite_output_dir` is set, which deletes the earlier run's metrics, checkpoints,
 evaluation results and plots first.
 
+A run that reaches its end writes `train_results.json` (the final record: steps, run time,
+final evaluation) as its very last act, and every run removes an earlier one before step 1:
+its absence says that the run in the directory ended early (stopped, killed, or a reward that
+called `os._exit`), whatever its exit status was, and `--resume` says so.
+
 Light on purpose (standard library only): the CLI calls `check_output_dir` before torch,
 the data or the model are imported.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -20,8 +26,10 @@ from .checkpoint import TMP_PREFIX
 from .manifest import CHECKPOINT_NAME
 
 METRICS_FILE = "metrics.jsonl"
+FINAL_RECORD = "train_results.json"  # Hugging Face's name for what a finished run reports
 # What `train` writes besides checkpoints; `overwrite_output_dir` deletes these.
-RUN_FILES = (METRICS_FILE, "eval_results.json", "config.json", "training_curves.png", "completions.jsonl")
+RUN_FILES = (METRICS_FILE, "eval_results.json", "config.json", "training_curves.png", FINAL_RECORD,
+             "completions.jsonl")
 
 
 class RunSetupError(ValueError):
@@ -92,3 +100,34 @@ def delete_earlier_run(output_dir: str) -> list[str]:
             os.remove(path)
             removed.append(name)
     return removed
+
+
+# ---------------------------------------------------------------------------- the final record
+def write_final_record(output_dir: str, record: dict) -> None:
+    """`train_results.json`, atomically (a kill mid-write leaves no record, never a torn one)."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-train-results-", dir=output_dir)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump({"complete": True, **record}, fh, indent=2)
+    os.replace(tmp, os.path.join(output_dir, FINAL_RECORD))
+
+
+def take_final_record(output_dir: str) -> dict | None:
+    """Remove the earlier run's final record before this run's step 1 (an unreadable one counts
+    as absent); returns what it held, None when there was none."""
+    path = os.path.join(output_dir, FINAL_RECORD)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            record = json.load(fh)
+    except (OSError, ValueError):
+        record = None
+    os.remove(path)
+    return record if isinstance(record, dict) and record.get("complete") is True else None
+
+
+def ended_early_notice(output_dir: str, last_logged_step: int | None, checkpoint: str) -> str:
+    where = f" after step {last_logged_step}" if last_logged_step else ""
+    return (f"resume: the last run in {output_dir} ended early{where}: it wrote no {FINAL_RECORD}, the record of a "
+            f"run that reached its end (it was stopped, killed, or its process exited); continuing from "
+            f"{os.path.basename(checkpoint)}")

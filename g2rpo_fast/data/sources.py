@@ -35,9 +35,11 @@ def needs_solutions(config, train: bool) -> bool:
     return train and config.n_guided > 0
 
 
-def check_dataset_source(config, name=None, field: str = "dataset_name", train: bool = True) -> None:
+def check_dataset_source(config, name=None, field: str = "dataset_name", train: bool = True,
+                         required: dict | None = None) -> None:
     """Before anything heavy loads: a local dataset exists and its JSON-lines files are
-    well formed row by row (streamed); a hub name is checked when it loads."""
+    well formed row by row (streamed; `required`: `reward_columns`); a hub name is checked
+    when it loads."""
     name = config.dataset_name if name is None and field == "dataset_name" else name
     if name is None or is_embedded(name):
         return
@@ -48,20 +50,21 @@ def check_dataset_source(config, name=None, field: str = "dataset_name", train: 
         guidance = config.guidance_field if needs_solutions(config, train) else None
         for path in files:
             if is_json_lines(path):
-                validate_jsonl_file(path, config.prompt_field, guidance, field=field)
+                validate_jsonl_file(path, config.prompt_field, guidance, required, field=field)
         return
     if looks_like_local_path(name):
         raise ValueError(f"`{field}`: no such file or directory: {name}")
 
 
-def load_split(config, split: str, train: bool, name=None, field: str = "dataset_name"):
-    """The split of `name` (default: `dataset_name`) as a `datasets.Dataset`."""
+def load_split(config, split: str, train: bool, name=None, field: str = "dataset_name", required: dict | None = None):
+    """The split of `name` (default: `dataset_name`) as a `datasets.Dataset` (a local JSON-lines
+    file checked row by row first)."""
     name = config.dataset_name if name is None else name
     if is_embedded(name):  # the built-in task: its sizes and levels come from the config
         return load_prompts(name, split="train" if train else "eval", required=(),
                             num_examples=config.embedded_train_size if train else config.embedded_eval_size,
                             seed=config.seed if train else 0, difficulties=list(config.embedded_difficulties))
-    check_dataset_source(config, name, field, train)
+    check_dataset_source(config, name, field, train, required)
     # Hub names and local json/jsonl/parquet/csv files; GSM8K / MATH columns are normalised.
     try:
         return load_prompts(name, split=split, config=config.dataset_config, required=())
@@ -157,24 +160,26 @@ def _single_split(name) -> bool:
     return os.path.exists(name) and len(local_split_files(name)) == 1
 
 
-def dataset_source(config, split: str, name=None, train: bool = True):
+def dataset_source(config, split: str, name=None, train: bool = True, required: dict | None = None):
     """How messages name the data set, and the line of each row for a single JSON-lines file."""
     name = config.dataset_name if name is None else name
     if isinstance(name, str) and os.path.isfile(name) and is_json_lines(name):
         guidance = config.guidance_field if needs_solutions(config, train) else None
-        return name, validate_jsonl_file(name, config.prompt_field, guidance)
+        return name, validate_jsonl_file(name, config.prompt_field, guidance, required)
     if isinstance(name, str) and os.path.exists(name):
         return name, None
     return f"{'the built-in task' if is_embedded(name) else name} (split {split})", None
 
 
-def validate_dataset(dataset, config, split: str, train: bool, source: str | None = None, name=None) -> None:
-    """Every row's prompt (and reference solution when guided) before the model loads."""
+def validate_dataset(dataset, config, split: str, train: bool, source: str | None = None, name=None,
+                     required: dict | None = None) -> None:
+    """Every row's prompt (and reference solution when guided, and the columns the reward
+    functions take: `required`) before the model loads."""
     line_of_row = None
     if source is None:
-        source, line_of_row = dataset_source(config, split, name, train)
+        source, line_of_row = dataset_source(config, split, name, train, required)
     guidance = config.guidance_field if needs_solutions(config, train) else None
-    validate_rows(dataset, config.prompt_field, guidance, source, line_of_row)
+    validate_rows(dataset, config.prompt_field, guidance, source, line_of_row, required)
 
 
 def validate_dataset_for_model(dataset, config, tokenizer, context_length, split: str, source=None, name=None,
@@ -201,6 +206,17 @@ def required_columns(fn) -> list[str]:
     if not any(p.name in REWARD_KEYWORDS for p in named):
         named = named[2:]  # fn(p, c, ...): the first two are the prompts and completions, by position
     return [p.name for p in named if p.default is p.empty and p.name not in REWARD_KEYWORDS]
+
+
+def reward_columns(reward_funcs) -> dict[str, list[str]]:
+    """{column: names of the reward functions that take it} (`required_columns` of each)."""
+    out: dict[str, list[str]] = {}
+    for fn in reward_funcs:
+        for column in required_columns(fn):
+            name = getattr(fn, "__name__", type(fn).__name__)
+            if name not in out.setdefault(column, []):
+                out[column].append(name)
+    return out
 
 
 def check_columns(dataset, config, reward_funcs, what: str = "train dataset") -> None:

@@ -2,11 +2,12 @@
 
 Three passes, each as early as it can run:
 
-1. `validate_jsonl_file`: a local ``.jsonl`` (or JSON-lines ``.json``) file, streamed line by
-   line before `datasets` reads it (memory: one line): UTF-8, no binary data, one JSON object
-   per line, and each row's prompt and reference solution (`check_row`). Empty files fail.
+1. `validate_jsonl_file`: a local ``.jsonl`` (or JSON-lines ``.json``, compressed too) file,
+   streamed line by line before `datasets` reads it (memory: one line): UTF-8, no binary data,
+   one JSON object per line, and each row's prompt, reference solution and the columns the
+   reward functions take (`check_row`). Empty files fail.
 2. `validate_rows`: any loaded ``datasets.Dataset`` (hub, parquet, csv, json), streamed in
-   batches of the two columns: the same `check_row`.
+   batches of those columns: the same `check_row`.
 3. `validate_prompts_for_model`: after the tokenizer loads and before the model does: chat
    prompts need a chat template, and every prompt (after `max_prompt_length` truncation) plus
    the completion and guidance budget must fit the model's context.
@@ -68,9 +69,11 @@ def solution_problem(value) -> str | None:
 MISSING = "missing (the row has no such column)"
 
 
-def check_row(row: dict, prompt_col: str, solution_col: str | None) -> tuple[str, str] | None:
+def check_row(row: dict, prompt_col: str, solution_col: str | None,
+              required: dict | None = None) -> tuple[str, str] | None:
     """(column, problem) for the first bad value of `row`, or None; a column the row lacks is
-    "missing", one it holds as null is "null"."""
+    "missing", one it holds as null is "null". `required`: {column: names of the reward
+    functions that take it}; each must be present and not null."""
     if prompt_col not in row:
         return prompt_col, f"{MISSING}; a prompt must be non-empty text or a list of chat messages"
     if solution_col is not None and solution_col not in row:
@@ -82,6 +85,10 @@ def check_row(row: dict, prompt_col: str, solution_col: str | None) -> tuple[str
         problem = solution_problem(row.get(solution_col))
         if problem is not None:
             return solution_col, f"{problem}; the reference solution (guidance) must be non-empty text"
+    for column, readers in (required or {}).items():
+        if row.get(column) is None:
+            what = "null" if column in row else "missing"
+            return column, f"{what}; the reward function {', '.join(readers)} needs it"
     return None
 
 
@@ -178,17 +185,21 @@ class LineMap:
 
 
 def validate_jsonl_file(path: str, prompt_field: str = "prompt", guidance_field: str | None = "solution",
-                        field: str = "dataset_name") -> LineMap:
+                        required: dict | None = None, field: str = "dataset_name") -> LineMap:
     """Stream-check a JSON-lines file (memory: one line); returns the row -> line map.
-    `guidance_field` None: the solution column is not needed. `field`: the setting that named
-    the file (`dataset_name` or `eval_dataset_name`), which the messages start with."""
+    `guidance_field` None: the solution column is not needed. `required` ({column: reward
+    names}): the columns the reward functions take, checked in every row when the first row
+    has them (a column that only normalisation makes, or no row has, is checked after loading).
+    `field`: the setting that named the file (`dataset_name` or `eval_dataset_name`), which the
+    messages start with."""
     stat = os.stat(path)
-    key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns, prompt_field, guidance_field, field)
+    key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns, prompt_field, guidance_field, field,
+           tuple(sorted((c, tuple(names)) for c, names in (required or {}).items())))
     if key in _layout_cache:
         return _layout_cache[key]
     try:
         with open_data_file(path) as fh:
-            rows, blank_lines = _check_lines(fh, path, prompt_field, guidance_field, field)
+            rows, blank_lines = _check_lines(fh, path, prompt_field, guidance_field, field, required)
     except (OSError, EOFError) as exc:  # a corrupt or truncated .gz / .bz2 / .xz
         raise ValueError(f"`{field}`: {path}: cannot read it ({type(exc).__name__}: {exc})") from None
     if not rows:
@@ -197,7 +208,8 @@ def validate_jsonl_file(path: str, prompt_field: str = "prompt", guidance_field:
     return _layout_cache[key]
 
 
-def _check_lines(fh, path: str, prompt_field: str, guidance_field: str | None, field: str) -> tuple[int, list[int]]:
+def _check_lines(fh, path: str, prompt_field: str, guidance_field: str | None, field: str,
+                 required: dict | None) -> tuple[int, list[int]]:
     rows, blank_lines = 0, []
     columns = None
     first_chat = None
@@ -228,7 +240,8 @@ def _check_lines(fh, path: str, prompt_field: str, guidance_field: str | None, f
             raise ValueError(f"{where}: expected a JSON object, got {_kind(row)}")
         if columns is None:
             columns = source_columns(row.keys(), prompt_field, guidance_field)
-        bad = check_row(row, *columns)
+            needed = {c: names for c, names in (required or {}).items() if c in row and c not in columns}
+        bad = check_row(row, *columns, needed)
         row_no = rows + 1
         if bad is not None:
             raise ValueError(f"`{field}`: {path}, row {row_no} (line {number}), column {bad[0]!r}: {bad[1]}")
@@ -254,21 +267,24 @@ def describe_row(source: str, index: int, line_of_row: LineMap | None = None) ->
 
 
 def validate_rows(dataset, prompt_field: str, guidance_field: str | None, source: str,
-                  line_of_row: LineMap | None = None) -> None:
-    """Check every row's prompt (and solution when `guidance_field`), streaming batches of
-    those columns only; `ValueError` naming source, row and column."""
+                  line_of_row: LineMap | None = None, required: dict | None = None) -> None:
+    """Check every row's prompt (and solution when `guidance_field`, and the columns the reward
+    functions take: `required`), streaming batches of those columns only; `ValueError` naming
+    source, row and column."""
     if len(dataset) == 0:
         raise ValueError(f"`dataset_name`: {source} is empty (no rows)")
-    cols = [c for c in (prompt_field, guidance_field) if c is not None and c in dataset.column_names]
+    needed = {c: names for c, names in (required or {}).items()
+              if c in dataset.column_names and c not in (prompt_field, guidance_field)}
+    cols = [c for c in (prompt_field, guidance_field, *needed) if c is not None and c in dataset.column_names]
     first_chat = None
     offset = 0
     for batch in dataset.select_columns(cols).iter(batch_size=_BATCH):
         size = len(batch[cols[0]]) if cols else 0
         for i in range(size):
             row = {c: batch[c][i] for c in cols}
-            bad = check_row(row, prompt_field, guidance_field if guidance_field in cols else None)
+            bad = check_row(row, prompt_field, guidance_field if guidance_field in cols else None, needed)
             if bad is not None:
-                field = "prompt_field" if bad[0] == prompt_field else "guidance_field"
+                field = {prompt_field: "prompt_field", guidance_field: "guidance_field"}.get(bad[0], "dataset_name")
                 raise ValueError(f"`{field}`: {describe_row(source, offset + i, line_of_row)}, column "
                                  f"{bad[0]!r}: {bad[1]}")
             first_chat = _same_kind(first_chat, _is_chat(row[prompt_field]),

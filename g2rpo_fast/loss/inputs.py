@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from g2rpo_fast.ops.advantages import group_advantages
-from g2rpo_fast.ops.checks import check_finite, check_same_device, check_shape, check_tensor, check_token_ids
+from g2rpo_fast.ops.checks import check_finite, check_same_device, check_shape, check_tensor, check_token_ids, tracing
 
 from .aggregation import coefficients, token_weights
 from .layout import Layout, make_layout
@@ -39,23 +39,29 @@ class LossInputs:
 
 def prepare_loss_inputs(opts: LossOptions, token_ids, vocab_size, device, *, advantages=None, rewards=None,
                         group_size=None, completion_mask=None, guidance_mask=None, cu_seqlens=None,
-                        old_logps=None, ref_logps=None, num_items_in_batch=None,
+                        old_logps=None, ref_logps=None, num_items_in_batch=None, importance_weights=None,
                         compute_dtype=torch.float32) -> LossInputs:
     check_tensor(token_ids, "token_ids", integer=True)
     check_same_device(token_ids, completion_mask=completion_mask, guidance_mask=guidance_mask,
                       cu_seqlens=cu_seqlens, old_logps=old_logps, ref_logps=ref_logps,
-                      advantages=advantages, rewards=rewards)
+                      advantages=advantages, rewards=rewards, importance_weights=importance_weights)
     if token_ids.device != device:
         raise ValueError(f"`token_ids` is on {token_ids.device} but the inputs are on {device}")
     layout = make_layout(tuple(token_ids.shape), device, cu_seqlens)
     check_token_ids(token_ids, vocab_size)
     for name, t in (("completion_mask", completion_mask), ("guidance_mask", guidance_mask),
-                    ("old_logps", old_logps), ("ref_logps", ref_logps)):
+                    ("old_logps", old_logps), ("ref_logps", ref_logps), ("importance_weights", importance_weights)):
         check_shape(t, name, token_ids.shape)
-    for name, t in (("old_logps", old_logps), ("ref_logps", ref_logps)):
+    for name, t in (("old_logps", old_logps), ("ref_logps", ref_logps), ("importance_weights", importance_weights)):
         if t is not None:
             check_tensor(t, name, floating=True)
             check_finite(t, name)
+    if importance_weights is not None:
+        if opts.beta != 0:
+            # The kernels weigh a token's KL term with the same coefficient as its policy term.
+            raise ValueError("`importance_weights` scale the policy term only, so they need `beta` == 0")
+        if not tracing() and bool((importance_weights < 0).any()):
+            raise ValueError("`importance_weights` must be >= 0")
     if num_items_in_batch is not None and not float(num_items_in_batch) > 0:
         raise ValueError(f"`num_items_in_batch` must be positive, got {num_items_in_batch!r}")
 
@@ -81,11 +87,14 @@ def prepare_loss_inputs(opts: LossOptions, token_ids, vocab_size, device, *, adv
     flat = lambda t: None if t is None else t.reshape(-1)
     like = torch.empty(token_ids.numel(), device=device, dtype=compute_dtype)
     weights = token_weights(flat(completion_mask), flat(guidance_mask), opts.guidance_loss, like)
+    coef = coefficients(weights, layout, opts, num_items_in_batch)
+    if importance_weights is not None:  # after the normalisers, which count tokens, not weights
+        coef = coef * flat(importance_weights).to(compute_dtype)
     return LossInputs(
         token_ids=token_ids.reshape(-1),
         layout=layout,
         weights=weights,
-        coefficients=coefficients(weights, layout, opts, num_items_in_batch),
+        coefficients=coef,
         advantages=adv,
         old_logps=None if old_logps is None else flat(old_logps).to(compute_dtype),
         ref_logps=None if ref_logps is None else flat(ref_logps).to(compute_dtype),

@@ -45,6 +45,10 @@ class G2RPOLoss(torch.nn.Module):
     `delta`, `loss_type` (grpo | bnpo | dapo | dr_grpo), `importance_sampling_level` (token |
     sequence), `max_completion_length` (dr_grpo's normaliser; defaults to T padded / the longest
     completion packed), `temperature`, `guidance_loss` (mask | include), `scale_rewards`.
+
+    `importance_weights` (optional, the shape of `token_ids`, finite, >= 0, only with `beta` == 0)
+    multiply each token's term after the loss type's normaliser: TRL's vLLM importance-sampling
+    correction (`per_token_loss * importance_sampling_ratio`).
     """
 
     def __init__(self, beta=0.0, epsilon_low=0.2, epsilon_high=0.2, delta=None, loss_type="grpo",
@@ -55,7 +59,8 @@ class G2RPOLoss(torch.nn.Module):
                                 max_completion_length, temperature, guidance_loss, scale_rewards)
 
     def forward(self, logits, token_ids, advantages=None, rewards=None, group_size=None, completion_mask=None,
-                guidance_mask=None, cu_seqlens=None, old_logps=None, ref_logps=None, num_items_in_batch=None):
+                guidance_mask=None, cu_seqlens=None, old_logps=None, ref_logps=None, num_items_in_batch=None,
+                importance_weights=None):
         check_tensor(logits, "logits", floating=True, ndim=(2, 3))
         check_same_device(logits, token_ids=token_ids)
         _check_token_shape(token_ids, logits.shape[:-1])
@@ -63,7 +68,8 @@ class G2RPOLoss(torch.nn.Module):
             self.opts, token_ids, logits.shape[-1], logits.device, advantages=advantages, rewards=rewards,
             group_size=group_size, completion_mask=completion_mask, guidance_mask=guidance_mask,
             cu_seqlens=cu_seqlens, old_logps=old_logps, ref_logps=ref_logps,
-            num_items_in_batch=num_items_in_batch, compute_dtype=_compute_dtype(logits))
+            num_items_in_batch=num_items_in_batch, importance_weights=importance_weights,
+            compute_dtype=_compute_dtype(logits))
         return objective_from_logits(logits, inp, self.opts)
 
 
@@ -83,7 +89,7 @@ class FusedLinearG2RPOLoss(torch.nn.Module):
 
     def forward(self, hidden, weight, token_ids, advantages=None, rewards=None, group_size=None,
                 completion_mask=None, guidance_mask=None, cu_seqlens=None, old_logps=None, ref_logps=None,
-                num_items_in_batch=None, bias=None):
+                num_items_in_batch=None, bias=None, importance_weights=None):
         check_tensor(token_ids, "token_ids", integer=True)
         check_linear_inputs(hidden, weight, bias, token_ids)  # token ids are checked by prepare_loss_inputs
         _check_token_shape(token_ids, hidden.shape[:-1])
@@ -92,7 +98,7 @@ class FusedLinearG2RPOLoss(torch.nn.Module):
             self.opts, token_ids, weight.shape[0], hidden.device, advantages=advantages, rewards=rewards,
             group_size=group_size, completion_mask=completion_mask, guidance_mask=guidance_mask,
             cu_seqlens=cu_seqlens, old_logps=old_logps, ref_logps=ref_logps,
-            num_items_in_batch=num_items_in_batch, compute_dtype=dtype)
+            num_items_in_batch=num_items_in_batch, importance_weights=importance_weights, compute_dtype=dtype)
         flat_hidden = hidden.reshape(-1, hidden.shape[-1])
         if self.skip_masked_tokens and not torch.compiler.is_compiling():  # a data-dependent shape
             active = torch.nonzero(inp.weights != 0).squeeze(1)

@@ -179,6 +179,7 @@ def make_code_reward(timeout: float = 5.0, memory_mb: float = 1024, max_workers:
 
     code_reward.__name__ = "code_reward"
     code_reward.uses_code_sandbox = True
+    code_reward.limits_itself = True  # each sample has its sandbox's wall-clock timeout
     code_reward.code_sandbox = sandbox
     code_reward.last_results = []
     return code_reward

@@ -116,21 +116,26 @@ class RewardTimeout(Exception):
 
 
 def _call(fn, timeout, /, *args, **kwargs):
-    """`fn(*args, **kwargs)`; under `timeout` seconds it runs in a daemon worker thread.
+    """`fn(*args, **kwargs)` within `timeout` seconds (None: no limit).
 
-    A thread, not a process: reward functions are often closures or hold unpicklable state,
-    and their inputs are plain lists, so no copy is needed. Python cannot stop a thread, so a
-    call that times out is abandoned: it keeps running in the background until it returns
-    (a reward stuck for good keeps one idle thread per timed-out call; a daemon thread never
-    blocks the exit). Rewards that can hang should do their work in a subprocess, as
-    `code_reward` does."""
-    if timeout is None:
-        return _by_keyword(fn, *args, **kwargs)
+    A function run in a worker process (`reward_isolation: process`, `worker.py`) gets the
+    limit handed over: the worker is killed when it overruns. In-process, a function that
+    bounds its own time per sample (`limits_itself`: the built-in accuracy, code and format
+    rewards; math-verify's per-answer timeout needs the main thread) is called directly; any
+    other runs in a daemon worker thread. A thread, not a process: reward functions are often
+    closures or hold unpicklable state. Python cannot stop a thread, so a call that times out
+    is abandoned: it keeps running in the background until it returns (a reward stuck for
+    good keeps one idle thread per timed-out call; a daemon thread never blocks the exit)."""
+    in_worker = getattr(fn, "call_with_timeout", None)
+    if in_worker is not None:
+        return in_worker(timeout, *args, **kwargs)
+    if timeout is None or getattr(fn, "limits_itself", False):
+        return call_as_trl(fn, *args, **kwargs)
     box: dict = {}
 
     def run():
         try:
-            box["value"] = _by_keyword(fn, *args, **kwargs)
+            box["value"] = call_as_trl(fn, *args, **kwargs)
         except BaseException as exc:
             box["error"] = exc
 
@@ -144,7 +149,7 @@ def _call(fn, timeout, /, *args, **kwargs):
     return box["value"]
 
 
-def _by_keyword(fn, prompts, completions, **columns):
+def call_as_trl(fn, prompts, completions, **columns):
     """`fn` called as TRL calls a reward function, `prompts=` and `completions=` by keyword (so
     `fn(completions, **kwargs)` works, as in TRL); a function that names neither gets them by
     position, `fn(p, c, **columns)`, as this package always did."""
@@ -165,6 +170,8 @@ def _by_keyword(fn, prompts, completions, **columns):
 def _failure(exc: BaseException) -> str:
     if isinstance(exc, SystemExit):
         return f"called sys.exit({exc.code!r})"
+    if type(exc).__name__ == "RewardWorkerError":  # its message already says what happened
+        return str(exc)
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -187,17 +194,22 @@ def accepted_keywords(fn, columns: dict) -> dict:
     return {k: v for k, v in columns.items() if k in names}
 
 
+def _interrupted(errors: list[str], name: str) -> None:
+    _report(errors, f"reward {name}: KeyboardInterrupt (raised by the function, or Ctrl-C during the call): the "
+                    f"run stops as on Ctrl-C")
+
+
 def safe_reward_call(fn, prompts, completions, reward_timeout: float | None = None,
                      **columns) -> tuple[list[float], list[str]]:
     """Call ``fn`` as TRL does, by keyword: ``fn(prompts=..., completions=..., **columns)`` (the
     columns include ``completion_ids`` and ``trainer_state`` when the trainer calls); never raises
-    (``KeyboardInterrupt`` excepted).
+    (``KeyboardInterrupt`` excepted: it is reported and re-raised, so that the run stops as on Ctrl-C).
 
     - a call that raises, or calls ``sys.exit``, is reported; a failed batch call is then
       retried sample by sample to isolate the culprits (up to n more calls; after
       ``MAX_FAILED_RETRIES`` failures in a row the remaining samples score 0 uncalled);
     - ``reward_timeout`` (seconds, None: no limit): a call that takes longer scores 0 for all its
-      samples, with one warning, and is not retried;
+      samples, with one warning, and is not retried (see ``_call`` for how it is enforced);
     - a failing sample, None, NaN, inf or a non-number scores 0.0; a reward outside
       ``[-REWARD_LIMIT, REWARD_LIMIT]`` is clipped to it.
     Returns (rewards, error messages); errors are also logged and warned with the function's name.
@@ -214,6 +226,9 @@ def safe_reward_call(fn, prompts, completions, reward_timeout: float | None = No
     except RewardTimeout as exc:
         _report(errors, f"reward {name}: {exc}; its {n} samples scored 0.0")
         return [0.0] * n, errors
+    except KeyboardInterrupt:
+        _interrupted(errors, name)
+        raise
     except (Exception, SystemExit) as exc:
         _report(errors, f"reward {name}: batch call failed ({_failure(exc)}); retrying per sample")
         values = _retry_per_sample(fn, name, prompts, completions, columns, reward_timeout, errors)
@@ -235,6 +250,9 @@ def _retry_per_sample(fn, name, prompts, completions, columns, timeout, errors) 
         except RewardTimeout as exc:
             _report(errors, f"reward {name}: sample {i}: {exc}; samples {i}..{n - 1} scored 0.0")
             return values + [0.0] * (n - i)
+        except KeyboardInterrupt:
+            _interrupted(errors, name)
+            raise
         except (Exception, SystemExit) as exc:
             _report(errors, f"reward {name}: sample {i} failed ({_failure(exc)}); scored 0.0")
             values.append(0.0)

@@ -6,13 +6,18 @@ completion as an assistant message). `RewardScorer` holds a run's reward functio
 completion text (guidance + generated) with each function (a failure scores 0 and is
 reported), sums them with the weights and gives the guidance reward that drives the guidance
 controller. The trainer scores every generated micro-batch through it; the evaluator
-(`g2rpo_fast/evaluation.py`) uses `reward_inputs` with one reward function.
+(`g2rpo_fast/evaluation.py`) uses `reward_inputs` with one reward function. With
+`isolation="process"` the functions (`funcs`, `guidance_fn`) run in a worker process
+(`worker.py`); `close()` stops it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from .registry import func_name, get_reward_func, safe_reward_call, weighted_total
+from .worker import RewardWorker, RewardWorkerError, isolated
+
+ISOLATION = ("none", "process")
 
 
 @dataclass
@@ -36,9 +41,13 @@ def reward_inputs(rows, samples, prompt_field: str):
 
 class RewardScorer:
     """The run's reward functions (names, `module:function` or callables), their weights and the
-    guidance reward (default: the first function); `errors` collects the failures reported since it was last emptied."""
+    guidance reward (default: the first function); `errors` collects the failures reported since
+    it was last emptied."""
 
-    def __init__(self, reward_funcs, reward_weights=None, guidance_reward=None, reward_timeout=None):
+    def __init__(self, reward_funcs, reward_weights=None, guidance_reward=None, reward_timeout=None,
+                 isolation: str = "none"):
+        if isolation not in ISOLATION:
+            raise ValueError(f"`reward_isolation` must be one of {list(ISOLATION)}, got {isolation!r}")
         funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
         try:
             self.funcs = [get_reward_func(f) for f in funcs]
@@ -54,6 +63,25 @@ class RewardScorer:
         self.guidance_index = next((i for i, f in enumerate(self.funcs) if f is self.guidance_fn), None)
         self.timeout = reward_timeout
         self.errors: list[str] = []
+        self.worker = None
+        if isolation == "process":
+            # The worker gets names as names (it imports them) and callables pickled; each
+            # function keeps its name, signature and attributes in the trainer.
+            given = list(funcs) + ([] if self.guidance_index is not None else [guidance_reward])
+            self.worker = RewardWorker(given)
+            try:
+                self.worker.start()  # a function the worker cannot load is refused now, not at step 1
+            except RewardWorkerError as exc:
+                raise ValueError(f"`reward_isolation`: process: {exc}") from None
+            resolved = self.funcs + ([] if self.guidance_index is not None else [self.guidance_fn])
+            wrapped = [isolated(self.worker, i, fn) for i, fn in enumerate(resolved)]
+            self.funcs = wrapped[:len(self.funcs)]
+            self.guidance_fn = wrapped[self.guidance_index if self.guidance_index is not None else -1]
+
+    def close(self) -> None:
+        """Stop the worker process (`isolation="process"`); a later call would start another."""
+        if self.worker is not None:
+            self.worker.stop()
 
     def score(self, prompts, completions, columns) -> Scores:
         """Each function's rewards are finite and within ±REWARD_LIMIT (`safe_reward_call`); the

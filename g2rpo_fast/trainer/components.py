@@ -19,6 +19,7 @@ from g2rpo_fast.data.sources import (
     check_columns,
     held_out,
     load_split,
+    reward_columns,
     validate_dataset,
     validate_dataset_for_model,
     warn_if_training_rows,
@@ -51,23 +52,27 @@ class TrainerComponents:
             raise ValueError(f"`train_dataset`: no data to train {self.model_label} on: pass train_dataset (a "
                              f"datasets.Dataset) or set dataset_name (the built-in arithmetic task goes with the "
                              f"built-in model only, unless dataset_name names it: 'embedded')")
-        self.train_dataset = train_dataset if train_dataset is not None else load_split(cfg, cfg.dataset_split, True)
+        # every row must hold the columns its reward functions take (a null answer would score 0 silently)
+        needs, eval_needs = reward_columns(self.rewards.funcs + [guide_fn]), reward_columns([guide_fn])
+        self.train_dataset = train_dataset if train_dataset is not None else \
+            load_split(cfg, cfg.dataset_split, True, required=needs)
         without_guidance_column(cfg, self.train_dataset)
         check_columns(self.train_dataset, cfg, self.rewards.funcs + [guide_fn], "train dataset")
         validate_dataset(self.train_dataset, cfg, cfg.dataset_split, True,
-                         source="train_dataset" if train_dataset is not None else None)
+                         source="train_dataset" if train_dataset is not None else None, required=needs)
         self.eval_source = None  # (name, split) of held-out rows loaded from a name
         if eval_dataset is None and self.evaluates:
             self.eval_source = held_out(cfg, train_given=train_dataset is not None)
             if self.eval_source is not None:
                 name, split = self.eval_source
                 field = "eval_dataset_name" if cfg.eval_dataset_name is not None else "dataset_name"
-                eval_dataset = load_split(cfg, split, False, name=name, field=field)
+                eval_dataset = load_split(cfg, split, False, name=name, field=field, required=eval_needs)
                 check_columns(eval_dataset, cfg, [guide_fn], "eval dataset")
-                validate_dataset(eval_dataset, cfg, split, False, name=name)
+                validate_dataset(eval_dataset, cfg, split, False, name=name, required=eval_needs)
         elif eval_dataset is not None:
             check_columns(eval_dataset, cfg, [guide_fn], "eval dataset")
-            validate_dataset(eval_dataset, cfg, cfg.eval_split or "eval", False, source="eval_dataset")
+            validate_dataset(eval_dataset, cfg, cfg.eval_split or "eval", False, source="eval_dataset",
+                             required=eval_needs)
         warn_if_training_rows(cfg, self.train_dataset, eval_dataset, self.eval_source)
         self.eval_dataset = eval_dataset
 

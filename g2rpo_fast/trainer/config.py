@@ -37,6 +37,7 @@ CHOICES = {
     "torch_dtype": ("auto", "float32", "bfloat16", "float16"),
     "attn_implementation": ("auto", "flash_attention_2", "torch_varlen", "sdpa"),
     "prefix_shared_forward": ("auto", "true", "false"),
+    "reward_isolation": ("none", "process"),  # = rewards.scoring.ISOLATION
 }
 REPORT_TARGETS = ("tensorboard", "wandb")  # report_to: these, "none" or "all" (every one installed)
 # schedulers that step on a metric: the held-out accuracy, at each evaluation
@@ -204,9 +205,19 @@ class G2RPOConfig:
     code_sandbox: str = _f("auto", "Isolation of the completions that code rewards run: auto (bubblewrap, else user "
                                    "namespaces; refuses to start when neither works) | bwrap | namespace | "
                                    "unsafe-process (no isolation: an explicit opt-in).")
-    reward_timeout: float | None = _f(None, "Seconds one reward-function call may take: a call that times out "
-                                            "scores 0 for its samples, with one warning (it runs in a worker "
-                                            "thread, left running in the background; None: no limit).")
+    reward_timeout: float | None = _f(300.0, "Seconds one reward-function call (one micro-batch) may take; a call "
+                                             "that overruns scores 0 for its samples, with one warning and "
+                                             "`reward_errors` in the metrics. 300: a hung reward is reported within "
+                                             "5 minutes, while a slow legitimate one is not cut (the built-in code "
+                                             "reward's worst case, every sample at its 5 s sandbox limit, is 80 s "
+                                             "for 64 completions on 2 cores). Enforced in a watchdog thread (the "
+                                             "call is abandoned, Python cannot stop it) or, with reward_isolation: "
+                                             "process, by killing the worker; the built-in rewards bound their own "
+                                             "time per sample and run directly. None: no limit.")
+    reward_isolation: str = _f("none", "none: reward functions run in the trainer's process (no copying, any "
+                                       "callable, closures too) | process: in a worker process (spawn) that can "
+                                       "die (os._exit, a crash) or be killed on reward_timeout without taking the "
+                                       "trainer with it; the functions must be importable names or picklable.")
 
     # ---- guidance (G²RPO-A)
     guidance_ratio: float = _f(0.25, "Fraction of each group that is guided: n_guided = round(ratio * G).")
@@ -310,6 +321,7 @@ class G2RPOConfig:
             self.reward_weights = [_finite_weight(i, w) for i, w in enumerate(self.reward_weights)]
         if self.fsdp_cpu_offload and not self.fsdp:
             raise ValueError("`fsdp_cpu_offload` needs `fsdp: true` (it offloads the FSDP shards)")
+        self._check_embedded_splits()
         if not self.embedded_difficulties:
             raise ValueError("`embedded_difficulties` must be a non-empty list of digit counts")
         for d in self.embedded_difficulties:
@@ -366,6 +378,24 @@ class G2RPOConfig:
     def evaluates(self) -> bool:
         """Whether the run evaluates at all (then held-out rows are looked for)."""
         return bool(self.eval_at_end or self.eval_strategy != "no" or self.eval_on_start)
+
+    def _check_embedded_splits(self) -> None:
+        """The built-in task has two splits, `train` and `eval`: another name would be ignored."""
+        from g2rpo_fast.data.loading import is_embedded
+
+        if self.dataset_name is None or not is_embedded(self.dataset_name):
+            return  # None: the built-in task only with the built-in model (the trainer decides)
+        for name, allowed in (("dataset_split", ("train",)), ("eval_split", ("eval", None))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"`{name}`: the built-in task's splits are 'train' (training) and 'eval' "
+                                 f"(held out); got {getattr(self, name)!r}")
+
+    def warmup_notice(self) -> str | None:
+        """Legal but likely a mistake (the trainer warns with it): a warm-up as long as the run."""
+        if 0 < self.max_steps <= self.warmup_steps:
+            return (f"`warmup_steps` ({self.warmup_steps}) >= `max_steps` ({self.max_steps}): the learning rate never "
+                    f"reaches learning_rate ({self.learning_rate:g}) in this run")
+        return None
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -433,6 +463,31 @@ class G2RPOConfig:
         return cls.from_dict(values)
 
 
+class DuplicateKeyError(ValueError):
+    def __init__(self, key, first: int, second: int):
+        super().__init__(key)
+        self.key, self.first, self.second = key, first, second
+
+
+def _unique_key_loader():
+    """yaml's SafeLoader, except that a mapping naming a key twice is an error (YAML says keys
+    are unique; PyYAML would silently keep the last value)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                line = key_node.start_mark.line + 1
+                if isinstance(key, str) and key in seen:
+                    raise DuplicateKeyError(key, seen[key], line)
+                seen[key] = line
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
 def read_yaml_mapping(path) -> dict:
     """The `field: value` mapping of a YAML config file; float fields written like `1e-4`
     (a string to YAML 1.1) are read as numbers."""
@@ -442,7 +497,9 @@ def read_yaml_mapping(path) -> dict:
         raise ValueError(f"`--config`: {path} is a directory, not a YAML file")
     try:
         with open(path, encoding="utf-8") as fh:
-            values = yaml.safe_load(fh)
+            values = yaml.load(fh, Loader=_unique_key_loader())  # a SafeLoader subclass
+    except DuplicateKeyError as exc:
+        raise ValueError(f"`{exc.key}`: {path} sets it twice (lines {exc.first} and {exc.second}); keep one") from None
     except FileNotFoundError:
         raise ValueError(f"`--config`: no such file: {path}") from None
     except OSError as exc:
@@ -483,7 +540,8 @@ SEED_MAX = 2**63 - 1  # torch.manual_seed and numpy seed sequences take it
 INF = float("inf")
 FLOAT_RANGES = {
     "temperature": (0.0, INF, False, False), "top_p": (0.0, 1.0, False, True), "beta": (0.0, INF, True, False),
-    "epsilon": (0.0, INF, True, False), "epsilon_high": (0.0, INF, True, False), "delta": (1.0, INF, False, False),
+    # epsilon < 1: the ratio's clip floor 1 - epsilon must stay positive
+    "epsilon": (0.0, 1.0, True, False), "epsilon_high": (0.0, INF, True, False), "delta": (1.0, INF, False, False),
     "learning_rate": (0.0, INF, True, False), "weight_decay": (0.0, INF, True, False),
     "adam_beta1": (0.0, 1.0, True, False), "adam_beta2": (0.0, 1.0, True, False),
     "max_grad_norm": (0.0, INF, True, False), "guidance_ratio": (0.0, 1.0, True, True),

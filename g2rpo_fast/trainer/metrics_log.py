@@ -130,9 +130,9 @@ def write_metrics(path: str, history: list[dict]) -> None:
             fh.write(json.dumps(_jsonable(m)) + "\n")
 
 
-def read_metrics(path: str, upto: int) -> list[dict]:
-    """The logged steps up to `upto` (the checkpoint's step). A line that is not a JSON
-    object, such as the torn last line of a run killed mid-write or on a full disk, is
+def read_metrics(path: str, upto: int | None = None) -> list[dict]:
+    """The logged steps up to `upto` (the checkpoint's step; None: all). A line that is not a
+    JSON object, such as the torn last line of a run killed mid-write or on a full disk, is
     skipped with a warning; the caller rewrites the file from what is kept."""
     if not os.path.exists(path):
         return []
@@ -149,12 +149,38 @@ def read_metrics(path: str, upto: int) -> list[dict]:
             if not isinstance(m, dict) or not isinstance(m.get("step"), int):
                 bad.append(number)
                 continue
-            if m["step"] <= upto:
+            if upto is None or m["step"] <= upto:
                 out.append(m)
     if bad:
         warnings.warn(f"resume: {path}: skipped unreadable line(s) {bad} (torn by an interrupted write); the "
                       f"metrics are kept up to step {upto}", RuntimeWarning, stacklevel=2)
     return out
+
+
+def rebuild_metrics(logged: list[dict], saved: list[dict] | None, upto: int, checkpoint: str) -> list[dict]:
+    """Steps 1..`upto`, each as logged in metrics.jsonl, else from the checkpoint's copy
+    (`saved`: the trainer state's `metrics`) with one warning naming the rebuilt steps, else
+    left out with a warning naming each step that is lost (a checkpoint written before
+    checkpoints held the metrics)."""
+    by_step = {m["step"]: m for m in logged if m["step"] <= upto}
+    kept = {m["step"]: m for m in saved or [] if isinstance(m, dict) and isinstance(m.get("step"), int)}
+    rows, rebuilt, lost = [], [], []
+    for step in range(1, upto + 1):
+        if step in by_step:
+            rows.append(by_step[step])
+        elif step in kept:
+            rows.append(kept[step])
+            rebuilt.append(step)
+        else:
+            lost.append(step)
+    name = os.path.basename(checkpoint.rstrip(os.sep))
+    if rebuilt:
+        warnings.warn(f"resume: metrics.jsonl lacked step(s) {rebuilt} (a torn line or a deleted file); rebuilt "
+                      f"from {name}", RuntimeWarning, stacklevel=2)
+    if lost:
+        warnings.warn(f"resume: the metrics of step(s) {lost} are lost: neither metrics.jsonl nor {name} holds "
+                      f"them", RuntimeWarning, stacklevel=2)
+    return rows
 
 
 COMPLETIONS_FILE = "completions.jsonl"
@@ -255,6 +281,9 @@ class MetricsLog:
             print(line, flush=True)
 
     def close(self) -> None:
-        self.reporters.close()
+        """Idempotent: the trainer closes it at the end of a run and again on any way out."""
+        if self.reporters is not None:
+            self.reporters.close()
         if self.bar is not None:
             self.bar.close()
+        self.reporters = self.bar = None

@@ -1,7 +1,8 @@
 """What a checkpoint holds of the trainer, and the run directory around it.
 
 `state_dict` is everything besides the model that continues a run exactly (optimizer,
-scheduler, guidance controller, data position, roll-outs still to train on, fp16 loss scale);
+scheduler, guidance controller, data position, roll-outs still to train on, fp16 loss scale),
+and every step's metrics so far (a resume rebuilds metrics.jsonl lines that were torn or deleted);
 `save` / `load` write and read it with the model, in one process or DDP through
 `checkpointing/checkpoint.py` (rank 0), under FSDP through `checkpointing/sharded_checkpoint.py`
 (every rank its shards). `prepare_output_dir` and `_checkpoint_to_resume` run before step 1,
@@ -22,11 +23,19 @@ from g2rpo_fast.checkpointing.checkpoint import (
     load_trainer_state,
     save_checkpoint,
     set_rng_state,
+    warn_changed_config,
 )
-from g2rpo_fast.checkpointing.run_dir import RunSetupError, check_output_dir, delete_earlier_run
+from g2rpo_fast.checkpointing.run_dir import (
+    RunSetupError,
+    check_output_dir,
+    delete_earlier_run,
+    ended_early_notice,
+    take_final_record,
+)
 from g2rpo_fast.models.adapters import load_adapter_weights
 
 from .batch import RolloutBatch
+from .metrics_log import read_metrics, rebuild_metrics
 
 
 class TrainerState:
@@ -36,6 +45,7 @@ class TrainerState:
                 "guidance": self.guidance.state_dict(), "data_position": self.data_position,
                 "buffer": buffer, "buffer_uses": self.buffer_uses, "num_tokens": self.num_tokens,
                 "buffer_guidance_length": self.buffer_guidance_length,
+                "metrics": list(self.history),
                 # fp16's loss scale and its growth tracker: a resume continues the same scaling
                 "grad_scaler": None if self.grad_scaler is None else self.grad_scaler.state_dict()}
 
@@ -86,6 +96,7 @@ class TrainerState:
         self.num_tokens = int(state.get("num_tokens", 0))
         self.buffer_guidance_length = state.get("buffer_guidance_length")
         self.step = int(state["step"])
+        self.saved_metrics = state.get("metrics")  # None in checkpoints written before they held it
         if "rng" in state:  # a sharded checkpoint restored this rank's RNG already
             set_rng_state(state["rng"])
 
@@ -106,6 +117,26 @@ class TrainerState:
                             f"{cfg.output_dir}")
         if self.dist.world_size > 1:
             torch.distributed.barrier()
+
+    def _resume(self, resume_from_checkpoint, metrics_path: str) -> list[dict]:
+        """The run's history before step 1 of this call: empty for a fresh run; resuming, the
+        checkpoint loaded and its steps' metrics (metrics.jsonl, rebuilt from the checkpoint's
+        copy where torn or lost). Takes the final record away: until this run reaches its end,
+        it has none (an early end is never taken for a finished run; a resume says so)."""
+        path = None
+        if resume_from_checkpoint:
+            path = self._checkpoint_to_resume(resume_from_checkpoint)
+            self.load(path)
+            warn_changed_config(path, self.config)
+        out = self.config.output_dir
+        previous = take_final_record(out) if self.is_main else None
+        if not resume_from_checkpoint:
+            return []
+        logged = read_metrics(metrics_path)
+        if self.is_main and previous is None:
+            last = max((m["step"] for m in logged), default=None)
+            warnings.warn(ended_early_notice(out, last, path), RuntimeWarning, stacklevel=3)
+        return rebuild_metrics(logged, self.saved_metrics, self.step, path)
 
     def _checkpoint_to_resume(self, resume) -> str:
         """`resume`: True (the newest checkpoint of output_dir that verifies) or a path.

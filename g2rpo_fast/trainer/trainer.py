@@ -25,13 +25,13 @@ import math
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 import torch
 
 from g2rpo_fast.callbacks import Callbacks
-from g2rpo_fast.checkpointing.checkpoint import warn_changed_config
-from g2rpo_fast.checkpointing.run_dir import METRICS_FILE
+from g2rpo_fast.checkpointing.run_dir import METRICS_FILE, write_final_record
 from g2rpo_fast.data.loading import is_embedded
 from g2rpo_fast.data.sources import take_indices
 from g2rpo_fast.distributed.parallel import equal_forward_count, gathered_weights
@@ -51,7 +51,7 @@ from .arguments import init_signature, model_label, resolve_arguments, trl_signa
 from .batch import RolloutBatch, build_rollout_batch
 from .components import TrainerComponents
 from .held_out import HeldOutEvaluation
-from .metrics_log import MetricsLog, generated_tokens, read_metrics, sequence_tokens, step_metrics, write_metrics
+from .metrics_log import MetricsLog, generated_tokens, sequence_tokens, step_metrics, write_metrics
 from .optimize import (
     accumulate_gradients,
     current_lr,
@@ -73,12 +73,15 @@ class G2RPOTrainer(TrainerComponents, TrainerState, HeldOutEvaluation):
         given = resolve_arguments(args, kwargs)
         # `args` is TRL's name for the config; `config` the older one: the same object
         self.args = self.config = cfg = given.config
+        if cfg.warmup_notice():
+            warnings.warn(cfg.warmup_notice(), UserWarning, stacklevel=2)
         model = given.model if not isinstance(given.model, (str, os.PathLike)) else None
         self.model_label = model_label(model if model is not None else cfg.model_name_or_path or "the built-in model")
         user_model = model is not None or not is_embedded(cfg.model_name_or_path)
 
         # ---- rewards, device, precision, attention, Liger (checked before any loading)
-        self.rewards = RewardScorer(cfg.reward_funcs, cfg.reward_weights, cfg.guidance_reward, cfg.reward_timeout)
+        self.rewards = RewardScorer(cfg.reward_funcs, cfg.reward_weights, cfg.guidance_reward, cfg.reward_timeout,
+                                    cfg.reward_isolation)
         from g2rpo_fast.rewards import check_code_sandbox
 
         check_code_sandbox(cfg.code_sandbox, self.rewards.funcs + [self.rewards.guidance_fn])
@@ -135,6 +138,7 @@ class G2RPOTrainer(TrainerComponents, TrainerState, HeldOutEvaluation):
         self.add_callback, self.pop_callback = self.callback_handler.add_callback, self.callback_handler.pop_callback
         self.remove_callback = self.callback_handler.remove_callback
         self.callbacks.event("on_init_end")
+        self.saved_metrics: list[dict] | None = None  # the loaded checkpoint's copy of the metrics
 
     @property
     def loss_fn(self):
@@ -256,24 +260,23 @@ class G2RPOTrainer(TrainerComponents, TrainerState, HeldOutEvaluation):
             if self.dist.world_size > 1:  # say which rank failed before torchrun stops the others
                 print(failure_notice(self.dist, exc, self.config.dist_timeout_s), file=sys.stderr, flush=True)
             raise
+        finally:  # Ctrl-C too: the progress bar and TensorBoard writer are closed
+            if getattr(self, "metrics_log", None) is not None:
+                self.metrics_log.close()
 
     def _train(self, resume_from_checkpoint) -> list[dict]:
         cfg = self.config
         out = cfg.output_dir
         metrics_path = os.path.join(out, METRICS_FILE)
+        t0 = time.perf_counter()
         self.prepare_output_dir(resume=bool(resume_from_checkpoint))
-        self.history = []
-        if resume_from_checkpoint:
-            path = self._checkpoint_to_resume(resume_from_checkpoint)
-            self.load(path)
-            warn_changed_config(path, cfg)
-            self.history = read_metrics(metrics_path, upto=self.step)
+        self.history = self._resume(resume_from_checkpoint, metrics_path)
         log = None
         if self.is_main:
             write_metrics(metrics_path, self.history)
             cfg.save_json(os.path.join(out, "config.json"))
-            log = MetricsLog(metrics_path, self.max_steps, cfg, self.step, decode=self.rollouts.decode,
-                             reward_names=self.rewards.names)
+            log = self.metrics_log = MetricsLog(metrics_path, self.max_steps, cfg, self.step,
+                                                decode=self.rollouts.decode, reward_names=self.rewards.names)
         cb = self.callbacks
         cb.state.global_step = self.step
         cb.event("on_train_begin")
@@ -287,8 +290,9 @@ class G2RPOTrainer(TrainerComponents, TrainerState, HeldOutEvaluation):
             if not last and (control.should_evaluate or is_due(cfg.eval_strategy, cfg.eval_steps or cfg.logging_steps,
                                                                self.step, self.steps_per_epoch)):
                 m.update(self._evaluate_in_training(None))
-            if self.rewards.errors:
+            if self.rewards.errors:  # the failed calls, also warned and logged one line each
                 m["reward_errors"] = len(self.rewards.errors)
+                m["reward_failures"] = [e[:300] for e in self.rewards.errors[:10]]
                 self.rewards.errors = []
             self.history.append(m)
             logs = log.log(self.step, m, self.last_batches) if log is not None else None
@@ -315,6 +319,10 @@ class G2RPOTrainer(TrainerComponents, TrainerState, HeldOutEvaluation):
                 plot_metrics(self.history, out)
         if self.dist.world_size > 1:
             torch.distributed.barrier()  # rank 0 has finished writing
+        if self.is_main:  # the very last act: only a run that got here has a final record
+            write_final_record(out, {"step": self.step, "max_steps": self.max_steps,
+                                     "train_runtime_s": round(time.perf_counter() - t0, 3),
+                                     "final_eval": self.final_eval})
         cb.event("on_train_end")
         return self.history
 
@@ -323,6 +331,7 @@ class G2RPOTrainer(TrainerComponents, TrainerState, HeldOutEvaluation):
         exception, without the final barrier (the other ranks wait in another collective)."""
         from g2rpo_fast.distributed.process_group import teardown_distributed
 
+        self.rewards.close()  # reward_isolation: process: the worker
         teardown_distributed(self.dist, failed=failed)
 
 

@@ -1,11 +1,13 @@
 """Runs inside the sandbox: defines the completion's code and serves calls from the tester.
 
-Executed as ``python -I -S -c <_wire.py source + this source> RUN_ID MEMORY CPU FSIZE NPROC
-[PATH...]``; standard library only, never imported by the package. Nothing here is trusted:
-the completion runs in this process and may rewrite any of it. The verdict is decided by the
-tester, outside, from the plain data this process sends back.
+Executed as ``python -I -S -c <_wire.py source + this source> RUN_ID REQUEST_FD REPLY_FD
+MEMORY CPU FSIZE NPROC [PATH...]``; standard library only, never imported by the package.
+Nothing here is trusted: the completion runs in this process and may rewrite any of it. The
+verdict is decided by the tester, outside, from the plain data this process sends back.
 
-Requests (from the tester, on fd 0) and replies (on fd 1) are ``_wire`` messages:
+Requests (from the tester, on REQUEST_FD) and replies (on REPLY_FD) are ``_wire`` messages; the
+two pipes are passed by number through the launcher, whose own stdout and stderr (and this
+process's) go to the run's log, so nothing the launcher prints can reach the protocol:
   ("exec", code)                 -> ("ok",) | ("raise", type_name, message)
   ("describe", names)            -> ("ok", {name: ("callable",) | ("value", v) | ("missing",) | ("other",)})
   ("call", name, args, kwargs)   -> ("ok", result) | ("raise", type_name, message) | ("unplain", type_name)
@@ -97,13 +99,14 @@ def _serve(requests, reply_fd):
 
 
 def main():
-    memory, cpu, fsize, nproc = (int(v) for v in sys.argv[2:6])
-    sys.path[:0] = sys.argv[6:]  # read-only package directories the caller allowed
-    requests = os.fdopen(os.dup(0), "rb")
-    reply_fd = os.dup(1)
+    request_fd, reply_fd, memory, cpu, fsize, nproc = (int(v) for v in sys.argv[2:8])
+    sys.path[:0] = sys.argv[8:]  # read-only package directories the caller allowed
+    requests = os.fdopen(request_fd, "rb")
+    os.set_inheritable(request_fd, False)  # a program the completion starts does not get the channel
+    os.set_inheritable(reply_fd, False)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
-    os.dup2(2, 1)  # the completion's prints go to the log, never into the reply channel
+    os.dup2(2, 1)  # the completion's prints go to the log
     os.close(devnull)
     sys.stdin = open(os.devnull)
     for kind, value in ((resource.RLIMIT_AS, memory), (resource.RLIMIT_CPU, cpu),

@@ -5,8 +5,10 @@ Run by ``unshare --user --map-root-user --mount --net --pid --fork --ipc --uts``
 trusted (the completion starts only in COMMAND). It builds a minimal root on a tmpfs mounted at
 ROOT: read-only binds of exactly the paths in CONFIG (the interpreter, its standard library,
 the system libraries; site-packages hidden), /dev/{null,zero,full,random,urandom}, a fresh /proc and a size-capped
-writable /tmp; pivots into it and detaches the host's tree; forks COMMAND without any
-capability (empty bounding set, no_new_privs, SECBIT_NOROOT); then reaps until COMMAND exits.
+writable /tmp; pivots into it and detaches the host's tree; allows no further user namespace
+(this namespace's `user.max_user_namespaces` set to 0, which only CAP_SYS_RESOURCE here could
+raise again), as bwrap's --disable-userns; forks COMMAND without any capability (empty bounding
+set, no_new_privs, SECBIT_NOROOT); then reaps until COMMAND exits.
 When this process exits, the kernel kills every process left in the PID namespace.
 """
 import ctypes
@@ -99,10 +101,18 @@ def drop_capabilities():
     _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
 
 
+def forbid_user_namespaces():
+    # The limit is per user namespace (Linux >= 4.9) and counts namespaces created in this one;
+    # a kernel where it cannot be set fails the run (closed) rather than allowing nesting.
+    with open("/proc/sys/user/max_user_namespaces", "w") as f:
+        f.write("0")
+
+
 def main():
     root, config = sys.argv[1], json.loads(sys.argv[2])
     command = sys.argv[sys.argv.index("--") + 1:]
     build_root(root, config)
+    forbid_user_namespaces()
     child = os.fork()
     if child == 0:
         try:

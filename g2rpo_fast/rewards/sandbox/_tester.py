@@ -11,8 +11,11 @@ Modes:
   boundary    the test's ``check(candidate)`` runs here; ``candidate`` and the program's other
               names the test uses are proxies whose calls cross the pipe as literals.
   in_process  the whole program (completion + test + check) runs in the sandbox; passes when
-              it returns ("done"). Used only when the *test* passes something that is not
-              plain data to the candidate (then the boundary verdict is "in_process").
+              it returns ("done"). Used only when the *test* passes a value of its own that is
+              not plain data to the candidate (then the boundary verdict is "in_process").
+              Never because of a candidate's result: results arrive as plain data, and one that
+              cannot go back (nested too deeply, too large: it may be, or contain, a result) or
+              an exception re-created from the candidate's reply fails the sample instead.
 """
 import ast
 import builtins
@@ -64,6 +67,7 @@ class Channel:
         self.failure = None  # first protocol failure: the verdict is "fail" whatever the test did
         self.needs_in_process = None
         self.calls = 0
+        self.from_candidate = []  # objects made from its replies that are not plain data (its exceptions)
 
     def fail(self, message):
         self.failure = self.failure or message
@@ -87,6 +91,10 @@ class Channel:
         except NotPlainData as exc:  # noqa: F821
             if getattr(exc.value, "__candidate_proxy__", False):
                 self.fail(f"a candidate function ({exc.value.__name__}) cannot be passed to the candidate")
+            if exc.kind != "type" or any(exc.value is obj for obj in self.from_candidate):
+                # Possibly (made from) a candidate's result: it must not choose the mode.
+                self.fail(f"an argument of {name} cannot be sent to the candidate ({exc}); a value that "
+                          f"comes from the candidate never selects the in-process mode")
             self.needs_in_process = self.needs_in_process or f"argument of {name}: {exc}"
             raise NeedsInProcess(self.needs_in_process) from None
         self.calls += 1
@@ -95,7 +103,9 @@ class Channel:
         if tag == "ok" and len(reply) == 2:
             return reply[1]
         if tag == "raise" and len(reply) == 3 and all(isinstance(x, str) for x in reply[1:]):
-            raise _exception(self, name, reply[1], reply[2])
+            exc = _exception(self, name, reply[1], reply[2])
+            self.from_candidate.append(exc)
+            raise exc
         if tag == "unplain" and len(reply) == 2:
             self.fail(f"{name} returned a {reply[1]!s:.80}, which is not plain data")
         if tag == "missing":

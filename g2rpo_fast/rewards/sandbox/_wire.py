@@ -19,11 +19,15 @@ _NON_FINITE = {"inf": math.inf, "nan": math.nan}
 
 
 class NotPlainData(TypeError):
-    """A value that cannot cross as a literal; ``value`` is the offending object."""
+    """A value that cannot cross as a literal; ``value`` is the offending object. ``kind``:
+    "type" (an object of a type that is not plain data), "depth" (plain data nested too
+    deeply) or "size" (a message too large): only the first can never come from the candidate,
+    whose results are plain data by construction."""
 
-    def __init__(self, message, value=None):
+    def __init__(self, message, value=None, kind="type"):
         super().__init__(message)
         self.value = value
+        self.kind = kind
 
 
 class ProtocolError(Exception):
@@ -35,7 +39,7 @@ def _check_plain(value, depth):
     if kind in _SCALARS:
         return
     if depth >= MAX_DEPTH:
-        raise NotPlainData("nested too deeply", value)
+        raise NotPlainData("nested too deeply", value, "depth")
     if kind in (list, tuple, set):
         for item in value:
             _check_plain(item, depth + 1)
@@ -53,7 +57,7 @@ def to_literal(value) -> str:
     text = repr(value)
     if len(text) > MAX_MESSAGE_BYTES // 4:  # utf-8 never needs more than 4 bytes a character
         if len(text.encode("utf-8")) > MAX_MESSAGE_BYTES:
-            raise NotPlainData(f"message larger than {MAX_MESSAGE_BYTES} bytes", None)
+            raise NotPlainData(f"message larger than {MAX_MESSAGE_BYTES} bytes", None, "size")
     return text
 
 
@@ -77,7 +81,7 @@ def from_literal(text: str):
 def send(fd: int, text: str) -> None:
     data = text.encode("utf-8")
     if len(data) > MAX_MESSAGE_BYTES:
-        raise NotPlainData(f"message larger than {MAX_MESSAGE_BYTES} bytes", None)
+        raise NotPlainData(f"message larger than {MAX_MESSAGE_BYTES} bytes", None, "size")
     view = memoryview(b"%d\n" % len(data) + data)
     while view:
         view = view[os.write(fd, view):]

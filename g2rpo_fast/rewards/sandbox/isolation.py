@@ -4,11 +4,13 @@
   cgroup), no further user namespaces, no capabilities, uid/gid 65534 inside, a new session,
   killed with its parent. The filesystem holds only read-only binds of the interpreter, its
   standard library (site-packages hidden) and the system libraries, a fresh /proc, a minimal
-  /dev and a size-capped private tmpfs at /tmp (the working directory). The host's home,
+  read-only /dev whose /dev/shm is a size-capped tmpfs like the private /tmp (the working
+  directory): bwrap's own /dev is a writable tmpfs without a size limit. The host's home,
   caches, checkpoints, project and sockets do not exist inside.
 * ``namespace``: the same view built by ``_namespace_init.py`` under ``unshare`` (user
-  namespaces, no bubblewrap): a tmpfs root with the same read-only binds, ``pivot_root`` into
-  it, the host tree detached, capabilities dropped before the completion starts.
+  namespaces, no bubblewrap): a tmpfs root with the same read-only binds (no /dev/shm),
+  ``pivot_root`` into it, the host tree detached, no further user namespaces, capabilities
+  dropped before the completion starts.
 * ``unsafe-process``: a plain child process with rlimits and a private working directory;
   no filesystem, network or PID isolation. Only on explicit request.
 """
@@ -73,8 +75,9 @@ def bwrap_command(layout: dict, tmpfs_bytes: int, extra_paths: list[str], comman
         argv += ["--symlink", target, link]
     for path in layout["hidden"]:
         argv += ["--size", "4096", "--tmpfs", path, "--remount-ro", path]
-    argv += ["--proc", "/proc", "--dev", "/dev", "--size", str(tmpfs_bytes), "--tmpfs", "/tmp",
-             "--chdir", "/tmp", "--remount-ro", "/", "--"]
+    argv += ["--proc", "/proc", "--dev", "/dev", "--size", str(tmpfs_bytes), "--tmpfs", "/dev/shm",
+             "--remount-ro", "/dev", "--size", str(tmpfs_bytes), "--tmpfs", "/tmp", "--chdir", "/tmp",
+             "--remount-ro", "/", "--"]
     return argv + command
 
 

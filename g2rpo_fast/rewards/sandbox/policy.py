@@ -2,13 +2,16 @@
 
 ``auto`` takes bubblewrap when it works, else the ``namespace`` sandbox (``unshare``), and
 otherwise *refuses*: ``SandboxUnavailableError`` says why and how to fix it. Running
-completions without isolation (``unsafe-process``) happens only when asked for by name.
+completions without isolation (``unsafe-process``) happens only when asked for by name, never
+as root, and gives no verdict guarantee (see ``UNSAFE_WARNING``).
 Each backend is probed once per process by scoring a small program that checks, from the
-inside, that the host is invisible and unwritable, that there is no network and no capability.
+inside, that the host is invisible and unwritable, that there is no network, no capability and
+no way to create a further user namespace.
 """
 from __future__ import annotations
 
 import functools
+import os
 import tempfile
 import threading
 
@@ -22,8 +25,26 @@ FIX_HINT = (
     "To fix: install bubblewrap (Debian/Ubuntu: `apt-get install bubblewrap`, Fedora: `dnf install "
     "bubblewrap`) and allow user namespaces (`sysctl -w kernel.unprivileged_userns_clone=1` where that "
     "setting exists, `user.max_user_namespaces` > 0; Ubuntu 24.04+: `kernel.apparmor_restrict_unprivileged_userns=0` "
-    "or an AppArmor profile for bwrap; containers must allow unshare and mount). Or opt in to running "
-    "completions with process limits only, no isolation: `code_sandbox: unsafe-process`.")
+    "or an AppArmor profile for bwrap; containers must allow unshare and mount). Or, for completions you trust, "
+    "as a non-root user: `code_sandbox: unsafe-process` (process limits only, no isolation, no verdict "
+    "guarantee).")
+
+
+# `unsafe-process` runs a completion as a plain process of the trainer's user. Nothing then
+# separates it from the tester and the trainer: it can open their pipes through /proc, ptrace
+# them where the kernel allows, edit the Python they import, or move out of the run's cgroup,
+# so neither the verdict nor the clean-up can be guaranteed. Said plainly, and refused as root,
+# where it would also own the machine.
+UNSAFE_WARNING = (
+    "code_sandbox='unsafe-process': NO isolation and NO verdict guarantee. Completions run as plain processes "
+    "of your user with rlimits only: they can read and write your files, use the network, signal your "
+    "processes, and reach the tester and the trainer (e.g. through /proc), so a completion can forge its own "
+    "pass; a process that leaves the run's cgroup is not seen (`leaked` is None). Use it only for completions "
+    "you trust (debugging a reward, known-good solutions).")
+UNSAFE_AS_ROOT = (
+    "code_sandbox='unsafe-process' is refused as root: without isolation a completion would run with every "
+    "privilege on this machine (and could forge its verdict in any case). Use bwrap or namespace (`auto`), or "
+    "run as an unprivileged user.")
 
 
 class SandboxUnavailableError(RuntimeError):
@@ -34,7 +55,12 @@ _default_mode = "auto"
 _probe_lock = threading.Lock()
 
 _PROBE_CODE = '''
-import os, socket
+import ctypes, os, socket
+def nested_user_namespace():
+    pid = os.fork()
+    if pid == 0:  # a child tries, so the probe itself stays where it is
+        os._exit(0 if ctypes.CDLL(None, use_errno=True).unshare(0x10000000) == 0 else 1)  # CLONE_NEWUSER
+    return os.waitpid(pid, 0)[1] == 0
 def probe(marker, host_dir):
     try:
         open(os.path.join(host_dir, "written"), "w").close()
@@ -45,13 +71,15 @@ def probe(marker, host_dir):
     return {"host_file_visible": os.path.exists(marker),
             "host_dir_writable": os.path.exists(os.path.join(host_dir, "written")),
             "interfaces": sorted(name for _, name in socket.if_nameindex()), "capabilities": caps,
-            "own_pid_namespace": len([p for p in os.listdir("/proc") if p.isdigit()]) < 8}
+            "own_pid_namespace": len([p for p in os.listdir("/proc") if p.isdigit()]) < 8,
+            "nested_user_namespace": nested_user_namespace()}
 '''
 _PROBE_TEST = '''
 def check(candidate):
     seen = candidate({marker!r}, {host_dir!r})
     assert seen == {{"host_file_visible": False, "host_dir_writable": False, "interfaces": ["lo"],
-                    "capabilities": "0000000000000000", "own_pid_namespace": True}}, seen
+                    "capabilities": "0000000000000000", "own_pid_namespace": True,
+                    "nested_user_namespace": False}}, seen
 '''
 
 
@@ -104,10 +132,9 @@ def resolve_sandbox(mode: str | None = None) -> str:
     ``SandboxUnavailableError`` when no strong one works and ``unsafe-process`` was not chosen."""
     mode = validate_mode(mode if mode is not None else _default_mode)
     if mode == "unsafe-process":
-        warn_once("unsafe-process", "code_sandbox='unsafe-process': completions run as plain processes with "
-                                    "rlimits only: they can read host files, use the network and signal "
-                                    "every process of the same user (as root: every process on the "
-                                    "machine). The verdict still comes from the trusted tester.")
+        if os.geteuid() == 0:
+            raise SandboxUnavailableError(UNSAFE_AS_ROOT)
+        warn_once("unsafe-process", UNSAFE_WARNING)
         return mode
     reasons = {}
     for backend in STRONG_BACKENDS if mode == "auto" else (mode,):

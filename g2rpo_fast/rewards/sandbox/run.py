@@ -6,13 +6,16 @@ cgroup, the trusted tester beside it, the verdict, and a clean-up that leaves no
                                         ▼  │
                                   candidate server (the completion), sandboxed
 
-The verdict is the tester's, read from the tester's stdout, which the candidate cannot
-reach; there is no pass secret anywhere. Limits per run: wall-clock ``timeout`` for the
-whole run; total memory (tmpfs and memfd included) and process count through a cgroup when
-one can be created, else per-process RLIMIT_AS / RLIMIT_NPROC only (a warning says so);
-RLIMIT_CPU, RLIMIT_FSIZE, no core files. At the end the PID namespace's init is killed (the
-kernel then kills every process of the namespace before init's exit completes), then every
-process still in the cgroup, and the cgroup is removed: ``leaked`` is True only if that failed.
+The verdict is the tester's, read from the tester's stdout, which the candidate cannot reach;
+there is no pass secret anywhere. The candidate server talks to the tester over two pipes of
+its own (passed by number), never over the launcher's stdin/stdout: whatever bwrap, unshare or
+the namespace init print goes to the run's log, not into the protocol. Limits per run:
+wall-clock ``timeout`` for the whole run; total memory (tmpfs and memfd included) and process
+count through a cgroup when one can be created, else per-process RLIMIT_AS / RLIMIT_NPROC only
+(a warning says so); RLIMIT_CPU, RLIMIT_FSIZE, no core files. At the end the PID namespace's
+init is killed (the kernel then kills every process of the namespace before init's exit
+completes), then every process still in the cgroup, and the cgroup is removed: ``leaked`` is
+True only if that failed.
 """
 from __future__ import annotations
 
@@ -75,7 +78,8 @@ class SandboxResult:
     timed_out: bool
     wall_s: float
     sandbox: str  # "bwrap" | "namespace" | "unsafe-process"
-    leaked: bool  # a process of this run survived the clean-up (never expected)
+    leaked: bool | None  # a process of this run survived the clean-up (never expected); None: cannot be known
+    # (unsafe-process, where a process may leave the run's cgroup unseen)
     memory_peak_bytes: int | None  # from the cgroup; None without one
     pids_peak: int | None
     oom_kills: int | None
@@ -124,13 +128,13 @@ class CandidateSandbox:
         self.run_id = f"g2rpo-run-{secrets.token_hex(8)}"
         self.tmp = self.proc = self.cgroup = self.log = None
 
-    def _command(self, work: str) -> list[str]:
+    def _command(self, work: str, request_fd: int, reply_fd: int) -> list[str]:
         layout = isolation.python_layout()
         cpu_seconds = math.ceil(self.limits.timeout) + 1
         inside = self.python_paths if self.backend == "unsafe-process" else \
             isolation.sandbox_python_paths(self.python_paths)
-        args = [self.run_id, str(self.limits.memory_bytes), str(cpu_seconds), str(self.limits.tmpfs_bytes),
-                str(self.limits.max_pids), *inside]
+        args = [self.run_id, str(request_fd), str(reply_fd), str(self.limits.memory_bytes), str(cpu_seconds),
+                str(self.limits.tmpfs_bytes), str(self.limits.max_pids), *inside]
         command = isolation.server_command(layout, script_source("_candidate_server.py"), args)
         if self.backend == "bwrap":
             return isolation.bwrap_command(layout, self.limits.tmpfs_bytes, self.python_paths, command)
@@ -151,19 +155,21 @@ class CandidateSandbox:
                                 "(RLIMIT_AS: memfd/tmpfs pages and forks are not counted together) and the "
                                 "process count by RLIMIT_NPROC only, which the kernel does not apply to "
                                 "root. Run as root with a writable cgroup, or delegate one.")
-        argv = self._command(work)
-        if self.cgroup is not None:
-            argv = isolation.join_cgroup_command(self.cgroup.procs_files, argv)
         env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp", "LC_ALL": "C.UTF-8",
                "PYTHONIOENCODING": "utf-8"}
         if self.backend == "unsafe-process":
             env.update(HOME=work, TMPDIR=work)
         request_r, request_w = os.pipe()
         reply_r, reply_w = os.pipe()
+        argv = self._command(work, request_r, reply_w)
+        if self.cgroup is not None:
+            argv = isolation.join_cgroup_command(self.cgroup.procs_files, argv)
         self.log = open(os.path.join(self.tmp, "log"), "w+b")
         try:
-            self.proc = subprocess.Popen(argv, stdin=request_r, stdout=reply_w, stderr=self.log, cwd=work, env=env,
-                                         start_new_session=True, close_fds=True)
+            # The launcher's own stdout and stderr go to the log; the protocol has its own pipes.
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log, cwd=work,
+                                         env=env, start_new_session=True, close_fds=True,
+                                         pass_fds=(request_r, reply_w))
         except BaseException:
             for fd in (request_w, reply_r):
                 os.close(fd)
@@ -199,6 +205,8 @@ class CandidateSandbox:
                 report["leaked"] = not (emptied and self.cgroup.remove())
                 if report["leaked"]:
                     logger.error("code sandbox: processes of run %s survived the clean-up", self.run_id)
+            if self.backend == "unsafe-process" and not report["leaked"]:
+                report["leaked"] = None  # no PID namespace: a process that left the cgroup is not seen
             if self.log is not None:
                 report["output"] = _tail(self.log)
         finally:

@@ -1,0 +1,1 @@
+"""Integrations with other trainers: `g2rpo_fast.integrations.trl` (TRL's GRPOTrainer)."""
