@@ -101,7 +101,7 @@ def test_no_guidance_truncation_mask_checkpointing(tmp_path):
     assert history[0]["completions/clipped_ratio"] > 0
 
 
-    assert history[0]["truncated_ratio"] > 0
+    assert history[0]["completions/clipped_ratio"] > 0
 
 
 @pytest.mark.parametrize("mask", [True, False])

@@ -167,7 +167,7 @@ def test_reward_timeout_is_finite_by_default_and_a_hang_is_a_failed_record(tmp_p
     rows = read_metrics(cfg)
     assert [r["step"] for r in rows] == [1, 2]
     for r in rows:
-        assert r["rewards/stuck_reward"] == 0.0 and r["reward_errors"] == 1
+        assert r["rewards/stuck_reward/mean"] == 0.0 and r["reward_errors"] == 1
         assert r["reward_failures"] == ["reward stuck_reward: no result after 0.5 s (reward_timeout); its 8 samples "
                                         "scored 0.0"]
     assert sum("stuck_reward: no result after 0.5 s" in str(w.message) for w in caught) == 2
