@@ -5,6 +5,9 @@ Variants (same batch, same options: grpo loss, beta=0.04 with ref/old log-probs)
                 the CPU the C++ kernels (`torch.ops.g2rpo_fast.linear_token_loss`: loss and gradients
                 in one pass, 3 GEMMs instead of 4)
   * ours_torch - the same module on the "torch" backend (chunked PyTorch: the CPU path without `_C`)
+  * ours_tiles / ours_chunked - (CUDA) the same module with the Triton backward on one of its two paths
+                (`kernels/triton/fused_linear.py`: "chunked", the default, GEMMs around the in-place
+                logps backward kernel; "tiles", the two tile kernels): the measurement that chooses
   * liger     - liger_kernel.chunked_loss.LigerFusedLinearGRPOLoss (compiled=True on CUDA)
   * eager     - TRL style: logits = h @ W.T materialised, log_softmax, gather, then the loss
   * compiled  - torch.compile of the chunked PyTorch reference (our loss, on the "torch" backend)
@@ -54,7 +57,7 @@ def make_batch(n, h, v, dtype, device, seq_len):
     return {k: t.to(device) for k, t in batch.items()}
 
 
-def ours(batch, compiled=False, backend=None):
+def ours(batch, compiled=False, backend=None, backward_path=None):
     loss_fn = g2rpo_fast.FusedLinearG2RPOLoss(**OPTS)
 
     def step(h, w):
@@ -63,6 +66,14 @@ def ours(batch, compiled=False, backend=None):
                           ref_logps=batch["ref_logps"])
         return loss
 
+    if backward_path:  # the Triton backward's path (CUDA): kernels/triton/fused_linear.py
+        from g2rpo_fast.kernels.fused_linear import use_backward_path
+
+        def on_path(h, w):
+            with use_backward_path(backward_path):
+                step(h, w).backward()
+
+        return on_path
     if backend:
         def on_backend(h, w):
             with use_backend(backend):
@@ -204,7 +215,9 @@ def cublas_time(n, h, v, dtype, reps):
 def run_shape(n, h, v, dtype, device, reps, warmup, variants, seq_len):
     batch = make_batch(n, h, v, dtype, device, seq_len)
     makers = {"ours": lambda: ours(batch), "liger": lambda: liger(batch), "eager": lambda: eager(batch),
-              "compiled": lambda: ours(batch, compiled=True), "ours_torch": lambda: ours(batch, backend="torch")}
+              "compiled": lambda: ours(batch, compiled=True), "ours_torch": lambda: ours(batch, backend="torch"),
+              "ours_tiles": lambda: ours(batch, backward_path="tiles"),
+              "ours_chunked": lambda: ours(batch, backward_path="chunked")}
     flops = 6 * n * h * v
     rows = []
     ref = cublas_time(n, h, v, dtype, reps) if device.type == "cuda" else None
@@ -243,7 +256,8 @@ def run_shape(n, h, v, dtype, device, reps, warmup, variants, seq_len):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variants", default=None, help="default: ours,liger,eager,compiled (+ ours_torch on the CPU)")
+    ap.add_argument("--variants", default=None, help="default: ours,liger,eager,compiled, and ours_tiles on CUDA, "
+                                                     "ours_torch on the CPU")
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--shapes", default=None, help="comma-separated NxHxV")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for every variant")
@@ -253,7 +267,8 @@ def main():
         torch.set_num_threads(args.threads)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    variants = (args.variants or ("ours,liger,eager,compiled" + ("" if cuda else ",ours_torch"))).split(",")
+    variants = (args.variants or ("ours,ours_tiles,liger,eager,compiled" if cuda
+                                  else "ours,liger,eager,compiled,ours_torch")).split(",")
     if cuda:
         dtype, seq_len, reps, warmup = torch.bfloat16, SEQ_LEN, args.reps or 10, 2
         shapes = [(n, h, 151936) for h in (2048, 4096) for n in (4096, 16384, 65536)]

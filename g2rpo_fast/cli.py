@@ -7,6 +7,7 @@
     g2rpo-fast demo --regime hard --jobs 2            # the same on 4-digit sums (sparse rewards)
     g2rpo-fast train --config hard --report-to tensorboard
     g2rpo-fast eval --checkpoint out/checkpoint-30    # greedy held-out accuracy
+    g2rpo-fast plan --model-name-or-path DIR --gpu-memory-gb 80   # memory per phase, settings that fit
 
 Every `G2RPOConfig` field is also an option `--field-name value` or `--field_name value` (lists/None in
 YAML syntax, e.g. `--reward-funcs "[accuracy, format]"`; a true/false field alone means true, e.g.
@@ -208,6 +209,30 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    """The memory plan of a train command (`g2rpo_fast/memory_plan.py`): per-phase bytes and the
+    settings that fit; the last line is one JSON object. Exit 0 when the plan fits, 1 when not."""
+    import json
+
+    from g2rpo_fast.memory_plan import plan_for_config, summary_lines
+
+    if args.gpu_memory_gb is None or not args.gpu_memory_gb > 0:
+        raise UsageError(f"`gpu_memory_gb` must be a number > 0, got {args.gpu_memory_gb}")
+    if args.world_size < 1:
+        raise UsageError(f"`world_size` must be an int >= 1, got {args.world_size}")
+    cfg = _setup(_config_from_args, args, {"progress_bar": False})
+    from g2rpo_fast.models.loading import model_config
+
+    hf_config = _setup(model_config, cfg.model_name_or_path)
+    device = "cpu" if cfg.device == "cpu" else "cuda"  # `--device auto` plans for the GPU
+    result = plan_for_config(cfg, hf_config, memory_bytes=int(args.gpu_memory_gb * 1e9), device=device,
+                             world_size=args.world_size)
+    for line in summary_lines(result):
+        print(line)
+    print(json.dumps(result))
+    return 0 if result["fits"] else 1
+
+
 def cmd_demo(args) -> int:
     from g2rpo_fast.demo import REGIMES, run_demo
 
@@ -253,6 +278,16 @@ def build_parser():
     e.add_argument("--split", default=None, help="dataset split (default: eval_split)")
     e.add_argument(*flags("max_prompts"), dest="max_prompts", type=int, default=None)
     _add_config_fields(e, skip=())
+    pl = sub.add_parser("plan", help="predicted memory per phase of a training step and the settings that fit "
+                                     "(from the model's config.json alone)")
+    pl.add_argument("--config", default=None, help="YAML file or preset name, as for train")
+    pl.add_argument("--gpu-memory-gb", dest="gpu_memory_gb", type=float, default=None, required=True,
+                    help="memory of one device in GB (10^9 bytes), e.g. 80")
+    pl.add_argument("--world-size", dest="world_size", type=int, default=1, help="processes (GPUs) of the run")
+    pl.add_argument("--output-dir", dest="output_dir", default=None)
+    pl.add_argument("--max-steps", dest="max_steps", type=int, default=None)
+    pl.add_argument("--seed", type=int, default=None)
+    _add_config_fields(pl, skip=("output_dir", "max_steps", "seed"))
     x = sub.add_parser("export", help="write a checkpoint (sharded FSDP ones too) as a Hugging Face model directory")
     x.add_argument("checkpoint", help="a checkpoint-N directory")
     x.add_argument("out_dir", help="where to write the model (a new or empty directory)")
@@ -280,7 +315,7 @@ def main(argv=None) -> int:
     if extra:
         print(f"g2rpo-fast {args.command}: error: {_unknown_option(parser, args.command, extra)}", file=sys.stderr)
         return 2
-    commands = {"train": cmd_train, "demo": cmd_demo, "eval": cmd_eval, "export": cmd_export}
+    commands = {"train": cmd_train, "demo": cmd_demo, "eval": cmd_eval, "export": cmd_export, "plan": cmd_plan}
     try:
         return commands[args.command](args)
     except UsageError as exc:

@@ -24,7 +24,6 @@ NOTES = {
     "warmup_steps": "a value in (0, 1) is a fraction of the run's steps",
     "optim": "`adamw_torch_fused` (torch's fused AdamW; per-tensor under FSDP) or `adamw_torch`; others refused",
     "bf16": "true: `torch_dtype` bfloat16; false: float32; None: `torch_dtype` decides (auto: bfloat16 on CUDA)",
-    "gradient_checkpointing": "the built-in presets turn it off (a tiny model)",
     "logging_steps": "whole steps (a fraction is refused); metrics.jsonl gets every step, the printed line and "
                      "`report_to` the mean since the last log",
     "report_to": "`none`, `tensorboard`, `wandb`, `all`, or a list; others refused by name",

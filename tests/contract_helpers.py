@@ -56,10 +56,16 @@ def record(trainer) -> Recording:
 
     generate = trainer.engine.generate
 
+    per_micro_batch = trainer.config.per_device_train_batch_size
+
     def recording_generate(prompts, *args, **kwargs):
         weights = _snapshot(model)
         outs = generate(prompts, *args, **kwargs)
-        rec.rollouts.append(Rollout([list(p) for p in prompts], [list(o.token_ids) for o in outs], weights))
+        # one engine call per step (its generation batch): one Rollout per micro-batch
+        for a in range(0, len(prompts), per_micro_batch):
+            part = slice(a, a + per_micro_batch)
+            rec.rollouts.append(Rollout([list(p) for p in prompts[part]], [list(o.token_ids) for o in outs[part]],
+                                        weights))
         return outs
 
     trainer.engine.generate = recording_generate

@@ -89,7 +89,7 @@ def test_fsdp_matches_one_process_after_two_steps(launched, single):
     out, result = launched
     fsdp = result["fsdp"]
     assert fsdp["sharded"]  # the fp32 master weights are DTensor shards
-    assert fsdp["gathered_for_rollouts"] == [True] * 4  # whole weights for every roll-out call
+    assert fsdp["gathered_for_rollouts"] == [True] * 2  # whole weights for every roll-out call (one per step)
     assert any(a != b for a, b in zip(sum(fsdp["pieces"][0], []), sum(fsdp["pieces"][1], [])))
     # the loss (dapo: normalised by the global token count) and the gradient's scale (its norm,
     # before clipping; AdamW alone would hide a wrong scale) are the one-process ones

@@ -78,7 +78,9 @@ def _launch_every_kernel():
                                      eps_high=0.2, delta=None)
     h, w = randn(n, hidden), randn(vocab, hidden)
     _, lse, _ = fused_linear.forward(h, w, None, ids, 1.0, False)
-    fused_linear.backward(h, w, None, ids, lse, ones, 1.0, True, True, False)
+    for path in fused_linear.BACKWARD_PATHS:  # chunked: GEMMs around logps_bwd; tiles: its two kernels
+        with fused_linear.use_backward_path(path):
+            fused_linear.backward(h, w, None, ids, lse, ones, 1.0, True, True, False)
     advantages.launch_group_advantages(randn(8), 4, "group", 1e-4)
     cache = randn(3, 16, 2, 16)
     paged_attention.launch_paged_decode(randn(2, 4, 16), cache, cache,

@@ -84,9 +84,11 @@ def _advantages(dtype, scale, group_size=8):
     return case
 
 
-def _fused_linear(dtype, backward, bias=True, entropy=True, rows=8, vocab=300, hidden=64):
+def _fused_linear(dtype, backward, bias=True, entropy=True, rows=8, vocab=300, hidden=64, path="tiles"):
     """rows=8 gives one row block, so the vocabulary splits into one tile per program
-    (`tiles_per_split == 1`, which Triton specialises); rows=2560 gives several tiles each."""
+    (`tiles_per_split == 1`, which Triton specialises); rows=2560 gives several tiles each.
+    `path`: the backward's ("tiles": its two kernels; "chunked": GEMMs around the logps
+    backward kernel)."""
     def case():
         from g2rpo_fast.kernels import fused_linear
 
@@ -95,7 +97,8 @@ def _fused_linear(dtype, backward, bias=True, entropy=True, rows=8, vocab=300, h
         b = torch.randn(vocab).to(dtype) if bias else None
         t = _ids(rows)
         if backward:
-            fused_linear.backward(h, w, b, t, torch.zeros(rows), torch.ones(rows), 1.0, True, True, bias)
+            with fused_linear.use_backward_path(path):
+                fused_linear.backward(h, w, b, t, torch.zeros(rows), torch.ones(rows), 1.0, True, True, bias)
         else:
             fused_linear.forward(h, w, b, t, 1.0, entropy)
     return case
@@ -147,6 +150,7 @@ CASES = {
                                                                     vocab=4096),
     "fused_linear_bwd-bf16-no_bias": _fused_linear(BF16, True, bias=False),
     "fused_linear_bwd-fp32-no_bias-16_aligned_rows": _fused_linear(F32, True, bias=False, rows=2560),
+    **{f"fused_linear_bwd_chunked-{str(d)[6:]}": _fused_linear(d, True, path="chunked") for d in (F32, BF16)},
     # kernels/triton/paged_attention.py
     **{f"paged_decode-{str(d)[6:]}": _paged_decode(d) for d in (F32, BF16, F16)},
     "paged_decode-bf16-flash_layout-block256": _paged_decode(BF16, "block_major", block_size=256),
@@ -160,6 +164,7 @@ EXPECTED_KERNELS = {
     "advantages": {"group_advantages_kernel"},
     "fused_linear_fwd": {"_fwd_kernel"},
     "fused_linear_bwd": {"_dhidden_kernel", "_dweight_kernel"},
+    "fused_linear_bwd_chunked": {"logps_bwd_kernel"},
     "paged_decode": {"paged_decode_kernel"},
 }
 

@@ -47,13 +47,28 @@ def close(actual, expected, tol, what):
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    """PyTorch path: 8-row chunks at V = 100 so every test crosses chunk edges."""
+    """PyTorch path: 8-row chunks at V = 100 so every test crosses chunk edges (and 16-row
+    chunks in the Triton backward's chunked path)."""
+    from g2rpo_fast.kernels import fused_linear as k
+
     monkeypatch.setattr(fl, "CHUNK_ELEMS", 800)
+    monkeypatch.setattr(k, "CHUNK_ELEMS_CPU", 1600)
+
+
+@pytest.fixture(params=["chunked", "tiles"])
+def backward_path(request, backend):
+    """The Triton backward's two paths (`kernels/triton/fused_linear.py`, BACKWARD_PATHS)."""
+    from g2rpo_fast.kernels import fused_linear as k
+
+    if backend != "triton" and request.param == "tiles":
+        pytest.skip("the backward path is the Triton one's: the torch and native paths have their own (run once)")
+    with k.use_backward_path(request.param):
+        yield request.param
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("case", ["packed_bias_T", "padded_nobias"])
-def test_values_and_grads_match_float64(backend, device, small_chunks, dtype, case):
+def test_values_and_grads_match_float64(backend, device, small_chunks, backward_path, dtype, case):
     packed = case.startswith("packed")
     lead = (37,) if packed else (2, 19)
     temperature = 0.7 if case.endswith("_T") else 1.0
@@ -81,7 +96,7 @@ def test_values_and_grads_match_float64(backend, device, small_chunks, dtype, ca
         close(bias.grad, b64.grad, TOL[dtype], "d_bias")
 
 
-def test_large_vocab_tiny_rows(backend, device):
+def test_large_vocab_tiny_rows(backend, device, backward_path):
     """V = 151936 (Qwen) on N = 2, H = 16: many vocab tiles, one row block."""
     hidden, weight, bias, ids = make_inputs((2,), 16, 151936, torch.float32, device, bias=True, seed=3)
     ids[0] = 151935  # the last column
@@ -104,7 +119,7 @@ def test_float64_input_runs_the_reference_path(backend):
     torch.testing.assert_close(out, ref_logps(hidden, weight, bias, ids, 1.3), rtol=0, atol=1e-12)
 
 
-def test_frozen_weight_and_hidden_only_grads(backend, device):
+def test_frozen_weight_and_hidden_only_grads(backend, device, backward_path):
     hidden, weight, _, ids = make_inputs((20,), 32, 70, torch.float32, device, bias=False)
     hidden = hidden.requires_grad_()
     fused_linear_logps(hidden, weight, ids).sum().backward()
@@ -143,7 +158,7 @@ def test_kernel_module_runs_on_cpu_whatever_the_env(monkeypatch):
     assert os.environ.get("TRITON_INTERPRET") is None
 
 
-def test_empty_input(backend, device):
+def test_empty_input(backend, device, backward_path):
     hidden, weight, _, ids = make_inputs((0,), 16, 40, torch.float32, device, bias=False)
     hidden.requires_grad_()
     out = fused_linear_logps(hidden, weight, ids)

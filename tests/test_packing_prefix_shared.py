@@ -272,14 +272,14 @@ def test_trainer_shared_equals_per_sample(tmp_path):
         trainer = make_trainer(cfg)
         assert trainer.prefix_shared == (setting == "auto")
         packs = []
-        pack_fn = trainer.generate_micro_batch
+        pack_fn = trainer.generate_rollouts
 
         def spy(*a, _fn=pack_fn, _out=packs, **k):
-            mb = _fn(*a, **k)
-            _out.append(mb.packed)
-            return mb
+            batches = _fn(*a, **k)
+            _out.extend(mb.packed for mb in batches)
+            return batches
 
-        trainer.generate_micro_batch = spy
+        trainer.generate_rollouts = spy
         history = trainer.train()
         runs[setting] = (strip_timing(history), trainer.model.state_dict(), packs)
     (shared, w_shared, b_shared), (plain, w_plain, b_plain) = runs["auto"], runs["false"]

@@ -240,19 +240,19 @@ def test_entropy_is_the_tempered_models_over_the_generated_tokens(models):
 def test_repetition_penalty_equals_transformers_processor():
     """Row by row, exactly HF's RepetitionPenaltyLogitsProcessor: positive logits of seen tokens
     divided, negative ones multiplied, repeats counted once, other tokens untouched."""
-    from g2rpo_fast.rollout.sampler import penalize_repetitions
+    from g2rpo_fast.rollout.sampler import penalize_repetitions, seen_tokens
     from g2rpo_fast.rollout.sequence import SamplingParams, Sequence
 
     torch.manual_seed(0)
     logits = torch.randn(3, VOCAB) * 3
-    rows = [([5, 9, 9, 40, 2], 1.5), ([7, 1, 30], 0.7), ([3, 4], 1.0)]
-    seqs = [Sequence(i, ids, len(ids), SamplingParams(max_new_tokens=1, temperature=1.0, repetition_penalty=pen),
-                     None, 256) for i, (ids, pen) in enumerate(rows)]
-    ours = penalize_repetitions(logits, seqs)
-    for i, (ids, pen) in enumerate(rows):
-        ref = RepetitionPenaltyLogitsProcessor(pen)(torch.tensor([ids]), logits[i:i + 1].clone()) if pen != 1 \
-            else logits[i:i + 1]
-        assert torch.equal(ours[i], ref[0])
+    rows = [[5, 9, 9, 40, 2], [7, 1, 30], [3]]  # rows of different lengths: the padding is a repeat
+    for penalty in (1.5, 0.7):
+        seqs = [Sequence(i, ids, len(ids), SamplingParams(max_new_tokens=1, temperature=1.0), 0, 256)
+                for i, ids in enumerate(rows)]
+        ours = penalize_repetitions(logits, seen_tokens(seqs, "cpu"), penalty)
+        for i, ids in enumerate(rows):
+            ref = RepetitionPenaltyLogitsProcessor(penalty)(torch.tensor([ids]), logits[i:i + 1].clone())
+            assert torch.equal(ours[i], ref[0])
     assert (logits[0, [5, 9, 40, 2]] < 0).any() and (logits[0, [5, 9, 40, 2]] > 0).any()  # both branches seen
 
 

@@ -125,7 +125,7 @@ def test_sharing_under_kv_pressure_with_preemption(model, monkeypatch):
 
 # ---------------------------------------------------------------- reference counts, by hand
 def seq(tokens, seq_id=0):
-    return Sequence(seq_id, list(tokens), len(tokens), SamplingParams(max_new_tokens=4), None, 1000)
+    return Sequence(seq_id, list(tokens), len(tokens), SamplingParams(max_new_tokens=4), 0, 1000)
 
 
 def refs(bm):

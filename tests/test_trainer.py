@@ -112,7 +112,10 @@ def test_mask_truncated_completions_reaches_the_loss_weights(tmp_path, mask):
     cfg = make_config(tmp_path, guidance_schedule="none", mask_truncated_completions=mask, max_completion_length=3,
                       prefix_shared_forward="false", packed_row_tokens=0)
     trainer = make_trainer(cfg)
-    batch = trainer.generate_micro_batch(0, guidance_length=0)
+    # a random tiny model rarely emits its EOS within 3 tokens (whether one of 8 samples did was
+    # up to the sampler's draws): stop on a quarter of the vocabulary, so both kinds occur
+    trainer.rollouts.stop_token_ids = list(range(0, trainer.engine.vocab_size, 4))
+    batch = trainer.generate_rollouts(guidance_length=0)[0]
     packed, samples = batch.packed, batch.samples
     assert any(s.truncated for s in samples) and any(not s.truncated for s in samples)  # both kinds present
     offsets = packed.cu_seqlens.tolist()

@@ -82,10 +82,12 @@ def test_a_trl_config_at_its_defaults_is_accepted_and_reads_back():
     defaults = trl_defaults()
     cfg, ours = G2RPOConfig(**defaults), G2RPOConfig()
     differ = {n for n in G2RPOConfig.field_names() if getattr(cfg, n) != getattr(ours, n)}
-    assert differ == {"use_bias_correction_kl", "dist_timeout_s"}  # TRL's true (with beta 0); ddp_timeout 1800
+    # TRL's true (with beta 0); ddp_timeout 1800; gradient checkpointing on (ours: auto, on for CUDA)
+    assert differ == {"use_bias_correction_kl", "dist_timeout_s", "gradient_checkpointing"}
     assert cfg.dist_timeout_s == 1800 and cfg.ddp_timeout == 1800
     for name, default in defaults.items():  # an alias reads back its field's value (tested below)
-        if name not in ("output_dir", "fsdp", "use_bias_correction_kl") and name not in trl_names.ALIASES:
+        if name not in ("output_dir", "fsdp", "use_bias_correction_kl", "gradient_checkpointing") \
+                and name not in trl_names.ALIASES:
             assert _same(getattr(cfg, name), default), name
     assert cfg.output_dir == "trainer_output" and cfg.fsdp is False
 
@@ -114,7 +116,7 @@ def test_aliases_set_our_fields_and_contradictions_name_both():
     assert G2RPOConfig(ddp_timeout=90).dist_timeout_s == 90
     assert G2RPOConfig(shuffle_dataset=False).curriculum is True
     assert G2RPOConfig(train_sampling_strategy="sequential").curriculum is True
-    assert G2RPOConfig(activation_checkpointing=False).gradient_checkpointing is False
+    assert G2RPOConfig(activation_checkpointing=False).gradient_checkpointing == "false"
     with pytest.raises(ValueError, match=r"`use_cpu` \(True\) and `device` \('cuda'\) disagree"):
         G2RPOConfig(use_cpu=True, device="cuda")
     with pytest.raises(ValueError, match=r"`fp16` \(True\) and `torch_dtype` \('bfloat16'\) disagree"):

@@ -9,7 +9,8 @@ largest number of pieces of any rank (1-token dummy forwards, zero-weighted).
 FSDP2 layout: `fully_shard` on each decoder layer and on the root (`PackedPolicy`: embeddings,
 final norm, lm_head), `MixedPrecisionPolicy(param_dtype=compute dtype, reduce_dtype=fp32)`:
 parameters are all-gathered in the compute dtype (bf16 on GPU, fp32 on CPU), gradients are
-reduce-scattered in fp32 and the fp32 master weights and AdamW state exist only as shards.
+reduce-scattered in fp32 and the fp32 master weights and AdamW state exist only as shards. The
+root casts no forward input (`mixed_precision`): the loss's inputs stay fp32.
 Gradients are averaged over ranks, as DDP's are, so the loss scaling (`num_items_in_batch`,
 gradient accumulation) is the DDP one.
 
@@ -40,15 +41,24 @@ def decoder_layers(model) -> list[torch.nn.Module]:
 
 def shard_fsdp(policy: torch.nn.Module, model, compute_dtype: torch.dtype, cpu_offload: bool = False):
     """FSDP2 in place: each decoder layer of `model`, then `policy` (the root) for the rest."""
-    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import CPUOffloadPolicy, fully_shard
 
-    kwargs = {"mp_policy": MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)}
-    if cpu_offload:
-        kwargs["offload_policy"] = CPUOffloadPolicy()
+    offload = {"offload_policy": CPUOffloadPolicy()} if cpu_offload else {}
     for layer in decoder_layers(model):
-        fully_shard(layer, **kwargs)
-    fully_shard(policy, **kwargs)
+        fully_shard(layer, mp_policy=mixed_precision(compute_dtype, root=False), **offload)
+    fully_shard(policy, mp_policy=mixed_precision(compute_dtype, root=True), **offload)
     return policy
+
+
+def mixed_precision(compute_dtype: torch.dtype, root: bool):
+    """Parameters gathered in the compute dtype, gradients reduced in fp32. The root's forward
+    inputs are never cast: they are the loss's fp32 inputs (old / reference log-probs,
+    advantages, masks), and FSDP's default `cast_forward_inputs=True` would round them to bf16
+    (a log-prob of -12.3 in bf16 moves the ratio to 1.0126). Autocast decides the forward's
+    compute dtype; the decoder layers keep FSDP's default (their input is the hidden state)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    return MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32, cast_forward_inputs=not root)
 
 
 def wrap_policy(policy, model, config, dist, device, compute_dtype):
@@ -103,3 +113,12 @@ def equal_forward_count(batch, dist, comm_device) -> None:
     count = torch.tensor([len(batch.row_splits) + 1], dtype=torch.int64, device=comm_device)
     torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
     batch.num_forwards = int(count.item())
+
+
+def agree_count(count: int, dist, comm_device) -> int:
+    """The largest `count` of any rank (every rank then runs that many forwards)."""
+    if dist.world_size <= 1:
+        return count
+    t = torch.tensor([count], dtype=torch.int64, device=comm_device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return int(t.item())

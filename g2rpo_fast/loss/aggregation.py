@@ -51,3 +51,22 @@ def num_items(completion_mask: torch.Tensor, guidance_mask, guidance_loss: str) 
     """Σ_t w_t of one batch: dapo's `num_items_in_batch` is this summed over a step's batches."""
     like = completion_mask.to(torch.float32)
     return float(token_weights(completion_mask, guidance_mask, guidance_loss, like).sum())
+
+
+def piece_scale(loss_type: str, piece: tuple[int, float, int], whole: tuple[int, float, int],
+                num_items_in_batch=None) -> float:
+    """The factor that makes a piece's loss its share of the whole batch's loss, when a batch
+    is trained in pieces of whole sequences (`max_tokens_per_microbatch`): each piece is
+    normalised as a batch of its own (the table above), so it is rescaled by its normaliser
+    over the whole one. `piece` / `whole`: (sequences S, Σ w, max_len of dr_grpo's
+    normaliser). grpo: S_k / S; bnpo (and dapo without a global count): max(1, Σw_k) /
+    max(1, Σw); dapo with `num_items_in_batch`: 1 (both are normalised by that count);
+    dr_grpo: S_k·len_k / (S·len)."""
+    (s_k, w_k, len_k), (s, w, length) = piece, whole
+    if loss_type == "grpo":
+        return s_k / max(s, 1)
+    if loss_type == "bnpo" or (loss_type == "dapo" and num_items_in_batch is None):
+        return max(w_k, 1.0) / max(w, 1.0)
+    if loss_type == "dapo":
+        return 1.0
+    return max(s_k * len_k, 1) / max(s * length, 1)

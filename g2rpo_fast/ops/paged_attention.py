@@ -8,8 +8,10 @@ sequence's block table: key `j` lives in block `block_tables[b, j // block_size]
 unit last stride, so a permuted view of a head-major cache is read in place.
 
 CUDA tensors (or CPU under TRITON_INTERPRET=1) run `kernels/triton/paged_attention.py`, which
-reads each key and value where it lies; otherwise the reference below gathers each
-sequence's keys (a copy) and runs the eager math: scores in the inputs' dtype, softmax in fp32.
+reads each key and value where it lies; otherwise `paged_decode_attention_gathered` gathers
+every sequence's block table at once (static shapes, no host sync) and runs the reference's
+eager math: scores in the inputs' dtype, softmax in fp32. The reference (the spec) gathers each
+sequence's own keys in a Python loop.
 """
 from __future__ import annotations
 
@@ -71,11 +73,32 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, ctx_lens, scale: f
     return compute_paged_decode_attention(q, k_cache, v_cache, block_tables, ctx_lens, scale)
 
 
+def paged_decode_attention_gathered(q, k_cache, v_cache, block_tables, ctx_lens, scale):
+    """The PyTorch path without a host sync: every sequence's whole block table is gathered
+    ([B, width·block_size] keys, a static shape) and the keys past its context masked, then the
+    reference's math (matmul, fp32 softmax, matmul). Capturable and compilable; the copy is of
+    the table's width, so this is for the CPU and for checking, not for long contexts on a GPU."""
+    batch, num_q_heads, head_dim = q.shape
+    block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
+    group = num_q_heads // num_kv_heads
+    blocks = block_tables.long()
+    keys = blocks.shape[1] * block_size
+    k = k_cache[blocks].reshape(batch, keys, num_kv_heads, head_dim).permute(0, 2, 3, 1)  # [B, Hkv, D, keys]
+    v = v_cache[blocks].reshape(batch, keys, num_kv_heads, head_dim).transpose(1, 2)  # [B, Hkv, keys, D]
+    qg = q.view(batch, num_kv_heads, group, head_dim)
+    scores = torch.matmul(qg, k) * scale  # [B, Hkv, group, keys]
+    in_context = torch.arange(keys, device=q.device)[None, :] < ctx_lens.long()[:, None]
+    scores = scores.masked_fill(~in_context[:, None, None, :], float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return torch.matmul(probs, v).reshape(batch, num_q_heads, head_dim)
+
+
 def compute_paged_decode_attention(q, k_cache, v_cache, block_tables, ctx_lens, scale: float):
-    """`paged_decode_attention` without the checks (the engine's per-layer call)."""
+    """`paged_decode_attention` without the checks (the engine's per-layer call): the Triton
+    kernel, else the gathering PyTorch path (no host sync)."""
     if use_triton(q):
         from ..kernels.paged_attention import launch_paged_decode
 
         return launch_paged_decode(q.contiguous(), k_cache, v_cache, block_tables.to(torch.int32).contiguous(),
                                    ctx_lens.to(torch.int32).contiguous(), scale)
-    return paged_decode_attention_ref(q, k_cache, v_cache, block_tables, ctx_lens, scale)
+    return paged_decode_attention_gathered(q, k_cache, v_cache, block_tables, ctx_lens, scale)

@@ -7,7 +7,7 @@ and attention work grow as ΣL². Here one attention function is registered unde
 `ATTN_IMPLEMENTATION` and set on the model's config:
 
 - the *attention* function runs a rollout backend's `varlen` (flash_attn_varlen_func, torch's
-  varlen_attn, or SDPA per sequence; see `g2rpo_fast.rollout.backends`) over `cu_seqlens`
+  varlen_attn, or SDPA over length-grouped sequences; see `g2rpo_fast.rollout.backends`) over `cu_seqlens`
   taken from the kwargs (`PolicyHidden` passes the row's, `layout.py`) or derived here from
   `position_ids`; the keys of a prefix-shared row are gathered first (`layout.gather_shared_keys`);
 - the *mask* function registered under the same name returns None whenever no padding mask

@@ -15,9 +15,10 @@ Log-probs (`return_logprobs=True`) are those of the *untruncated* tempered distr
 log_softmax(logits / temperature) — what the trainer's `old_logps` recompute gives — even when
 top-k / top-p restricted the sampling; with temperature 0 (greedy) they are log_softmax(logits).
 
-Seeds: `seed=int` gives request i the generator seed `seed + i`; a list gives one seed per
-request; each request samples from its own generator, so a completion does not depend on the
-other requests of the batch. `seed=None` draws the seeds from torch's global RNG.
+Seeds: `seed=int` gives request i the seed `seed + i`; a list gives one seed per request; the
+sampler draws request i's n-th token from Philox4x32-10 keyed by its seed at counter n, on the
+device (`sampler.py`), so a completion does not depend on the other requests of the batch, nor
+on a preemption. `seed=None` draws the seeds from torch's global RNG.
 
 Models: Llama / Qwen2 / Qwen3 causal LMs (no sliding-window layers) run a packed forward built
 from the model's own submodules, so it reads the live parameters: no weight sync is needed
@@ -27,12 +28,16 @@ at a time).
 
 Engine options: `block_size` (the backend's default: 16; 256 with flash_attn), `max_num_seqs`
 (256), `max_num_batched_tokens` (16384 prompt tokens per prefill step), `num_kv_blocks` or
-`kv_cache_bytes` (KV budget; default: enough for the call, capped at 4 GiB on CPU or 40 % of
-the free GPU memory, counting what torch's allocator holds unused), `attn_backend` ("auto" |
+`kv_cache_bytes` (KV budget; default: enough for the call, each shared prompt block counted
+once, capped at 4 GiB on CPU or 40 % of the free GPU memory, counting what torch's allocator
+holds unused; the trainer passes its memory plan's), `attn_backend` ("auto" |
 "flash_attn" | "torch_varlen" | "sdpa" | "cpu", or an `AttentionBackend` instance; see
 `rollout/backends/`: "auto" decides from the device and the compute dtype), `dtype` (the
 compute dtype: the model's, or bfloat16/float16 over fp32 weights, run under autocast with
-each weight cast once per call), `enable_prefix_caching` (True). Full prompt blocks with
+each weight cast once per call), `enable_prefix_caching` (True), `cuda_graphs` ("auto": decode
+steps replayed from CUDA graphs on CUDA with a backend whose decode reads only the step's
+tensors; True; False; "static": the same static-buffer step without capture, for checking on
+the CPU; `decode_step.py`). Full prompt blocks with
 identical content (the G samples of a group, the shared prompt of guided samples) are
 prefilled once and shared by reference count; `engine.stats` (a `RolloutStats`) counts
 prompt, prefilled and cached tokens of the last call. When KV blocks run out during decode,

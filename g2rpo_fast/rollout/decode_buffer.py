@@ -104,7 +104,9 @@ class DecodeBuffer:
         else:  # rows of finished sequences keep one key so no softmax row is empty
             lens = torch.ones(num_rows, dtype=torch.long, device=dev).index_copy_(0, rows_t, lens_now)
         suffix_lens = lens if self.k_prefix is None else lens - self.prefix_len_t
-        keys = max(1, int(suffix_lens.max()))
+        # the longest suffix, from the host's positions (finished rows keep one key, so they
+        # never need more than the live ones): no device-to-host read
+        keys = max(1, max(p + 1 - self.row_prefix[r] for r, p in zip(rows, positions)))
         mask = torch.arange(keys, device=dev)[None, :] < suffix_lens[:, None]
         prefix_keys = 0
         if self.k_prefix is not None:

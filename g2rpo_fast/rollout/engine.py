@@ -11,8 +11,9 @@ import torch
 from .backends import AttentionBackend, select_backend
 from .backends.base import supports_bf16
 from .block_manager import BlockManager
+from .decode_step import StaticDecode
 from .model_runner import ModelRunner, supports_packed_forward
-from .sampler import sample
+from .sampler import SamplingSpec, fetch, sample_tokens, seen_tokens
 from .scheduler import RolloutStats, Scheduler
 from .sequence import SamplingParams, Sequence
 
@@ -46,6 +47,28 @@ def _compute_dtype(dtype, weights: torch.dtype) -> torch.dtype:
                      f"float16; got {dtype}")
 
 
+def blocks_needed(seqs: list[Sequence], block_size: int, shared: bool = True) -> int:
+    """KV blocks for every sequence at full length (prompt + max_new_tokens, within the
+    context), a full prompt block that several sequences begin with counted once (the block
+    manager shares it: the G samples of a group, a guided sample's prompt), plus the shared
+    blocks of one sequence (admission asks for a sequence's blocks as if none were shared)."""
+    total, seen, most_shared = 0, set(), 0
+    for s in seqs:
+        total += (min(len(s) + s.params.max_new_tokens, s.max_len) + block_size - 1) // block_size
+        if not shared:
+            continue
+        h, hits = None, 0
+        for start in range(0, (len(s.token_ids) - 1) // block_size * block_size, block_size):  # as BlockManager
+            h = hash((h, tuple(s.token_ids[start:start + block_size])))
+            if h in seen:
+                hits += 1
+            else:
+                seen.add(h)
+        total -= hits
+        most_shared = max(most_shared, hits)
+    return total + most_shared
+
+
 def _is_int(x) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
@@ -56,7 +79,7 @@ class RolloutEngine:
     def __init__(self, model, *, block_size: int | None = None, max_num_seqs: int = 256,
                  max_num_batched_tokens: int = 16384, num_kv_blocks: int | None = None,
                  kv_cache_bytes: int | None = None, attn_backend="auto", dtype: torch.dtype | None = None,
-                 enable_prefix_caching: bool = True, lm_head_fp32: bool = False):
+                 enable_prefix_caching: bool = True, cuda_graphs="auto", lm_head_fp32: bool = False):
         self.model = model
         param = next(model.parameters())
         device = param.device
@@ -83,6 +106,16 @@ class RolloutEngine:
             raise ValueError(f"num_kv_blocks must be a positive int, got {num_kv_blocks!r}")
         if kv_cache_bytes is not None and (not _is_int(kv_cache_bytes) or kv_cache_bytes <= 0):
             raise ValueError(f"kv_cache_bytes must be a positive int, got {kv_cache_bytes!r}")
+        if cuda_graphs not in ("auto", True, False, "static"):
+            raise ValueError(f"cuda_graphs must be 'auto', True, False or 'static', got {cuda_graphs!r}")
+        if cuda_graphs == "static" and not backend.static_decode:
+            raise ValueError(f"cuda_graphs='static' needs a backend whose decode reads only the step's tensors "
+                             f"(flash_attn, torch_varlen, sdpa), not {backend.name!r}")
+        if cuda_graphs is True and (device.type != "cuda" or not backend.static_decode):
+            raise ValueError(f"cuda_graphs=True needs a CUDA device and a backend whose decode reads only the "
+                             f"step's tensors (flash_attn, torch_varlen, sdpa); here: {device.type}, {backend.name}")
+        self.cuda_graphs = cuda_graphs
+        self._scratch_blocks = 0
         self.block_size = block_size
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
@@ -129,8 +162,7 @@ class RolloutEngine:
     def _kv_blocks_for(self, seqs: list[Sequence]) -> int:
         if self.num_kv_blocks is not None:
             return self.num_kv_blocks
-        needed = sum((min(len(s) + s.params.max_new_tokens, s.max_len) + self.block_size - 1) // self.block_size
-                     for s in seqs)
+        needed = blocks_needed(seqs, self.block_size, self.enable_prefix_caching)
         budget = self.kv_cache_bytes
         if budget is None:
             if self.runner.device.type == "cuda":
@@ -184,36 +216,34 @@ class RolloutEngine:
     # ---- generation ---------------------------------------------------------------------
     def generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
                  top_p: float = 1.0, top_k: int = 0, seed=None, stop_token_ids=None,
-                 return_logprobs: bool = False, min_p: float = 0.0,
-                 repetition_penalty: float = 1.0, return_entropy: bool = False) -> list[RolloutOutput]:
+                 return_logprobs: bool = False, min_p: float = 0.0, repetition_penalty: float = 1.0,
+                 return_entropy: bool = False) -> list[RolloutOutput]:
         """Complete every prompt; returns one `RolloutOutput` per prompt, in order."""
         self._check(prompts, max_new_tokens, temperature, top_p, top_k, seed, stop_token_ids, min_p,
                     repetition_penalty)
         prompts = [p.tolist() if isinstance(p, torch.Tensor) else list(p) for p in prompts]
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=float(temperature),
-                                top_p=float(top_p), top_k=int(top_k), min_p=float(min_p),
-                                repetition_penalty=float(repetition_penalty), entropy=bool(return_entropy),
+                                top_p=float(top_p), top_k=int(top_k),
                                 stop_token_ids=frozenset(stop_token_ids or ()))
         if seed is None:
-            seeds = [int(torch.randint(0, 2**62, ()).item()) for _ in prompts]  # follows torch.manual_seed
+            seeds = torch.randint(0, 2**62, (len(prompts),)).tolist()  # follows torch.manual_seed
         elif _is_int(seed):
             seeds = [seed + i for i in range(len(prompts))]
         else:
             seeds = list(seed)
-        seqs = []
-        for i, (p, s) in enumerate(zip(prompts, seeds)):
-            gen = None
-            if not params.greedy:
-                gen = torch.Generator().manual_seed(s % 2**63)
-            seqs.append(Sequence(i, list(p), len(p), params, gen, self.max_model_len))
+        seqs = [Sequence(i, list(p), len(p), params, s % 2**63, self.max_model_len)
+                for i, (p, s) in enumerate(zip(prompts, seeds))]
+        spec = SamplingSpec(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
+                            return_logprobs=return_logprobs, min_p=float(min_p),
+                            repetition_penalty=float(repetition_penalty), return_entropy=bool(return_entropy))
         self.stats = RolloutStats(prompt_tokens=sum(map(len, prompts)))
         todo = [s for s in seqs if max_new_tokens > 0 and len(s) < s.max_len]
         if todo:
             with self._compute_context():
                 if self.packed:
-                    self._generate_packed(todo, return_logprobs)
+                    self._generate_packed(todo, spec)
                 else:
-                    self._generate_generic(todo, return_logprobs)
+                    self._generate_generic(todo, spec)
         outputs = []
         for s in seqs:
             ids = s.completion_ids
@@ -222,28 +252,55 @@ class RolloutEngine:
             outputs.append(RolloutOutput(ids, list(s.logprobs) if return_logprobs else None, reason, entropy))
         return outputs
 
-    def _generate_packed(self, seqs: list[Sequence], return_logprobs: bool) -> None:
+    def _generate_packed(self, seqs: list[Sequence], spec: SamplingSpec) -> None:
+        """Continuous batching over the paged cache. Each step samples on the device; its tokens
+        (and log-probs) come to the host in one transfer, the step's only host sync (the
+        scheduler needs them for the stop checks). Decode steps run over static buffers
+        (`decode_step.py`), replayed from CUDA graphs with `cuda_graphs`."""
         num_blocks = self._kv_blocks_for(seqs)
         if self.num_kv_blocks is None:
-            num_blocks = max(num_blocks, self.runner.num_kv_blocks)  # grow only: reuse the cache
-        self.runner.allocate_kv_cache(num_blocks)
-        block_manager = BlockManager(self.runner.num_kv_blocks, self.block_size, self.enable_prefix_caching)
+            num_blocks = max(num_blocks, self.runner.num_kv_blocks - self._scratch_blocks)  # grow only: reuse
+        # a repetition penalty reads each row's tokens: the per-step path (no static buffers for them)
+        static = self._static_decode_mode() if spec.repetition_penalty == 1.0 else None
+        self._scratch_blocks = 1 if static else 0  # the padding rows of static decode write there
+        self.runner.allocate_kv_cache(num_blocks + self._scratch_blocks)
+        usable = self.runner.num_kv_blocks - self._scratch_blocks
+        block_manager = BlockManager(usable, self.block_size, self.enable_prefix_caching)
         scheduler = Scheduler(block_manager, self.max_num_seqs, self.max_num_batched_tokens, self.stats)
         for s in seqs:
             scheduler.add(s)
+        decode = None
+        if static:
+            width = -(-max(min(len(s) + s.params.max_new_tokens, s.max_len) for s in seqs) // self.block_size)
+            decode = StaticDecode(self.runner, spec, min(self.max_num_seqs, len(seqs)), width, usable,
+                                  capture=static == "graphs")
         self.runner.reset_decode_state()
         try:
             while not scheduler.is_finished():
                 batch, is_prefill = scheduler.schedule()
                 if not batch:
                     continue
-                logits = self.runner.run(batch, is_prefill)
-                tokens, logprobs = sample(logits, batch, return_logprobs)
-                scheduler.postprocess(batch, tokens, logprobs)
+                if decode is not None and not is_prefill:
+                    tokens, values = decode.run(batch)
+                else:
+                    logits, meta = self.runner.run(batch, is_prefill)
+                    seen = seen_tokens(batch, logits.device) if spec.repetition_penalty != 1.0 else None
+                    tokens, values = sample_tokens(logits, meta.seeds, meta.counters, spec, seen)
+                scheduler.postprocess(batch, *fetch(tokens, values, spec))
         finally:
             self.runner.reset_decode_state()  # its memory is per call
 
-    def _generate_generic(self, seqs: list[Sequence], return_logprobs: bool) -> None:
+    def _static_decode_mode(self) -> str | None:
+        """"graphs" (CUDA graphs), "static" (the same static step, eager) or None (per-step
+        tensors), from `cuda_graphs` and the backend."""
+        if self.cuda_graphs == "static":
+            return "static"
+        on_cuda = self.runner.device.type == "cuda" and self.backend.static_decode
+        if self.cuda_graphs is True or (self.cuda_graphs == "auto" and on_cuda):
+            return "graphs"
+        return None
+
+    def _generate_generic(self, seqs: list[Sequence], spec: SamplingSpec) -> None:
         """Any other causal LM (other families, sliding-window layers): HF's own forward with a
         `DynamicCache`, over left-padded batches as HF `generate` builds them (attention mask,
         position ids from it). Prompts are batched by length, at most `max_num_seqs` per batch and
@@ -257,16 +314,16 @@ class RolloutEngine:
             for s in sorted(seqs, key=len, reverse=True):
                 if batch and (len(batch) == self.max_num_seqs
                               or (len(batch) + 1) * width > self.max_num_batched_tokens):
-                    self._generic_batch(batch, return_logprobs)
+                    self._generic_batch(batch, spec)
                     batch = []
                 if not batch:
                     width = len(s)
                 batch.append(s)
-            self._generic_batch(batch, return_logprobs)
+            self._generic_batch(batch, spec)
         finally:
             model.train(was_training)
 
-    def _generic_batch(self, batch: list[Sequence], return_logprobs: bool) -> None:
+    def _generic_batch(self, batch: list[Sequence], spec: SamplingSpec) -> None:
         from transformers import DynamicCache
 
         model = self.model
@@ -286,9 +343,15 @@ class RolloutEngine:
             out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                         **{cache_kw: cache})
             live = [i for i, s in enumerate(batch) if not s.is_done()]
-            tokens, logprobs = sample(out.logits[live, -1].float(), [batch[i] for i in live], return_logprobs)
+            rows = [batch[i] for i in live]
+            seeds = torch.tensor([s.seed for s in rows], device=device)
+            counters = torch.tensor([s.num_completion_tokens for s in rows], device=device)
+            seen = seen_tokens(rows, device) if spec.repetition_penalty != 1.0 else None
+            tokens, logprobs, entropies = fetch(*sample_tokens(out.logits[live, -1].float(), seeds, counters, spec,
+                                                               seen), spec)
             for j, i in enumerate(live):
-                batch[i].append(tokens[j], None if logprobs is None else logprobs[j])
+                batch[i].append(tokens[j], None if logprobs is None else logprobs[j],
+                                None if entropies is None else entropies[j])
             self.stats.generated_tokens += len(live)
             if all(s.is_done() for s in batch):
                 return

@@ -7,6 +7,8 @@ optimizer step the next `generate` already uses the new weights.
 """
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from .backends import AttentionBackend, StepMetadata
@@ -60,7 +62,7 @@ class ModelRunner:
         return self.core.embed_tokens.weight.device
 
     def bytes_per_block(self) -> int:
-        elem = torch.tensor([], dtype=self.dtype).element_size()
+        elem = self.dtype.itemsize
         return 2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim * elem
 
     @property
@@ -88,7 +90,10 @@ class ModelRunner:
         self.backend.reset()
 
     # ---- inputs -------------------------------------------------------------------------
-    def _prepare(self, seqs: list[Sequence], is_prefill: bool):
+    def _prepare(self, seqs: list[Sequence], is_prefill: bool, width: int | None = None):
+        """The step's inputs and `StepMetadata`, built from Python lists and moved to the device
+        in one copy (one int64 buffer, pinned on CUDA, sliced there). `width`: the block-table
+        width (default: the longest table of the step)."""
         bs = self.block_size
         if is_prefill:
             starts = [s.num_cached_tokens for s in seqs]
@@ -98,35 +103,43 @@ class ModelRunner:
             input_ids = [s.token_ids[-1] for s in seqs]
         ctx = [len(s) for s in seqs]
         q_lens = [c - st for c, st in zip(ctx, starts)]
-        max_blocks = max(len(s.block_table) for s in seqs)
-        block_tables = torch.tensor([s.block_table + [0] * (max_blocks - len(s.block_table)) for s in seqs],
-                                    dtype=torch.int32)
-        q_lens_t = torch.tensor(q_lens)
-        seq_idx = torch.repeat_interleave(torch.arange(len(seqs)), q_lens_t)
-        cu_q = torch.zeros(len(seqs) + 1, dtype=torch.int32)
-        cu_q[1:] = torch.cumsum(q_lens_t, 0)
-        positions = torch.arange(len(input_ids)) - cu_q[:-1].long()[seq_idx] + torch.tensor(starts)[seq_idx]
-        slots = block_tables.long()[seq_idx, positions // bs] * bs + positions % bs
-        cu_k = torch.zeros(len(seqs) + 1, dtype=torch.int32)
-        cu_k[1:] = torch.cumsum(torch.tensor(ctx), 0)
+        width = width or max(len(s.block_table) for s in seqs)
+        positions = [p for st, c in zip(starts, ctx) for p in range(st, c)]
+        slots = [s.block_table[p // bs] * bs + p % bs for s, st, c in zip(seqs, starts, ctx) for p in range(st, c)]
+        tables = [t for s in seqs for t in s.block_table + [0] * (width - len(s.block_table))]
+        cu_q = [0, *itertools.accumulate(q_lens)]
+        cu_k = [0, *itertools.accumulate(ctx)]
+        logits_index = [c - 1 for c in cu_q[1:]] if is_prefill else []  # last computed token of each sequence
+        seeds = [s.seed for s in seqs]
+        counters = [s.num_completion_tokens for s in seqs]  # tokens generated so far: the Philox offset
+        parts = [input_ids, positions, slots, q_lens, ctx, cu_q, cu_k, tables, logits_index, seeds, counters]
+        host = torch.tensor([x for part in parts for x in part], dtype=torch.long)
         dev = self.device
+        if dev.type == "cuda":
+            host = host.pin_memory()
+        flat = host.to(dev, non_blocking=True)
+        (ids_t, pos_t, slots_t, q_lens_t, ctx_t, cu_q_t, cu_k_t, tables_t, index_t, seeds_t,
+         counters_t) = flat.split([len(part) for part in parts])
         meta = StepMetadata(
             is_prefill=is_prefill, has_cached=is_prefill and any(starts), block_size=bs, scale=self.scale,
-            q_lens=q_lens_t.to(dev, torch.int32), ctx_lens=torch.tensor(ctx, dtype=torch.int32, device=dev),
-            cu_seqlens_q=cu_q.to(dev), cu_seqlens_k=cu_k.to(dev), max_q=max(q_lens), max_k=max(ctx),
-            slot_mapping=slots.to(dev), block_tables=block_tables.to(dev))
+            q_lens=q_lens_t.int(), ctx_lens=ctx_t.int(), cu_seqlens_q=cu_q_t.int(), cu_seqlens_k=cu_k_t.int(),
+            max_q=max(q_lens), max_k=max(ctx), slot_mapping=slots_t, block_tables=tables_t.view(len(seqs), width).int(),
+            q_lens_host=tuple(q_lens), ctx_lens_host=tuple(ctx), seeds=seeds_t, counters=counters_t)
         self.backend.prepare(meta, seqs, self.k_cache, self.v_cache)
-        logits_index = None
-        if is_prefill:
-            logits_index = (cu_q[1:] - 1).long().to(dev)  # last computed token of each sequence
-        return torch.tensor(input_ids, dtype=torch.long, device=dev), positions.to(dev), meta, logits_index
+        return ids_t, pos_t, meta, (index_t if is_prefill else None)
 
     # ---- forward ------------------------------------------------------------------------
-    def run(self, seqs: list[Sequence], is_prefill: bool) -> torch.Tensor:
-        """Run one step; returns fp32 logits [len(seqs), vocab] at each sequence's last token.
-        Called inside the engine's grad-free (and, for 16-bit compute over fp32 weights,
-        autocast) context."""
+    def run(self, seqs: list[Sequence], is_prefill: bool) -> tuple[torch.Tensor, StepMetadata]:
+        """Run one step; returns fp32 logits [len(seqs), vocab] at each sequence's last token, and
+        the step's metadata (its `seeds` / `counters` feed the sampler). Called inside the
+        engine's grad-free (and, for 16-bit compute over fp32 weights, autocast) context."""
         input_ids, positions, meta, logits_index = self._prepare(seqs, is_prefill)
+        return self.forward(input_ids, positions, meta, logits_index), meta
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: StepMetadata,
+                logits_index: torch.Tensor | None = None) -> torch.Tensor:
+        """The model over the step's tokens; tensors only (a decode step's forward makes no host
+        sync and no data-dependent branch, so it can be captured or compiled)."""
         core, dtype = self.core, self.dtype
         x = core.embed_tokens(input_ids)  # [T, hidden]
         num_tokens = x.shape[0]

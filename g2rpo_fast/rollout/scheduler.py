@@ -3,7 +3,8 @@
 Limits: `max_num_seqs` running sequences, `max_num_batched_tokens` computed prompt tokens per
 prefill step, and the KV blocks of the block manager. When a decode step runs out of blocks
 the most recently admitted sequence is preempted: its blocks are freed and it is prefilled
-again later over all of its tokens (recompute; its sampling generator keeps its state).
+again later over all of its tokens (recompute; its next token draws the same random number:
+the sampler's counter is the number of tokens it has generated).
 """
 from __future__ import annotations
 
@@ -97,10 +98,11 @@ class Scheduler:
         self.block_manager.deallocate(seq)
         self.waiting.appendleft(seq)
 
-    def postprocess(self, seqs: list[Sequence], token_ids: list[int], logprobs: list[float] | None) -> None:
+    def postprocess(self, seqs: list[Sequence], token_ids: list[int], logprobs: list[float] | None,
+                    entropies: list[float] | None = None) -> None:
         finished = []
         for i, (seq, tok) in enumerate(zip(seqs, token_ids)):
-            seq.append(tok, None if logprobs is None else logprobs[i])
+            seq.append(tok, None if logprobs is None else logprobs[i], None if entropies is None else entropies[i])
             if seq.is_done():
                 seq.status = SequenceStatus.FINISHED
                 self.block_manager.deallocate(seq)

@@ -4,8 +4,6 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-import torch
-
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -16,9 +14,6 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0
     stop_token_ids: frozenset = frozenset()
-    min_p: float = 0.0  # 0: off
-    repetition_penalty: float = 1.0  # 1: off
-    entropy: bool = False  # track the entropy of each step's sampling distribution
 
     @property
     def greedy(self) -> bool:
@@ -43,13 +38,13 @@ class Sequence:
     token_ids: list[int]
     num_prompt_tokens: int
     params: SamplingParams
-    generator: torch.Generator | None
+    seed: int  # the sampler's Philox key (rollout/sampler.py); the token index is its counter
     max_len: int  # hard cap on len(token_ids): the model's context
     status: SequenceStatus = SequenceStatus.WAITING
     block_table: list[int] = field(default_factory=list)
     num_cached_tokens: int = 0  # tokens whose KV already sits in the blocks
     logprobs: list[float] = field(default_factory=list)
-    entropy_sum: float = 0.0  # Σ over generated tokens of the tempered distribution's entropy (params.entropy)
+    entropy_sum: float = 0.0  # Σ over generated tokens of the tempered distribution's entropy (return_entropy)
 
     def __len__(self) -> int:
         return len(self.token_ids)
@@ -65,10 +60,12 @@ class Sequence:
     def num_blocks(self, block_size: int) -> int:
         return (len(self.token_ids) + block_size - 1) // block_size
 
-    def append(self, token_id: int, logprob: float | None) -> None:
+    def append(self, token_id: int, logprob: float | None, entropy: float | None = None) -> None:
         self.token_ids.append(token_id)
         if logprob is not None:
             self.logprobs.append(logprob)
+        if entropy is not None:
+            self.entropy_sum += entropy
 
     def is_done(self) -> bool:
         length = len(self.token_ids)

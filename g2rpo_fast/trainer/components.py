@@ -4,9 +4,10 @@
 2. the data sets, every row checked before the model loads (`_load_datasets`);
 3. the tokenizer, the prompts checked against it (chat template, context), then the policy
    (`_load_policy`): fp32 master weights, Liger, the packed varlen attention and prefix sharing
-   (`packing/`), gradient checkpointing, the frozen reference model (beta > 0), the
+   (`packing/`), gradient checkpointing (`auto`: on for CUDA), the frozen reference model (beta > 0), the
    `PackedPolicy` that DDP wraps or FSDP2 shards (`distributed/parallel.py`);
-4. the roll-out engine over the live weights (`_make_engine`).
+4. the roll-out engine over the live weights (`_make_engine`), sized for the generation batch
+   and, on CUDA, by the memory plan (`plan_memory`: KV cache, training piece size).
 A mixin of `G2RPOTrainer`: these are its methods, kept apart from the loop.
 """
 from __future__ import annotations
@@ -61,7 +62,7 @@ class TrainerComponents:
         validate_dataset(self.train_dataset, cfg, cfg.dataset_split, True,
                          source="train_dataset" if train_dataset is not None else None, required=needs)
         self.eval_source = None  # (name, split) of held-out rows loaded from a name
-        if eval_dataset is None and self.evaluates:
+        if eval_dataset is None and cfg.evaluates:
             self.eval_source = held_out(cfg, train_given=train_dataset is not None)
             if self.eval_source is not None:
                 name, split = self.eval_source
@@ -135,7 +136,10 @@ class TrainerComponents:
         self.model.train()
         if cfg.disable_dropout:
             disable_dropout(self.model)
-        if cfg.gradient_checkpointing:
+        # auto: on for CUDA (TRL's default is on), off on the CPU
+        self.gradient_checkpointing = cfg.gradient_checkpointing == "true" or (
+            cfg.gradient_checkpointing == "auto" and self.device.type == "cuda")
+        if self.gradient_checkpointing:
             kwargs = {"use_reentrant": False, **(cfg.gradient_checkpointing_kwargs or {})}
             if hasattr(self.model, "activation_checkpointing_enable"):  # the transformers 5 name
                 self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
@@ -160,10 +164,43 @@ class TrainerComponents:
                                            self.runtime.compute_dtype)
 
     def _make_engine(self):
+        """The roll-out engine over the live weights, sized for the whole generation batch: every
+        completion of the step at once (`max_num_seqs`) and, on CUDA, the KV cache and the
+        training pieces the memory plan chooses (`plan_memory`)."""
+        from g2rpo_fast.memory_plan import engine_max_num_seqs
         from g2rpo_fast.rollout import RolloutEngine
 
+        cfg = self.config
+        self.memory_plan = self.plan_memory() if self.device.type == "cuda" else None
+        chosen = self.memory_plan["settings"] if self.memory_plan else {}
+        if cfg.max_tokens_per_microbatch != "auto":
+            self.piece_tokens = cfg.max_tokens_per_microbatch
+        elif chosen and chosen["pieces_per_micro_batch"] > 1:
+            self.piece_tokens = chosen["max_tokens_per_microbatch"]
+        else:
+            self.piece_tokens = 0  # the CPU: no cut (memory is not the limit there)
         return RolloutEngine(self.model, attn_backend=self.runtime.backend, dtype=self.runtime.compute_dtype,
+                             max_num_seqs=engine_max_num_seqs(cfg),
+                             kv_cache_bytes=chosen.get("kv_cache_bytes") or None,
+                             cuda_graphs={"true": True, "false": False}.get(cfg.cuda_graphs, "auto"),
                              lm_head_fp32=self.runtime.lm_head_fp32)
+
+    def plan_memory(self, memory_bytes: int | None = None) -> dict:
+        """The memory plan of this run on its device (`g2rpo_fast/memory_plan.py`; `g2rpo-fast plan`
+        prints the same): per-phase bytes, and the KV cache and piece size that fit."""
+        from g2rpo_fast import memory_plan
+
+        if memory_bytes is None:
+            memory_bytes = torch.cuda.get_device_properties(self.device).total_memory
+        settings = memory_plan.settings_from_config(
+            self.config, memory_bytes=memory_bytes, device=self.device.type,
+            compute_bytes=self.runtime.compute_dtype.itemsize,
+            attention="sdpa" if self.runtime.backend.name in ("sdpa", "cpu") else "flash",
+            world_size=self.dist.world_size, prefix_shared=self.prefix_shared,
+            gradient_checkpointing=self.gradient_checkpointing,
+            max_tokens_per_microbatch=None if self.config.max_tokens_per_microbatch == "auto"
+            else self.config.max_tokens_per_microbatch)
+        return memory_plan.plan(memory_plan.ModelShape.from_config(self.model.config), settings)
 
 
 def disable_dropout(model) -> None:

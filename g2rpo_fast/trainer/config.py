@@ -37,6 +37,8 @@ CHOICES = {
     "torch_dtype": ("auto", "float32", "bfloat16", "float16"),
     "attn_implementation": ("auto", "flash_attention_2", "torch_varlen", "sdpa"),
     "prefix_shared_forward": ("auto", "true", "false"),
+    "gradient_checkpointing": ("auto", "true", "false"),
+    "cuda_graphs": ("auto", "true", "false"),
     "reward_isolation": ("none", "process"),  # = rewards.scoring.ISOLATION
 }
 REPORT_TARGETS = ("tensorboard", "wandb")  # report_to: these, "none" or "all" (every one installed)
@@ -169,9 +171,15 @@ class G2RPOConfig:
     num_train_epochs: float = _f(3.0, "Passes over the training prompts when max_steps is -1.")
     max_steps: int = _f(-1, "Number of optimizer steps (-1: num_train_epochs over the training prompts).")
     seed: int = _f(42, "Seed of data order, sampling and initialisation.")
-    gradient_checkpointing: bool = _f(True, "Recompute activations in the backward pass (TRL's default: on).")
+    gradient_checkpointing: str = _f("auto", "Recompute each decoder layer's activations in the backward pass: auto "
+                                             "(on for CUDA, as TRL's default; off on the CPU) | true | false.")
     gradient_checkpointing_kwargs: dict | None = _f(None, "Arguments of the model's gradient checkpointing (default: "
                                                           "{use_reentrant: false}).")
+    max_tokens_per_microbatch: int | str = _f("auto", "Cut each micro-batch's packed row (at group boundaries) into "
+                                                      "forward/backward pieces of at most this many tokens, the "
+                                                      "loss unchanged: auto (CUDA: the memory planner's largest "
+                                                      "piece that fits, `g2rpo-fast plan`; CPU: 0) | 0 (no cut) | "
+                                                      "a token count.")
     bf16: bool | None = _f(None, "TRL's switch: true means torch_dtype bfloat16, false float32; None leaves "
                                  "torch_dtype (auto: bfloat16 on CUDA).")
     device: str = _f("auto", "auto | cpu | cuda.")
@@ -180,6 +188,9 @@ class G2RPOConfig:
                                   "Weights and AdamW state stay float32.")
     attn_implementation: str = _f("auto", "Attention of the packed training forward and the roll-outs: auto (by "
                                           "device and torch_dtype) | flash_attention_2 | torch_varlen | sdpa.")
+    cuda_graphs: str = _f("auto", "Roll-out decode steps replayed from CUDA graphs (one per batch-size bucket, "
+                                  "captured per roll-out call): auto (on for CUDA with the flash_attn, torch_varlen "
+                                  "or sdpa backend; off on the CPU) | true | false. Only a GPU can check them.")
     use_liger_kernel: bool = _f(False, "Liger-Kernel RMSNorm, RoPE and SwiGLU in the policy (needs CUDA, or "
                                        "TRITON_INTERPRET=1 on the CPU).")
     packed_row_tokens: int = _f(-1, "Cut the packed training row into forwards of at most this many tokens "
@@ -271,8 +282,9 @@ class G2RPOConfig:
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         """Every field's type and range, then the cross-field rules; `ValueError` naming the field."""
-        if isinstance(self.prefix_shared_forward, bool):  # YAML's `true` / `false`
-            self.prefix_shared_forward = str(self.prefix_shared_forward).lower()
+        for name in ("prefix_shared_forward", "gradient_checkpointing", "cuda_graphs"):
+            if isinstance(getattr(self, name), bool):  # YAML's `true` / `false`, TRL's bool
+                setattr(self, name, str(getattr(self, name)).lower())
         if self.output_dir is None:  # TRL's default, meaning trainer_output
             self.output_dir = "trainer_output"
         if isinstance(self.scale_rewards, bool):  # TRL takes true / false for group / none
@@ -530,11 +542,14 @@ INT_MIN = {
     "embedded_train_size": 1, "embedded_eval_size": 1, "num_eval_prompts": 1, "num_generations": 2,
     "max_prompt_length": 1, "max_completion_length": 1, "top_k": 0, "num_iterations": 1,
     "gradient_accumulation_steps": 1, "per_device_train_batch_size": 1, "seed": 0,
-    "packed_row_tokens": -1, "guidance_initial_length": 0, "guidance_max_length": 0, "guidance_min_length": 0,
+    "packed_row_tokens": -1, "max_tokens_per_microbatch": 0, "guidance_initial_length": 0, "guidance_max_length": 0,
+    "guidance_min_length": 0,
     "guidance_final_length": 0, "guidance_window": 1, "guidance_update_every": 1, "logging_steps": 1,
     "save_steps": 0, "save_total_limit": 1, "eval_steps": 1, "eval_num_samples": 0, "max_steps": -1,
     "steps_per_generation": 1, "generation_batch_size": 1, "num_completions_to_print": 0,
 }
+# int fields that also take "auto"
+AUTO_INT_FIELDS = ("max_tokens_per_microbatch",)
 SEED_MAX = 2**63 - 1  # torch.manual_seed and numpy seed sequences take it
 # Range of every float field: (low, high, low included, high included); all must be finite.
 INF = float("inf")
@@ -564,6 +579,8 @@ def field_kind(f) -> tuple[str, bool]:
 def _check_field(cfg, f) -> None:
     name, value = f.name, getattr(cfg, f.name)
     kind, optional = field_kind(f)
+    if name in AUTO_INT_FIELDS and value == "auto":
+        return
     if value is None:
         if optional:
             return
@@ -574,7 +591,8 @@ def _check_field(cfg, f) -> None:
     elif kind == "int":
         low = INT_MIN[name]
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}")
+            auto = " or 'auto'" if name in AUTO_INT_FIELDS else ""
+            raise ValueError(f"`{name}` must be an int >= {low}{auto}, got {value!r}")
         if name == "seed" and value > SEED_MAX:
             raise ValueError(f"`seed` must be <= 2**63 - 1, got {value!r}")
     elif kind == "float":

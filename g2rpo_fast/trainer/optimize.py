@@ -5,7 +5,9 @@ fused loss on hidden states × lm_head, its matmuls in the compute dtype, its ac
 `runtime.py`), backward. DDP synchronises on the last micro-batch only; FSDP reduce-scatters every
 micro-batch (skipping it would hold a full unsharded fp32 gradient per GPU). The loss is divided by the number of
 micro-batches, except with dapo, whose loss is already normalised by the step's global token
-count (`dapo_num_items`). `optimizer_step`: unscale (fp16), clip, step, schedule, zero.
+count (`dapo_num_items`). A micro-batch cut into pieces (`max_tokens_per_microbatch`) runs one
+forward and backward per piece, each loss times its `loss_scale` (its share of the micro-batch's
+loss), so the gradient is the uncut micro-batch's. `optimizer_step`: unscale (fp16), clip, step, schedule, zero.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ def dapo_num_items(batches, guidance_loss: str, dist, comm_device) -> float:
     micro-batches of the step, averaged over ranks (DDP averages the gradients over ranks)."""
     from g2rpo_fast.loss.aggregation import num_items
 
-    local = sum(num_items(b.packed.completion_mask, b.packed.guidance_mask, guidance_loss) for b in batches)
+    local = sum(num_items(p.packed.completion_mask, p.packed.guidance_mask, guidance_loss)
+                for b in batches for p in b.training_pieces())
     if dist.world_size > 1:
         t = torch.tensor([local], dtype=torch.float64, device=comm_device)
         torch.distributed.all_reduce(t)
@@ -36,20 +39,22 @@ def accumulate_gradients(batches, *, policy, grad_scaler=None, num_items=None) -
     or sharded by FSDP on several ranks), called once per micro-batch."""
     count = len(batches)
     sums = {"loss": 0.0, **{key: 0.0 for key in LOSS_METRICS}}
-    for k, batch in enumerate(batches):
-        last = k == count - 1
+    pieces = [p for b in batches for p in b.training_pieces()]
+    for k, piece in enumerate(pieces):
+        last = k == len(pieces) - 1
         sync = contextlib.nullcontext() if last or not hasattr(policy, "no_sync") else policy.no_sync()
         with sync:
-            kwargs = batch.loss_inputs()
+            kwargs = piece.loss_inputs()
             if num_items is not None:
                 kwargs["num_items_in_batch"] = num_items
-            loss, metrics = policy(batch.packed, kwargs)
-            scaled = loss if num_items is not None else loss / count
+            loss, metrics = policy(piece.packed, kwargs)
+            # a piece's loss is normalised as a batch of its own: `loss_scale` makes it its share
+            scaled = loss * piece.loss_scale if num_items is not None else loss * piece.loss_scale / count
             (scaled if grad_scaler is None else grad_scaler.scale(scaled)).backward()
         sums["loss"] += float(scaled.detach())
         for key in LOSS_METRICS:
             if key in metrics:
-                sums[key] += float(metrics[key]) / count
+                sums[key] += float(metrics[key]) * piece.metric_weight / count
     return sums
 
 

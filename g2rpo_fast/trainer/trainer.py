@@ -3,16 +3,16 @@
 Set-up (`__init__`) checks rewards, device and precision (`g2rpo_fast/runtime.py`) and every
 data row before the model loads, then builds the policy and the engine (`components.py`). Then
 each optimiser step (`training_step`) runs four phases:
-  1. generate + score (`generate_micro_batch`, through `rollout/guided.py` and
+  1. generate + score (`generate_rollouts`, through `rollout/guided.py` and
      `rewards/scoring.py`): `per_device_train_batch_size // num_generations` prompts per
-     micro-batch (seeded shuffle, or dataset order with `curriculum`); the first
-     `round(guidance_ratio·G)` samples of each group continue from prompt + the first ℓ tokens of
-     the reference solution (ℓ from the guidance schedule); the engine reads the live weights;
-     the full completion text (guidance + generated) is rewarded;
+     micro-batch (seeded shuffle, or dataset order with `curriculum`), every micro-batch of the
+     step in one engine call; the first `round(guidance_ratio·G)` samples of each group continue
+     from prompt + the first ℓ tokens of the reference solution (ℓ from the guidance schedule);
+     the engine reads the live weights; the full completion text (guidance + generated) is rewarded;
   2. build the loss inputs (`batch.py`): group-normalised advantages over all G samples, the
      packed row (`packing/`), old log-probs (num_iterations > 1) and reference log-probs (beta > 0);
-  3. optimise (`optimize.py`): packed padding-free forward, FusedLinearG2RPOLoss, backward,
-     AdamW step;
+  3. optimise (`optimize.py`): packed padding-free forward, FusedLinearG2RPOLoss, backward
+     (a micro-batch larger than `max_tokens_per_microbatch` in pieces of whole groups), AdamW step;
   4. log (`metrics_log.py`), update the guidance controller with the step's mean guidance
      reward, checkpoint (`state.py`, through `checkpointing/`).
 With `num_iterations = μ > 1` one generated batch serves μ optimizer steps and the guidance
@@ -34,7 +34,7 @@ from g2rpo_fast.callbacks import Callbacks
 from g2rpo_fast.checkpointing.run_dir import METRICS_FILE, write_final_record
 from g2rpo_fast.data.loading import is_embedded
 from g2rpo_fast.data.sources import take_indices
-from g2rpo_fast.distributed.parallel import equal_forward_count, gathered_weights
+from g2rpo_fast.distributed.parallel import agree_count, equal_forward_count, gathered_weights
 from g2rpo_fast.distributed.process_group import (
     DistState,
     all_reduce_mean,
@@ -159,43 +159,51 @@ class G2RPOTrainer(TrainerComponents, TrainerState, HeldOutEvaluation):
     def is_main(self) -> bool:
         return self.dist.rank == 0
 
-    @property
-    def evaluates(self) -> bool:
-        return self.config.evaluates
-
-
     def _comm_device(self):
         return self.device if self.dist.backend == "nccl" else torch.device("cpu")
 
     # ------------------------------------------------------------------ phases 1-2: generate, score, build
-    def generate_micro_batch(self, micro: int, guidance_length: int) -> RolloutBatch:
-        """Draw the next prompts (this rank's share), roll out their guided groups, score them,
-        and build the loss inputs."""
+    def generate_rollouts(self, guidance_length: int) -> list[RolloutBatch]:
+        """The generation batch: the next prompts of every micro-batch (this rank's share) rolled out
+        in one engine call (its guided groups), then scored and built as one `RolloutBatch` per
+        micro-batch."""
         cfg = self.config
-        n_prompts, world = cfg.prompts_per_micro_batch, self.dist.world_size
-        global_idx = take_indices(len(self.train_dataset), self.data_position, n_prompts * world, cfg.seed,
-                                  cfg.curriculum)
-        self.data_position += n_prompts * world
-        rank = self.dist.rank
-        rows = [self.train_dataset[int(i)] for i in global_idx[rank * n_prompts:(rank + 1) * n_prompts]]
-        group = cfg.num_generations
-        # Seeds independent of the global RNG state and of the batch layout: resume reproduces them.
-        seeds = np.random.SeedSequence([cfg.seed, self.step, micro, rank]).generate_state(len(rows) * group,
-                                                                                           dtype=np.uint64)
+        n_prompts, world, rank, group = cfg.prompts_per_micro_batch, self.dist.world_size, self.dist.rank, \
+            cfg.num_generations
+        rows_per_micro, seeds = [], []
+        for micro in range(cfg.gradient_accumulation_steps):
+            global_idx = take_indices(len(self.train_dataset), self.data_position, n_prompts * world, cfg.seed,
+                                      cfg.curriculum)
+            self.data_position += n_prompts * world
+            rows_per_micro.append([self.train_dataset[int(i)]
+                                   for i in global_idx[rank * n_prompts:(rank + 1) * n_prompts]])
+            # Seeds independent of the global RNG state and of the batch layout: resume reproduces them.
+            seeds.extend(np.random.SeedSequence([cfg.seed, self.step, micro, rank]).generate_state(
+                n_prompts * group, dtype=np.uint64) % (2**62))
+        rows = [row for micro_rows in rows_per_micro for row in micro_rows]
         with gathered_weights(self.policy):  # FSDP: whole weights for the engine, freed after
             samples = self.rollouts.generate(rows, group_size=group, n_guided=cfg.n_guided,
                                              guidance_length=guidance_length,
                                              max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature,
-                                             top_p=cfg.top_p, top_k=cfg.top_k, seeds=[int(x) for x in seeds % (2**62)],
+                                             top_p=cfg.top_p, top_k=cfg.top_k, seeds=[int(x) for x in seeds],
                                              entropy=True)
-        prompts, completions, columns = reward_inputs(rows, samples, cfg.prompt_field)
-        scores = self.rewards.score(prompts, completions, {**columns, "trainer_state": self.state})  # TRL's keywords
-        align = None
-        if self.sharded:
-            def align(packed):
-                equal_forward_count(packed, self.dist, self._comm_device())
-        return build_rollout_batch(samples, scores, cfg, self.runtime, self.policy, self.ref_policy,
-                                   prefix_shared=self.prefix_shared, align_forwards=align)
+        align = agree = None
+        if world > 1:
+            def agree(count):
+                return agree_count(count, self.dist, self._comm_device())
+            if self.sharded:
+                def align(packed):
+                    equal_forward_count(packed, self.dist, self._comm_device())
+        per_micro = n_prompts * group
+        batches = []
+        for micro in range(cfg.gradient_accumulation_steps):
+            part = samples[micro * per_micro:(micro + 1) * per_micro]
+            prompts, completions, columns = reward_inputs(rows, part, cfg.prompt_field)
+            scores = self.rewards.score(prompts, completions, {**columns, "trainer_state": self.state})  # TRL's
+            batches.append(build_rollout_batch(part, scores, cfg, self.runtime, self.policy, self.ref_policy,
+                                               prefix_shared=self.prefix_shared, align_forwards=align,
+                                               max_piece_tokens=self.piece_tokens, agree_pieces=agree))
+        return batches
 
     # ------------------------------------------------------------------ phase 3: optimise
     def train_micro_batches(self, batches: list[RolloutBatch]) -> dict:
@@ -217,8 +225,7 @@ class G2RPOTrainer(TrainerComponents, TrainerState, HeldOutEvaluation):
         fresh = self.buffer is None
         if fresh:
             guidance_length = int(self.guidance.length)
-            self.buffer = [self.generate_micro_batch(k, guidance_length)
-                           for k in range(cfg.gradient_accumulation_steps)]
+            self.buffer = self.generate_rollouts(guidance_length)
             self.engine.free_kv_cache()  # the training step's peak must not hold the roll-out cache
             self.buffer_uses = 0
             self.buffer_guidance_length = guidance_length

@@ -174,6 +174,8 @@ DIFFERENT_DEFAULTS = {
     "use_bias_correction_kl": "false: the KL term is DESIGN.md's plain k3 estimator (TRL's before 1.x); true (the KL "
                               "times the importance ratio) is accepted only with beta 0, where it changes nothing, "
                               "since the fused loss kernels do not implement it",
+    "gradient_checkpointing": "auto: on for CUDA (TRL's true), off on the CPU, where a run is small and recomputing "
+                              "activations only costs time; true / false (TRL's booleans too) as TRL",
 }
 # TRL defaults that mean the same as ours, written differently.
 EQUIVALENT_DEFAULTS = {

@@ -20,6 +20,9 @@ included (`launch.kernel_for`), whatever the order in which tests import this mo
 """
 from __future__ import annotations
 
+import contextlib
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -123,6 +126,10 @@ def _fwd_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, m_ptr, s_ptr, e_ptr, t_ptr,
         s = s * alpha + tl.sum(p, axis=1)
         tl_sum += tl.sum(tl.where(cols[None, :] == tgt[:, None], z, 0.0), axis=1)
         m = m_new
+    # a token id outside the vocabulary matches no column: NaN, not the silent logp = -lse
+    tgt_ok = (tgt >= 0) & (tgt < V)
+    tl.device_assert(tgt_ok | ~row_ok, "token id outside [0, vocab)")
+    tl_sum = tl.where(tgt_ok, tl_sum, float("nan"))
     out = pid_s.to(tl.int64) * N + rows
     tl.store(m_ptr + out, m, mask=row_ok)
     tl.store(s_ptr + out, s, mask=row_ok)
@@ -195,9 +202,9 @@ def forward(hidden, weight, bias, token_ids, temperature, return_entropy):
     n, h = hidden.shape
     v = weight.shape[0]
     dev = hidden.device
-    if n == 0:
-        empty = torch.zeros(0, device=dev, dtype=torch.float32)
-        return empty, empty, (empty if return_entropy else None)
+    if n == 0:  # one tensor each: the custom op's outputs may not alias one another
+        logps, lse = (torch.zeros(0, device=dev, dtype=torch.float32) for _ in range(2))
+        return logps, lse, (torch.zeros(0, device=dev, dtype=torch.float32) if return_entropy else None)
     block_n, block_v, block_h, warps = _blocks(hidden, n, v)
     row_blocks = triton.cdiv(n, block_n)
     v_tiles = triton.cdiv(v, block_v)
@@ -233,11 +240,107 @@ def forward(hidden, weight, bias, token_ids, temperature, return_entropy):
     return logps, lse, entropy
 
 
+# The backward's two implementations (`BACKWARD_PATHS`), chosen by `G2RPO_FAST_FUSED_LINEAR_BACKWARD`
+# (read once, at import) or `use_backward_path`:
+# - "tiles": the two Triton kernels above, every output element owned by one program (no
+#   [N, V] buffer at all); `_add_product` reads and writes each fp32 d_hidden / d_weight tile
+#   once per vocabulary / row block: ~2.5 TB of traffic at N = 67k, H = 2048, V = 152k.
+# - "chunked": per chunk of rows, the logits recomputed by one GEMM into an fp32 [C, V] buffer
+#   (`torch.mm(..., out_dtype=float32)` on CUDA: bf16 tensor cores, fp32 results), dlogits
+#   formed in place by the logps backward kernel, then d_hidden = dlogits @ W and
+#   d_weight += dlogitsᵀ @ hidden as two more GEMMs (cuBLAS; fp32 accumulators as "tiles").
+#   3 GEMMs at tensor-core speed and ~14 bytes per logit of traffic, for one chunk's buffer
+#   (`CHUNK_BYTES`). The default: it is the one the arithmetic favours; neither has run on a GPU
+#   yet, and `benchmarks/bench_fused_linear.py --backward tiles,chunked` measures both.
+BACKWARD_PATHS = ("chunked", "tiles")
+BACKWARD_PATH = os.environ.get("G2RPO_FAST_FUSED_LINEAR_BACKWARD", "chunked")
+if BACKWARD_PATH not in BACKWARD_PATHS:
+    raise ValueError(f"G2RPO_FAST_FUSED_LINEAR_BACKWARD must be one of {BACKWARD_PATHS}, got {BACKWARD_PATH!r}")
+CHUNK_BYTES_CUDA = 1 << 30  # the chunked backward's fp32 logits + their 16-bit copy, per chunk
+CHUNK_ELEMS_CPU = 1 << 16  # in the interpreter: small chunks, so tests cross chunk edges
+
+
+@contextlib.contextmanager
+def use_backward_path(name: str):
+    """Run the fused-linear backward through `name` ("chunked" or "tiles") inside the block."""
+    global BACKWARD_PATH
+    if name not in BACKWARD_PATHS:
+        raise ValueError(f"backward path must be one of {BACKWARD_PATHS}, got {name!r}")
+    previous, BACKWARD_PATH = BACKWARD_PATH, name
+    try:
+        yield
+    finally:
+        BACKWARD_PATH = previous
+
+
+def chunk_rows(n: int, v: int, device) -> int:
+    """Rows per chunk of the chunked backward (at least 16)."""
+    if on_gpu(device):
+        return max(16, min(n, CHUNK_BYTES_CUDA // max(6 * v, 1)))
+    return max(16, min(n, CHUNK_ELEMS_CPU // max(v, 1)))
+
+
+def _mm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b with fp32 results: 16-bit operands on CUDA go through cuBLAS with fp32 output
+    (tensor cores); elsewhere (the CPU, an older torch) the operands are upcast."""
+    if a.dtype == torch.float32:
+        return a @ b
+    if a.is_cuda:
+        try:
+            return torch.mm(a, b, out_dtype=torch.float32)
+        except (RuntimeError, TypeError):  # a torch without mm's out_dtype
+            pass
+    return a.float() @ b.float()
+
+
+def _backward_chunked(hidden, weight, bias, token_ids, lse, g, temperature, need_hidden, need_weight, need_bias):
+    from .logps import launch_logps_bwd
+
+    n, h = hidden.shape
+    v = weight.shape[0]
+    dev = hidden.device
+    inv_t = 1.0 / temperature
+    dh = torch.empty(n, h, device=dev, dtype=torch.float32) if need_hidden else None
+    dw = torch.zeros(v, h, device=dev, dtype=torch.float32) if need_weight else None
+    db = torch.zeros(v, device=dev, dtype=torch.float32) if need_bias else None
+    zeros = torch.zeros(n, device=dev, dtype=torch.float32)
+    step = chunk_rows(n, v, dev)
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        hc = hidden[a:b]
+        logits = _mm_f32(hc, weight.T)  # [C, V] fp32
+        if bias is not None:
+            logits += bias.float()
+        # in place: g·(onehot − exp(logits/T − lse)) with 1/T folded into g (the logps backward's
+        # contract: shift = lse, log-sum = 0)
+        dz = launch_logps_bwd(logits, token_ids[a:b], g[a:b] * inv_t, lse[a:b], zeros[a:b], inv_t, out=logits)
+        if need_bias:
+            db += dz.sum(0)
+        dz = dz.to(hidden.dtype)
+        if need_hidden:
+            dh[a:b] = _mm_f32(dz, weight)
+        if need_weight:
+            dw += _mm_f32(dz.T, hc)
+    return dh, dw, db
+
+
 def backward(hidden, weight, bias, token_ids, lse, grad_logps, temperature, need_hidden, need_weight, need_bias):
     """Gradients (d_hidden, d_weight, d_bias) in the input dtypes; None where not needed.
 
-    Accumulation is in fp32 buffers (d_hidden [N, H], d_weight [V, H]), cast once at the end.
+    Accumulation is in fp32 buffers (d_hidden [N, H], d_weight [V, H]), cast once at the end;
+    `BACKWARD_PATH` chooses how they are computed (see above).
     """
+    if BACKWARD_PATH == "chunked":
+        n = hidden.shape[0]
+        g = grad_logps.to(torch.float32).contiguous()
+        need_b = need_bias and bias is not None
+        dh, dw, db = _backward_chunked(hidden, weight, bias, token_ids, lse, g, temperature, need_hidden,
+                                       need_weight, need_b) if n else (
+            torch.zeros_like(hidden, dtype=torch.float32) if need_hidden else None,
+            torch.zeros_like(weight, dtype=torch.float32) if need_weight else None,
+            torch.zeros_like(bias, dtype=torch.float32) if need_b else None)
+        return (None if dh is None else dh.to(hidden.dtype), None if dw is None else dw.to(weight.dtype),
+                None if db is None else db.to(bias.dtype))
     n, h = hidden.shape
     v = weight.shape[0]
     dev = hidden.device

@@ -51,7 +51,11 @@ def logps_fwd_kernel(
             s = s * alpha + tl.sum(e, 0)
             m = m_new
         tok = tl.load(ids_ptr + row).to(tl.int64)
-        x_tok = tl.load(base + tok).to(tl.float32) * inv_t
+        # a bad id (unchecked under torch.compile) reads nothing: NaN, never an illegal access;
+        # with TRITON_DEBUG=1 the device assert names it
+        tok_ok = (tok >= 0) & (tok < vocab)
+        tl.device_assert(tok_ok, "token id outside [0, vocab)")
+        x_tok = tl.load(base + tok, mask=tok_ok, other=float("nan")).to(tl.float32) * inv_t
         log_s = tl.log(s)
         tl.store(logp_ptr + row, (x_tok - m) - log_s)
         tl.store(rowmax_ptr + row, m)

@@ -58,7 +58,10 @@ def g2rpo_loss_fwd_kernel(
                 m = m_new
             tok = tl.load(ids_ptr + row).to(tl.int64)
             log_s = tl.log(s)
-            logp = (tl.load(base + tok).to(tl.float32) * inv_t - m) - log_s
+            # a bad id (unchecked under torch.compile): NaN, never an illegal memory access
+            tok_ok = (tok >= 0) & (tok < vocab)
+            tl.device_assert(tok_ok, "token id outside [0, vocab)")
+            logp = (tl.load(base + tok, mask=tok_ok, other=float("nan")).to(tl.float32) * inv_t - m) - log_s
 
             # ---- per-token surrogate (all fp32, O(1) per row)
             a = tl.load(adv_ptr + row).to(tl.float32)
@@ -87,6 +90,9 @@ def g2rpo_loss_fwd_kernel(
                 if USE_KL:
                     loss = loss + beta * kl
                     dloss = dloss + beta * (1.0 - e)
+            # min/max drop a NaN operand on the GPU: say NaN for a bad id explicitly
+            loss = tl.where(tok_ok, loss, float("nan"))
+            dloss = tl.where(tok_ok, dloss, float("nan"))
             low = tl.where((ratio < clip_lo) & (a < 0), 1.0, 0.0)
             high = tl.where((ratio > clip_hi) & (a > 0), 1.0, 0.0)
 
@@ -105,8 +111,10 @@ def launch_g2rpo_loss_fwd(logits2d, ids, coef, adv_tok, old, ref, *, inv_t, beta
     vocab = logits2d.shape[-1]
     n = ids.numel()
     dev = logits2d.device
-    outs = torch.empty((8, n), device=dev, dtype=torch.float32)
-    logp, rowmax, logsum, loss, dlogp, kl, low, high = outs.unbind(0)
+    # eight separate buffers, not views of one: the custom op returns seven of them, and
+    # torch.library refuses outputs that alias each other (a crash under torch.compile)
+    logp, rowmax, logsum, loss, dlogp, kl, low, high = (torch.empty(n, device=dev, dtype=torch.float32)
+                                                        for _ in range(8))
     if n:
         bv = block_v_for(vocab, dev)
         launch(

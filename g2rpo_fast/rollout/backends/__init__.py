@@ -14,8 +14,9 @@
 |                | sm80+          | prompt blocks gathered in front) |                           |                     |
 | `torch_varlen` | CUDA fp16/bf16 | torch varlen_attn (gather if the | paged kernel              | torch varlen_attn   |
 |                | sm80+          | prompt reads shared blocks)      |                           |                     |
-| `sdpa`         | any, any dtype | gather + SDPA                    | paged kernel (CUDA)       | SDPA per sequence   |
-| `cpu`          | any, any dtype | gather + eager math              | dense decode buffer       | SDPA per sequence   |
+| `sdpa`         | any, any dtype | gather + SDPA                    | paged kernel (CUDA),      | SDPA, sequences     |
+|                |                |                                  | gathered blocks (CPU)     | grouped by length   |
+| `cpu`          | any, any dtype | gather + eager math              | dense decode buffer       | as sdpa             |
 
 All four keep K/V in one layout, head-major [Hkv, blocks, 16, D], so a group's G
 samples share every full 16-token block of their prompt (the block manager's prefix cache).

@@ -56,6 +56,13 @@ class StepMetadata:
     slot_mapping: torch.Tensor  # [T] flat cache slot of each computed token
     block_tables: torch.Tensor  # [B, max_blocks] int32
     extra: object = None  # what the backend's `prepare` built for this step
+    # the same lengths on the host (Python ints): what a step decides in Python reads these,
+    # never the device tensors (a device-to-host copy is a host sync)
+    q_lens_host: tuple = ()
+    ctx_lens_host: tuple = ()
+    # the sampler's per-sequence inputs: [B] int64 seeds and generated-token counts (Philox offsets)
+    seeds: torch.Tensor | None = None
+    counters: torch.Tensor | None = None
 
 
 class AttentionBackend:
@@ -66,6 +73,9 @@ class AttentionBackend:
     needs_cuda: ClassVar[bool] = False
     min_capability: ClassVar[tuple | None] = None  # the CUDA compute capability its kernels need
     default_block_size: ClassVar[int] = 16
+    # decode reads only the step's tensors (no per-step Python state): `rollout/decode_step.py`
+    # can run it over static buffers and capture it in a CUDA graph
+    static_decode: ClassVar[bool] = False
 
     @classmethod
     def unavailable(cls, device, dtype: torch.dtype) -> str | None:

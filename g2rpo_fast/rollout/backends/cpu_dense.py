@@ -12,7 +12,8 @@ import torch
 
 from ..decode_buffer import DecodeBuffer, DecodeStep
 from .base import AttentionBackend
-from .gather import build_gather_index, gather_attention, sdpa_varlen
+from .gather import build_gather_index, gather_attention
+from .sdpa_varlen import sdpa_varlen
 
 
 class CpuDenseBackend(AttentionBackend):

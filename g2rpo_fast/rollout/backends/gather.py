@@ -11,6 +11,7 @@ sequence's whole context back from the cache as packed K/V rows for one varlen k
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -51,15 +52,15 @@ def build_gather_index(meta: StepMetadata) -> GatherIndex:
 
 def _padding_is_cheap(meta: StepMetadata) -> bool:
     """Whether one padded batch does at most twice the attention work of the exact one."""
-    q_lens, ctx = meta.q_lens.tolist(), meta.ctx_lens.tolist()
+    q_lens, ctx = meta.q_lens_host, meta.ctx_lens_host
     padded = len(q_lens) * meta.max_q * meta.block_tables.shape[1] * meta.block_size
     return padded <= 2 * sum(q * c for q, c in zip(q_lens, ctx))
 
 
 def _per_seq(meta: StepMetadata) -> list:
     out = []
-    bounds = meta.cu_seqlens_q.tolist()
-    for b, (q_len, ctx) in enumerate(zip(meta.q_lens.tolist(), meta.ctx_lens.tolist())):
+    bounds = [0, *itertools.accumulate(meta.q_lens_host)]
+    for b, (q_len, ctx) in enumerate(zip(meta.q_lens_host, meta.ctx_lens_host)):
         num_blocks = (ctx + meta.block_size - 1) // meta.block_size
         blocks = meta.block_tables[b, :num_blocks].long()
         keys = num_blocks * meta.block_size
@@ -116,38 +117,11 @@ def gather_attention(q, k_cache, v_cache, index: GatherIndex, scale: float, use_
     return out.reshape(b, max_q, num_q_heads, head_dim)[index.valid]  # back to packed [T, Hq, D]
 
 
-def sdpa_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, scale: float):
-    """`AttentionBackend.varlen` with one SDPA call per sequence: the attention of a packed row
-    costs Σ L_i², never (Σ L_i)², and no mask wider than one sequence is ever built. The row is
-    cut with `split` (its backward is one concatenation; slicing each sequence would make every
-    slice's backward write a zero tensor of the whole row)."""
-    lens_q = torch.diff(cu_seqlens_q).tolist()
-    lens_k = torch.diff(cu_seqlens_k).tolist()
-    groups = q.shape[1] // k.shape[1]
-    outs = []
-    for qi, ki, vi in zip(q.split(lens_q), k.split(lens_k), v.split(lens_k)):
-        q_len, k_len = qi.shape[0], ki.shape[0]
-        if q_len == 0:
-            continue
-        qi, ki, vi = qi.transpose(0, 1)[None], ki.transpose(0, 1)[None], vi.transpose(0, 1)[None]  # [1, H, L, D]
-        if groups > 1:  # SDPA's fused CPU/CUDA kernels take equal head counts
-            ki, vi = ki.repeat_interleave(groups, dim=1), vi.repeat_interleave(groups, dim=1)
-        if q_len == k_len:
-            out = F.scaled_dot_product_attention(qi, ki, vi, is_causal=True, scale=scale)
-        else:  # fewer queries than keys: they are the last positions
-            mask = torch.ones(q_len, k_len, dtype=torch.bool, device=q.device).tril(k_len - q_len)
-            out = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask, scale=scale)
-        outs.append(out[0].transpose(0, 1))
-    if not outs:
-        return q.new_empty(q.shape[0], q.shape[1], v.shape[2])
-    return torch.cat(outs)
-
-
 def context_slots(meta: StepMetadata) -> torch.Tensor:
     """Flat cache slot of every context token of every sequence (positions 0 .. ctx-1, sequence
     after sequence: the key rows of `cu_seqlens_k`), [Σ ctx] int64 on the cache's device."""
     ctx = meta.ctx_lens.long()
-    total = int(meta.cu_seqlens_k[-1])
+    total = sum(meta.ctx_lens_host)
     seq = torch.repeat_interleave(torch.arange(ctx.numel(), device=ctx.device), ctx, output_size=total)
     pos = torch.arange(total, device=ctx.device) - meta.cu_seqlens_k.long()[:-1][seq]
     bs = meta.block_size

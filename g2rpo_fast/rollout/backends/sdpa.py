@@ -4,18 +4,21 @@
   with a boolean causal mask (see gather.py);
 - decode: `ops.paged_decode_attention`, which on CUDA reads K/V in place from the cache blocks
   (a Triton kernel: nothing is copied per step); on the CPU it is the gathering reference;
-- training forward (`varlen`): one SDPA call per packed sequence.
+- training forward (`varlen`): SDPA over the packed row's sequences grouped by length
+  (`sdpa_varlen.py`: a few padded calls per layer, the grouping built once per forward).
 """
 from __future__ import annotations
 
 from g2rpo_fast.ops.paged_attention import compute_paged_decode_attention
 
 from .base import AttentionBackend
-from .gather import build_gather_index, gather_attention, sdpa_varlen
+from .gather import build_gather_index, gather_attention
+from .sdpa_varlen import sdpa_varlen
 
 
 class SdpaBackend(AttentionBackend):
     name = "sdpa"
+    static_decode = True  # store_kv + the paged decode kernel: tensors only (flash_attn, torch_varlen inherit it)
     use_sdpa = True  # False: the eager math (matmul, fp32 softmax, matmul) of HF's eager path
 
     def prepare(self, meta, seqs, k_cache, v_cache) -> None:
