@@ -130,8 +130,11 @@ setup(
         # g2rpo_fast.integrations.trl subclasses GRPOTrainer at seams that trl 1.16 has (its docstring)
         "trl": ["trl>=1.16", "accelerate>=1.4"],
         "test": ["pytest>=8", "pytest-xdist", "liger-kernel>=0.6", "trl>=1.16", "accelerate>=1.4", "ruff",
-                 "mutmut>=3,<4", "tensorboard>=2.14"],
+                 "mutmut>=3,<4", "tensorboard>=2.14", "peft>=0.17", "wandb>=0.19"],
         "tensorboard": ["tensorboard>=2.14"],
+        # LoRA and the other adapters (peft_config); wandb for report_to (WANDB_MODE=offline logs without a network)
+        "peft": ["peft>=0.17"],
+        "wandb": ["wandb>=0.19"],
         "bench": ["liger-kernel>=0.6", "trl>=1.16", "accelerate>=1.4"],
         "gpu": ["liger-kernel>=0.6", "flash-attn>=2.6"],
     },

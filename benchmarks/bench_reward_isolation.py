@@ -10,7 +10,7 @@
    after each worker death.
 3. Training steps on the built-in default (64 completions a step): one trainer whose scorer is
    swapped between the settings on alternate steps (the same rewards and values, so the same
-   run; both settings see the same machine load), medians of `step_time_s` and
+   run; both settings see the same machine load), medians of `step_time` and
    `rollout_time_s` (which holds the scoring).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_reward_isolation.py \\
@@ -94,12 +94,12 @@ def train_steps(steps: int) -> tuple[list[str], dict]:
     for setting, ms in per.items():
         ms = ms[1:]  # each setting's first step warms up
         med[setting] = {key: statistics.median(m[key] for m in ms)
-                        for key in ("step_time_s", "rollout_time_s", "train_time_s")}
-        rows.append(f"| {setting} | {med[setting]['step_time_s']:.3f} | {med[setting]['rollout_time_s']:.3f} | "
+                        for key in ("step_time", "rollout_time_s", "train_time_s")}
+        rows.append(f"| {setting} | {med[setting]['step_time']:.3f} | {med[setting]['rollout_time_s']:.3f} | "
                     f"{med[setting]['train_time_s']:.3f} |")
     rows.append("")
     rows.append("Step times in order (s), none / process alternating: " + ", ".join(
-        f"{m['step_time_s']:.2f}" for pair in zip(per["none"], per["process"]) for m in pair))
+        f"{m['step_time']:.2f}" for pair in zip(per["none"], per["process"]) for m in pair))
     return rows, med
 
 
@@ -140,7 +140,7 @@ def main() -> None:
         "| --- | ---: | ---: | ---: |",
         *train,
         "",
-        f"Step time process / none: {med['process']['step_time_s'] / med['none']['step_time_s']:.3f}.",
+        f"Step time process / none: {med['process']['step_time'] / med['none']['step_time']:.3f}.",
     ]
     emit(lines, args.out)
 

@@ -102,7 +102,7 @@ def main():
             for setting in ("true", "false"):
                 history = train(work, setting, run, args)
                 steps[setting] += history[1:]  # the first step of a run warms up
-                per_run.append((setting, run, [round(m["step_time_s"], 1) for m in history]))
+                per_run.append((setting, run, [round(m["step_time"], 1) for m in history]))
                 print(per_run[-1], flush=True)
         after = uptime()
     med = lambda rows, key: statistics.median(m[key] for m in rows)
@@ -119,9 +119,9 @@ def main():
              "| --- | ---: | ---: | ---: | ---: |"]
     for setting in ("true", "false"):
         rows = steps[setting]
-        lines.append(f"| {setting} | {med(rows, 'step_time_s'):.2f} | {med(rows, 'rollout_time_s'):.2f} | "
+        lines.append(f"| {setting} | {med(rows, 'step_time'):.2f} | {med(rows, 'rollout_time_s'):.2f} | "
                      f"{med(rows, 'train_time_s'):.2f} | {med(rows, 'completion_length'):.0f} |")
-    speed = med(steps["false"], "step_time_s") / med(steps["true"], "step_time_s")
+    speed = med(steps["false"], "step_time") / med(steps["true"], "step_time")
     train_speed = med(steps["false"], "train_time_s") / med(steps["true"], "train_time_s")
     lines += ["", f"Step {speed:.2f}x faster with sharing; train phase {train_speed:.2f}x.", "",
               "Step times of every run (s): " + "; ".join(f"{s} #{r}: {t}" for s, r, t in per_run)]

@@ -66,8 +66,8 @@ def run_ours(work: str, run: int, steps: int) -> list[dict]:
     subprocess.run(cmd, check=True, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     with open(os.path.join(out, "metrics.jsonl")) as fh:
         rows = [json.loads(line) for line in fh if line.strip()]
-    return [dict(step=m["step_time_s"], rollout=m["rollout_time_s"], train=m["train_time_s"],
-                 completion_length=m.get("completion_length")) for m in rows]
+    return [dict(step=m["step_time"], rollout=m["rollout_time_s"], train=m["train_time_s"],
+                 completion_length=m.get("completions/mean_length", m.get("completion_length"))) for m in rows]
 
 
 def run_trl(work: str, run: int, steps: int) -> list[dict]:

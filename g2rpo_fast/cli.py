@@ -9,9 +9,11 @@
     g2rpo-fast eval --checkpoint out/checkpoint-30    # greedy held-out accuracy
     g2rpo-fast plan --model-name-or-path DIR --gpu-memory-gb 80   # memory per phase, settings that fit
 
-Every `G2RPOConfig` field is also an option `--field-name value` (lists/None in YAML syntax,
-e.g. `--reward-funcs "[accuracy, format]"`; a true/false field alone means true, e.g.
-`--overwrite-output-dir`). A user mistake (bad configuration, missing model or data, bad data
+Every `G2RPOConfig` field is also an option `--field-name value` or `--field_name value` (lists/None in
+YAML syntax, e.g. `--reward-funcs "[accuracy, format]"`; a true/false field alone means true, e.g.
+`--overwrite-output-dir`), and so are TRL's other GRPOConfig names (docs/TRL_COMPAT.md). Without
+`--config`, the built-in model runs its preset (configs/default.yaml) and a model of your own starts
+from TRL's defaults. A user mistake (bad configuration, missing model or data, bad data
 rows, an unusable or already used output directory, a bad checkpoint) exits with status 2 and
 a one-line message naming the field, before any model is loaded (options are never
 abbreviated: `--learning-rat` is an unknown option, not `--learning-rate`); a full disk exits with
@@ -31,22 +33,36 @@ GUIDANCE_SCHEDULES = ("adaptive", "adaptive_sparse", "fixed", "linear", "none")
 DEMO_METHODS = ("none", "dapo", "fixed", "linear", "adaptive", "adaptive_sparse")
 
 
+def flags(name: str) -> list[str]:
+    """`--field-name` and `--field_name` (TRL's scripts spell them with underscores)."""
+    dashed, underscored = "--" + name.replace("_", "-"), "--" + name
+    return [dashed] if dashed == underscored else [dashed, underscored]
+
+
 def _add_config_fields(parser, skip=()):
+    import argparse
+
     from g2rpo_fast.trainer.config import G2RPOConfig
+    from g2rpo_fast.trainer.trl_names import ALIASES, UNSUPPORTED
 
     for f in dataclasses.fields(G2RPOConfig):
         if f.name in skip:
             continue
-        flag = "--" + f.name.replace("_", "-")
-        if str(f.type) == "bool":  # `--flag` alone means true, `--flag false` still works
-            parser.add_argument(flag, dest=f"cfg_{f.name}", default=None, metavar="BOOL", nargs="?",
+        if str(f.type).startswith("bool"):  # `--flag` alone means true, `--flag false` still works
+            parser.add_argument(*flags(f.name), dest=f"cfg_{f.name}", default=None, metavar="BOOL", nargs="?",
                                 const="true", help=f.metadata.get("help", ""))
         else:
-            parser.add_argument(flag, dest=f"cfg_{f.name}", default=None, metavar="VALUE",
+            parser.add_argument(*flags(f.name), dest=f"cfg_{f.name}", default=None, metavar="VALUE",
                                 help=f.metadata.get("help", ""))
+    # TRL's other names: aliases of our fields, and the unsupported ones (refused with the reason unless at
+    # their no-op value); listed in docs/TRL_COMPAT.md rather than in --help
+    for name, default in [(n, a[2]) for n, a in ALIASES.items()] + [(n, u[0][-1]) for n, u in UNSUPPORTED.items()]:
+        extra = {"nargs": "?", "const": "true"} if isinstance(default, bool) else {}
+        parser.add_argument(*flags(name), dest=f"trl_{name}", default=None, help=argparse.SUPPRESS, **extra)
 
 
 def _config_from_args(args, fixed: dict | None = None):
+    from g2rpo_fast.data.loading import is_embedded
     from g2rpo_fast.trainer.config import G2RPOConfig, parse_value
 
     overrides = {}
@@ -55,6 +71,9 @@ def _config_from_args(args, fixed: dict | None = None):
         raw = getattr(args, f"cfg_{name}", None)
         if raw is not None:
             overrides[name] = parse_value(raw, ann, name)
+    for key, raw in vars(args).items():
+        if key.startswith("trl_") and raw is not None:
+            overrides[key[4:]] = parse_value(raw, "object", key[4:])
     for key in ("output_dir", "max_steps", "seed"):
         if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
@@ -67,6 +86,9 @@ def _config_from_args(args, fixed: dict | None = None):
     if getattr(args, "guidance_ratio", None) is not None:
         overrides["guidance_ratio"] = args.guidance_ratio
     overrides.update(fixed or {})
+    if getattr(args, "config", None) is None and not is_embedded(overrides.get("model_name_or_path")):
+        # a model of the user's, no config file: TRL's defaults, not the built-in model's preset
+        return G2RPOConfig.from_dict(overrides)
     return G2RPOConfig.from_yaml(getattr(args, "config", None), **overrides)
 
 
@@ -74,13 +96,13 @@ def _train_parser(sub):
     p = sub.add_parser("train", help="train a policy with G²RPO-A (or a baseline schedule)")
     p.add_argument("--config", default=None, help="YAML file of G2RPOConfig fields, or a packaged preset: default "
                                                   "(the default), hard (sparse rewards: 4-digit sums)")
-    p.add_argument("--output-dir", dest="output_dir", default=None)
-    p.add_argument("--max-steps", dest="max_steps", type=int, default=None)
+    p.add_argument(*flags("output_dir"), dest="output_dir", default=None)
+    p.add_argument(*flags("max_steps"), dest="max_steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint in output_dir")
     p.add_argument("--guidance", choices=list(GUIDANCE_SCHEDULES), default=None,
                    help="guidance schedule (alias of --guidance-schedule)")
-    p.add_argument("--guidance-ratio", dest="guidance_ratio", type=float, default=None)
+    p.add_argument(*flags("guidance_ratio"), dest="guidance_ratio", type=float, default=None)
     _add_config_fields(p, skip=("output_dir", "max_steps", "seed", "guidance_ratio"))
     return p
 
@@ -257,15 +279,15 @@ def build_parser():
                    help="torch threads per run (default: the cores divided by --jobs); results depend on it")
     d.add_argument("--resume", action="store_true",
                    help="reuse the runs of an earlier demo in --output-dir whose configuration is identical")
-    d.add_argument("--output-dir", dest="output_dir", default=None,
+    d.add_argument(*flags("output_dir"), dest="output_dir", default=None,
                    help="default: g2rpo_demo (easy), g2rpo_demo_hard (hard)")
-    d.add_argument("--max-steps", dest="max_steps", type=int, default=None)
+    d.add_argument(*flags("max_steps"), dest="max_steps", type=int, default=None)
     _add_config_fields(d, skip=("output_dir", "max_steps", "seed"))
     e = sub.add_parser("eval", help="greedy held-out accuracy of a checkpoint")
     e.add_argument("--checkpoint", default=None, help="checkpoint dir or model path (default: model_name_or_path)")
     e.add_argument("--config", default=None)
     e.add_argument("--split", default=None, help="dataset split (default: eval_split)")
-    e.add_argument("--max-prompts", dest="max_prompts", type=int, default=None)
+    e.add_argument(*flags("max_prompts"), dest="max_prompts", type=int, default=None)
     _add_config_fields(e, skip=())
     pl = sub.add_parser("plan", help="predicted memory per phase of a training step and the settings that fit "
                                      "(from the model's config.json alone)")

@@ -39,6 +39,7 @@ class Runtime:
     compute_dtype: torch.dtype
     backend: object  # a g2rpo_fast.rollout.backends.AttentionBackend instance (engine and training forward)
     use_liger_kernel: bool
+    lm_head_fp32: bool = False  # cast_lm_head_to_fp32: the lm_head's matmul from fp32 operands
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -51,8 +52,9 @@ class Runtime:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def loss_operands(self, hidden, weight, bias):
-        """hidden, lm_head weight and bias in the compute dtype (differentiable casts)."""
-        dtype = self.compute_dtype
+        """hidden, lm_head weight and bias in the compute dtype, or fp32 with `lm_head_fp32`
+        (differentiable casts)."""
+        dtype = torch.float32 if self.lm_head_fp32 else self.compute_dtype
         return hidden.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
 
     def grad_scaler(self):
@@ -106,4 +108,5 @@ def resolve_runtime(config, device: torch.device) -> Runtime:
                              f"with torch_dtype {str(dtype).removeprefix('torch.')}: {reason}")
     backend_cls = select_backend(name, device, dtype)
     check_liger(config, device)
-    return Runtime(device, dtype, backend_cls(), config.use_liger_kernel)
+    return Runtime(device, dtype, backend_cls(), config.use_liger_kernel,
+                   lm_head_fp32=bool(getattr(config, "cast_lm_head_to_fp32", False)))

@@ -102,15 +102,22 @@ def pid_reward(prompts, completions, **kwargs):
 
 def save_tiny_assets(root) -> tuple[str, str]:
     """(model dir, train jsonl) under `root`: the tiny random Qwen3 + char tokenizer saved with
-    `save_pretrained`, and 12 addition problems, for CLI runs on local files only."""
+    `save_pretrained`, and 12 addition problems, for CLI runs on local files only; beside them
+    `eval.jsonl` (`eval_file`), 8 held-out problems."""
     model, tok = tiny_model_and_tokenizer(seed=0)
     model.save_pretrained(os.path.join(root, "model"))
     tok.save_pretrained(os.path.join(root, "model"))
     data = os.path.join(root, "data.jsonl")
-    with open(data, "w") as fh:
-        for row in tiny_dataset(12):
-            fh.write(json.dumps(row) + "\n")
+    for path, rows in ((data, tiny_dataset(12)), (eval_file(data), tiny_dataset(8, split="eval"))):
+        with open(path, "w") as fh:
+            for row in rows:
+                fh.write(json.dumps(row) + "\n")
     return os.path.join(root, "model"), data
+
+
+def eval_file(data: str) -> str:
+    """The held-out rows that `save_tiny_assets` writes beside its training file."""
+    return os.path.join(os.path.dirname(data), "eval.jsonl")
 
 
 # ------------------------------------------------------------------ the trainer tests' set-up
@@ -119,10 +126,14 @@ def make_config(tmp_path, name="run", **kw):
     """A 2-step run of the tiny trainer set-up (G=4, 8 completions, 8 new tokens) in tmp_path/name."""
     from g2rpo_fast.trainer.config import G2RPOConfig
 
+    # the values these tests were written for, stated (G2RPOConfig's defaults are TRL's)
     base = dict(output_dir=str(tmp_path / name), num_generations=4, per_device_train_batch_size=8,
                 max_completion_length=8, max_steps=2, learning_rate=1e-2, warmup_steps=0,
+                lr_scheduler_type="constant_with_warmup", optim="adamw_torch", adam_beta2=0.99, temperature=1.2,
+                max_prompt_length=256, gradient_checkpointing=False, logging_steps=1, save_steps=25,
+                save_total_limit=2,
                 guidance_initial_length=4, guidance_max_length=8, guidance_ratio=0.5,
-                reward_funcs=[digit_fraction_reward, "accuracy"], eval_split=None, eval_at_end=False,
+                reward_funcs=[digit_fraction_reward, "accuracy"], guidance_reward="accuracy", eval_at_end=False,
                 plots=False, progress_bar=False, seed=0)
     base.update(kw)
     return G2RPOConfig(**base)

@@ -3,6 +3,7 @@ import json
 import os
 
 import pytest
+from helpers import eval_file
 
 from g2rpo_fast.cli import main
 
@@ -16,7 +17,8 @@ def assets(tiny_local_assets):
 
 def common(assets, out):
     model, data = assets
-    return ["--model-name-or-path", model, "--dataset-name", data, "--output-dir", str(out),
+    return ["--model-name-or-path", model, "--dataset-name", data, "--eval-dataset-name", eval_file(data),
+            "--output-dir", str(out),
             "--num-generations", "2", "--per-device-train-batch-size", "4", "--max-completion-length", "6",
             "--guidance-initial-length", "3", "--guidance-max-length", "6", "--guidance-ratio", "0.5",
             "--reward-funcs", f"[{REWARD}, accuracy]", "--learning-rate", "1e-3", "--num-eval-prompts", "3",

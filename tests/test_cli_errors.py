@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import child_env
+from helpers import child_env, eval_file
 
 REWARD = "helpers:digit_fraction_reward"  # tests/ is on the children's PYTHONPATH too
 
@@ -34,7 +34,8 @@ def run_cli(args, pythonpath=None, cwd=None, timeout=300):
 
 def train_args(assets, out, *extra):
     model, data = assets
-    return ["train", "--model-name-or-path", model, "--dataset-name", data, "--output-dir", str(out),
+    return ["train", "--model-name-or-path", model, "--dataset-name", data, "--eval-dataset-name", eval_file(data),
+            "--output-dir", str(out),
             "--num-generations", "2", "--per-device-train-batch-size", "4", "--max-completion-length", "6",
             "--guidance-initial-length", "3", "--guidance-max-length", "6", "--guidance-ratio", "0.5",
             "--reward-funcs", f"[{REWARD}, accuracy]", "--num-eval-prompts", "2", "--eval-num-samples", "0",
@@ -102,7 +103,12 @@ PRE_LOAD_CASES = {
     "used output dir": (["--output-dir", "{tmp}/used"], ["already holds a run (metrics.jsonl)", "--resume",
                                                          "--overwrite-output-dir"]),
     "resume without checkpoint": (["--output-dir", "{tmp}/used", "--resume"], ["`resume`: no checkpoint in"]),
-    "--report-to wandb": (["--report-to", "wandb"], ["`report_to` must be one of ['none', 'tensorboard']"]),
+    "--report-to mlflow": (["--report-to", "mlflow"], ["`report_to`: 'mlflow' is not supported: none | all | "
+                                                      "tensorboard | wandb"]),
+    "--report_to [wandb, comet_ml]": (["--report_to", "[wandb, comet_ml]"],
+                                      ["`report_to`: 'comet_ml' is not supported"]),
+    "--push_to_hub": (["--push_to_hub"], ["`push_to_hub`: True is not supported (no hub upload"]),
+
     "--embedded-difficulties [4, 6]": (["--embedded-difficulties", "[4, 6]"],
                                        ["`embedded_difficulties`: 6 is not a digit count"]),
     # argparse would take a prefix for the whole option (--learning-rat -> --learning-rate)
@@ -156,6 +162,7 @@ def test_chat_prompts_refused_after_the_tokenizer_before_the_model(tmp_path, tin
         for line in open(data):
             row = json.loads(line)
             fh.write(json.dumps({**row, "prompt": [{"role": "user", "content": row["prompt"]}]}) + "\n")
+    shutil.copy(eval_file(data), eval_file(str(chat)))
     assert main(train_args((str(broken), str(chat)), tmp_path / "out")) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("g2rpo-fast train: error: `prompt_field`: ")
@@ -171,6 +178,7 @@ def test_overwrite_output_dir_and_odd_final_save_with_num_iterations(tmp_path, t
     (out / "checkpoint-7").mkdir(parents=True)
     (out / "metrics.jsonl").write_text('{"step": 7}\n')
     args = train_args(tiny_local_assets, out, "--overwrite-output-dir", "--num-iterations", "2", "--save-steps", "1",
+                      "--save-total-limit", "2",
                       "--max-steps", "3")
     with pytest.warns(RuntimeWarning, match="removed the earlier run's checkpoint-7, metrics.jsonl"):
         assert main(args) == 0

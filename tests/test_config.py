@@ -69,9 +69,15 @@ def test_trainer_refuses_dataset_without_columns():
     model, tok = tiny_model_and_tokenizer()
     ds = tiny_dataset(4)
     cfg = G2RPOConfig(num_generations=2, per_device_train_batch_size=2, max_steps=1, eval_split=None,
-                      guidance_ratio=0.5)
-    with pytest.raises(ValueError, match="guidance_field"):
-        G2RPOTrainer(cfg, model, tok, train_dataset=ds.remove_columns(["solution"]))
+                      guidance_ratio=0.5, max_completion_length=8)
+    renamed = ds.rename_column("solution", "worked")
+    with pytest.raises(ValueError, match="`guidance_field`: the train dataset has no column 'reference'"):
+        G2RPOTrainer(dataclasses.replace(cfg, guidance_field="reference"), model, tok, train_dataset=renamed)
+    # TRL's data sets have no reference solutions: without the default column the run is GRPO, said once
+    with pytest.warns(RuntimeWarning, match="has no 'solution' column .* training without guidance"):
+        trainer = G2RPOTrainer(cfg, model, tok, train_dataset=ds.remove_columns(["solution"]))
+    assert trainer.config.guidance_schedule == "none" and trainer.config.n_guided == 0
+    assert cfg.guidance_schedule == "adaptive"  # the caller's config untouched
     with pytest.raises(ValueError, match="reward_funcs"):  # accuracy needs `answer`
         G2RPOTrainer(cfg, model, tok, train_dataset=ds.remove_columns(["answer"]))
     with pytest.raises(ValueError, match="prompt_field"):

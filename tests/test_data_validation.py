@@ -25,7 +25,10 @@ CASES = {
     "int prompt": ([row(prompt=7)], "row 1 (line 1), column 'prompt': a number (7)"),
     "dict prompt": ([row(prompt={"a": 1})], "column 'prompt': an object"),
     "empty prompt": ([row(), row(), row(prompt="  ")], "row 3 (line 3), column 'prompt': an empty string"),
-    "missing prompt": ([json.dumps({"solution": "s", "answer": "1"})], "column 'prompt': null"),
+    "missing prompt": ([json.dumps({"solution": "s", "answer": "1"})], "column 'prompt': missing (the row has no "
+                                                                        "such column)"),
+    "missing solution": ([row(), json.dumps({"prompt": "p", "answer": "1"})],
+                         "row 2 (line 2), column 'solution': missing (the row has no such column)"),
     "bad chat message": ([row(prompt=[{"role": "user"}])], "chat message 0 is not"),
     "null solution": ([row(), row(solution=None)], "column 'solution': null (it would be given as the guidance "
                                                    "text 'None')"),

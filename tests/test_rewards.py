@@ -209,6 +209,31 @@ def test_huge_rewards_are_clipped_to_the_documented_range():
     assert weighted_total([0.5, 1.0], [2.0, 3.0], REWARD_LIMIT) == 4.0
 
 
+def test_reward_functions_are_called_as_trl_calls_them():
+    """By keyword (`prompts=`, `completions=`, the columns, `completion_ids`, `trainer_state`), so
+    TRL's `fn(completions, **kwargs)` works; a function without **kwargs gets only what it
+    names; one that names neither prompts nor completions gets them by position."""
+    from g2rpo_fast.data.sources import required_columns
+
+    seen = {}
+
+    def trl_style(completions, **kwargs):
+        seen.update(kwargs)
+        return [float(len(c)) for c in completions]
+
+    def strict(completions, answer):
+        return [float(c == a) for c, a in zip(completions, answer)]
+
+    columns = {"answer": ["ab", "x"], "completion_ids": [[1, 2], [3]], "trainer_state": "STATE"}
+    assert safe_reward_call(trl_style, ["p", "q"], ["ab", "c"], **columns) == ([2.0, 1.0], [])
+    assert seen["prompts"] == ["p", "q"] and seen["completion_ids"] == [[1, 2], [3]]
+    assert seen["trainer_state"] == "STATE" and seen["answer"] == ["ab", "x"]
+    assert safe_reward_call(strict, ["p", "q"], ["ab", "c"], **columns) == ([1.0, 0.0], [])
+    assert safe_reward_call(lambda p, c, **k: [len(p[0])] * 2, ["pp", "q"], ["a", "b"], **columns) == ([2.0, 2.0], [])
+    assert required_columns(strict) == ["answer"] and required_columns(trl_style) == []
+    assert required_columns(lambda p, c, test, entry_point=None, **k: None) == ["test"]
+
+
 def test_self_limiting_rewards_run_in_the_calling_thread_under_reward_timeout():
     """`reward_timeout` watches a user function from another thread, but calls the built-in
     rewards directly: they bound their own time per sample, and math-verify's per-answer

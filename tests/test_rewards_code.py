@@ -51,6 +51,77 @@ def test_fenced_and_conversational(sandbox):
     assert reward(["p", "p"], [fenced, convo], test=[TEST] * 2, entry_point=["add"] * 2) == [1.0, 1.0]
 
 
+# HumanEval-style problems (written here; the real data set is checked by benchmarks/humaneval_canonical.py):
+# the prompt holds imports, helpers, the signature and the docstring; a base model writes the body.
+PROBLEMS = [
+    {"prompt": 'from typing import List\n\n\ndef running_max(values: List[int]) -> List[int]:\n'
+               '    """The largest value seen so far, at each position.\n    >>> running_max([1, 3, 2])\n'
+               '    [1, 3, 3]\n    """\n',
+     "body": "    out, best = [], None\n    for v in values:\n        best = v if best is None else max(best, v)\n"
+             "        out.append(best)\n    return out\n",
+     "test": "def check(candidate):\n    assert candidate([1, 3, 2]) == [1, 3, 3]\n    assert candidate([]) == []\n"
+             "    assert candidate([-2, -5]) == [-2, -2]\n",
+     "entry_point": "running_max"},
+    {"prompt": 'def rotate(s: str, k: int) -> str:\n    """Each letter k places on, cyclically."""\n'
+               '    return "".join(chr((ord(c) - 97 + k) % 26 + 97) for c in s)\n\n\n'
+               'def unrotate(s: str, k: int) -> str:\n    """Undo rotate(s, k)."""\n',
+     "body": "    return rotate(s, 26 - k % 26)\n",  # the prompt's helper, as HumanEval's decode_cyclic
+     "test": "def check(candidate):\n    assert candidate(rotate('abcxyz', 3), 3) == 'abcxyz'\n"
+             "    assert candidate('cde', 2) == 'abc'\n",
+     "entry_point": "unrotate"},
+    {"prompt": 'def count_vowels(word: str) -> int:\n    """How many of a, e, i, o, u (any case) word has."""\n',
+     "body": "    return sum(ch in 'aeiou' for ch in word.lower())\n",
+     "test": "def check(candidate):\n    assert candidate('Banana') == 3\n    assert candidate('xyz') == 0\n",
+     "entry_point": "count_vowels"},
+]
+
+
+def full_function(problem) -> str:
+    """The completion a chat model writes: the whole function (the prompt's helpers not repeated)."""
+    head = problem["prompt"][problem["prompt"].rindex("def " + problem["entry_point"]):]
+    signature = head.split("\n")[0]
+    return f"{signature}\n{problem['body']}"
+
+
+def test_body_only_completions_run_after_the_prompt_as_human_eval_does(sandbox):
+    reward = make_code_reward(sandbox=sandbox)
+    prompts = [p["prompt"] for p in PROBLEMS]
+    columns = {"test": [p["test"] for p in PROBLEMS], "entry_point": [p["entry_point"] for p in PROBLEMS]}
+    bodies = [p["body"] for p in PROBLEMS]
+    assert reward(prompts, bodies, **columns) == [1.0, 1.0, 1.0]
+    # what a model writes after the function (a new line at column 0) is cut, as HumanEval's stop sequences do
+    assert reward(prompts, [b + "\nprint(1 +\n#### 17" for b in bodies], **columns) == [1.0, 1.0, 1.0]
+    wrong = ["    return values\n", "    return s\n", "    return len(word)\n"]
+    assert reward(prompts, wrong, **columns) == [0.0, 0.0, 0.0]
+    garbage_inside = [b + "        )(\n" for b in bodies]  # indented: still the body, a syntax error
+    assert reward(prompts, garbage_inside, **columns) == [0.0, 0.0, 0.0]
+    # chat-style completions keep working: a fenced whole function, or an unfenced one
+    fenced = [f"Sure:\n```python\n{full_function(p)}```\n" for p in PROBLEMS]
+    convo = [[{"role": "assistant", "content": f}] for f in fenced]
+    assert reward(prompts, fenced, **columns) == [1.0, 1.0, 1.0]
+    assert reward(prompts, convo, **columns) == [1.0, 1.0, 1.0]
+    assert reward(prompts[2:], [full_function(PROBLEMS[2])], **{k: v[2:] for k, v in columns.items()}) == [1.0]
+    # without the prompt (or with a prompt that is not Python) a body alone is not a program
+    assert reward(["Write the body."] * 3, bodies, **columns) == [0.0, 0.0, 0.0]
+
+
+def test_the_trainers_reward_path_scores_guided_body_completions(sandbox):
+    """Rows and samples through `reward_inputs` and `RewardScorer`, as the trainer's phase 3: the
+    guidance (a prefix of the reference body) plus the generated rest is the completion."""
+    from g2rpo_fast.rewards.scoring import RewardScorer, reward_inputs
+    from g2rpo_fast.rollout.composition import Sample
+
+    rows = [{**p, "canonical_solution": p["body"]} for p in PROBLEMS]
+    samples = []
+    for i, p in enumerate(PROBLEMS):
+        cut = len(p["body"]) // 2
+        samples.append(Sample(i, [1], guidance_ids=[2], text=p["body"][:cut] + p["body"][cut:]))  # guided
+        samples.append(Sample(i, [1], guidance_ids=[], text="    pass\n"))  # unguided, wrong
+    check_code_sandbox(sandbox, [code_reward])
+    scores = RewardScorer(["code"]).score(*reward_inputs(rows, samples, "prompt"))
+    assert scores.total == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0] and scores.guide == scores.total
+
+
 def test_plain_data_crosses_exactly(sandbox):
     code = ("def echo(*args, **kwargs):\n    return args, kwargs\n"
             "def values():\n    return (1, [2.5, -0.0], {'a': b'x'}, {1, 2}, None, True, 1 + 2j, float('inf'),"
@@ -202,3 +273,29 @@ def test_config_field_and_trainer_check_before_the_model_loads(monkeypatch):
     with pytest.raises(ValueError, match=r"`code_sandbox`.*install bubblewrap"):
         trainer.G2RPOTrainer(G2RPOConfig(reward_funcs=["code"], code_sandbox="auto", output_dir=os.devnull))
     monkeypatch.setattr(sandbox_policy, "_default_mode", "auto")
+
+
+def test_a_guided_training_step_on_completion_style_prompts(sandbox, tmp_path):
+    """The trainer on HumanEval-style rows with guidance from `canonical_solution`: the guided
+    samples (the whole reference body, then a random model's tokens, cut where the function
+    ends) score above 0; the unguided ones (a random model's text) score 0."""
+    import datasets
+
+    from g2rpo_fast import G2RPOConfig, G2RPOTrainer
+    from g2rpo_fast.models.tiny import build_tiny_model
+    from g2rpo_fast.models.tokenizer import build_char_tokenizer
+
+    rows = [{"prompt": p["prompt"], "canonical_solution": p["body"], "test": p["test"],
+             "entry_point": p["entry_point"]} for p in PROBLEMS]
+    tok = build_char_tokenizer(model_max_length=1024)
+    model = build_tiny_model(0, tokenizer=tok, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                             num_key_value_heads=1, head_dim=16, intermediate_size=64, max_position_embeddings=1024)
+    args = G2RPOConfig(output_dir=str(tmp_path / "run"), reward_funcs=["code"], code_sandbox=sandbox,
+                       guidance_field="canonical_solution", guidance_schedule="fixed", guidance_initial_length=256,
+                       guidance_max_length=256, guidance_ratio=0.5, num_generations=4, per_device_train_batch_size=12,
+                       max_completion_length=6, max_steps=1, gradient_checkpointing=False, eval_at_end=False,
+                       plots=False, seed=0)
+    (m,) = G2RPOTrainer(model, "code", args=args, train_dataset=datasets.Dataset.from_list(rows),
+                        processing_class=tok).train()
+    assert m["reward_guided"] > 0 and m["reward_unguided"] == 0
+    assert m["guidance_length_injected"] == pytest.approx(sum(len(p["body"]) for p in PROBLEMS) / 3)

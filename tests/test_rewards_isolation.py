@@ -125,7 +125,7 @@ def test_training_survives_a_reward_that_ends_its_process(tmp_path):
         trainer.close()
     assert [m["step"] for m in read_metrics(cfg)] == [1, 2, 3]
     for m in history:
-        assert m["rewards/dying_reward"] == 0.0 and m["rewards/digit_fraction_reward"] > 0
+        assert m["rewards/dying_reward/mean"] == 0.0 and m["rewards/digit_fraction_reward/mean"] > 0
         assert any("dying_reward" in e and "died during the call" in e for e in m["reward_failures"])
     assert trainer.rewards.worker.proc is None  # close() stopped it
     assert os.path.isfile(os.path.join(cfg.output_dir, "train_results.json"))

@@ -13,7 +13,13 @@ from transformers import (
     Qwen3Config,
     Qwen3ForCausalLM,
 )
-from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+from transformers.generation.logits_process import (
+    MinPLogitsWarper,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from g2rpo_fast.rollout import RolloutEngine
 
@@ -139,28 +145,41 @@ def test_generic_path_sampling_does_not_depend_on_the_batch(models):
         assert alone.logprobs == pytest.approx(together[i].logprobs, abs=1e-4)
 
 
-def hf_sampling_probs(logits, temperature, top_k, top_p):
-    scores = TemperatureLogitsWarper(temperature)(None, logits[None].clone())
+def hf_sampling_probs(logits, temperature, top_k, top_p, min_p=0.0, repetition_penalty=1.0, prompt=None):
+    """transformers' own logits processors, in generate's order."""
+    scores = logits[None].clone()
+    if repetition_penalty != 1.0:
+        scores = RepetitionPenaltyLogitsProcessor(repetition_penalty)(torch.tensor([prompt]), scores)
+    scores = TemperatureLogitsWarper(temperature)(None, scores)
     if top_k:
         scores = TopKLogitsWarper(top_k)(None, scores)
     if top_p < 1:
         scores = TopPLogitsWarper(top_p)(None, scores)
+    if min_p:
+        scores = MinPLogitsWarper(min_p)(None, scores)
     return torch.softmax(scores, -1)[0]
 
 
-@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 10, 1.0), (1.3, 0, 0.8), (1.0, 20, 0.6)])
-def test_first_token_distribution(models, temperature, top_k, top_p):
+@pytest.mark.parametrize("temperature,top_k,top_p,min_p,penalty", [
+    (1.0, 0, 1.0, 0.0, 1.0), (0.7, 10, 1.0, 0.0, 1.0), (1.3, 0, 0.8, 0.0, 1.0), (1.0, 20, 0.6, 0.0, 1.0),
+    (1.0, 0, 1.0, 0.05, 1.0), (0.8, 30, 0.9, 0.1, 1.0), (1.0, 0, 1.0, 0.0, 1.8), (1.2, 0, 0.9, 0.02, 0.6)])
+def test_first_token_distribution(models, temperature, top_k, top_p, min_p, penalty):
+    """The engine's sampling law equals transformers' processors (repetition penalty, temperature,
+    top-k, top-p, min-p), measured by total variation over 8000 draws."""
     model = _build("qwen3")
     with torch.no_grad():
         model.lm_head.weight.mul_(8)  # a random model is near-uniform: make the law peaked
     prompt = list(range(3, 23))
     n = 8000
     outs = RolloutEngine(model).generate([prompt] * n, 1, temperature=temperature, top_k=top_k, top_p=top_p,
-                                         seed=123)
+                                         seed=123, min_p=min_p, repetition_penalty=penalty)
     counts = torch.bincount(torch.tensor([o.token_ids[0] for o in outs]), minlength=VOCAB).double()
     with torch.no_grad():
         logits = model(torch.tensor([prompt])).logits[0, -1].double()
-    p = hf_sampling_probs(logits, temperature, top_k, top_p)
+    p = hf_sampling_probs(logits, temperature, top_k, top_p, min_p, penalty, prompt)
+    if penalty != 1.0:  # the penalty moves mass to or from the prompt's tokens: a real difference
+        unpenalized = hf_sampling_probs(logits, temperature, top_k, top_p, min_p)
+        assert 0.5 * (p - unpenalized).abs().sum() > 0.05
     assert counts[p == 0].sum() == 0  # nothing outside the top-k / top-p support
     emp = counts / n
     tv = 0.5 * (emp - p).abs().sum().item()
@@ -201,6 +220,54 @@ def test_stop_ids_and_max_new_tokens(models):
     # generation stops at the model's context
     long = list(range(1, 101)) * 2 + list(range(54))
     assert len(RolloutEngine(model).generate([long], 10)[0].token_ids) == 256 - len(long)
+
+
+def test_entropy_is_the_tempered_models_over_the_generated_tokens(models):
+    """`return_entropy`: per completion, the mean over its generated tokens of the entropy of
+    softmax(logits / T), from HF's forward of prompt + completion (TRL's entropy)."""
+    model = get_model(models, "qwen3")
+    prompts = _prompts()
+    outs = RolloutEngine(model).generate(prompts, 6, temperature=0.7, top_k=5, seed=3, return_entropy=True)
+    for p, o in zip(prompts, outs):
+        with torch.no_grad():
+            logits = model(torch.tensor([p + o.token_ids])).logits[0, len(p) - 1:-1].double() / 0.7
+        logp = torch.log_softmax(logits, -1)
+        expected = float(-(logp.exp() * logp).sum(-1).mean())
+        assert o.entropy == pytest.approx(expected, rel=1e-4)
+    assert RolloutEngine(model).generate(prompts, 2, temperature=1.0, seed=3)[0].entropy is None
+
+
+def test_repetition_penalty_equals_transformers_processor():
+    """Row by row, exactly HF's RepetitionPenaltyLogitsProcessor: positive logits of seen tokens
+    divided, negative ones multiplied, repeats counted once, other tokens untouched."""
+    from g2rpo_fast.rollout.sampler import penalize_repetitions, seen_tokens
+    from g2rpo_fast.rollout.sequence import SamplingParams, Sequence
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, VOCAB) * 3
+    rows = [[5, 9, 9, 40, 2], [7, 1, 30], [3]]  # rows of different lengths: the padding is a repeat
+    for penalty in (1.5, 0.7):
+        seqs = [Sequence(i, ids, len(ids), SamplingParams(max_new_tokens=1, temperature=1.0), 0, 256)
+                for i, ids in enumerate(rows)]
+        ours = penalize_repetitions(logits, seen_tokens(seqs, "cpu"), penalty)
+        for i, ids in enumerate(rows):
+            ref = RepetitionPenaltyLogitsProcessor(penalty)(torch.tensor([ids]), logits[i:i + 1].clone())
+            assert torch.equal(ours[i], ref[0])
+    assert (logits[0, [5, 9, 40, 2]] < 0).any() and (logits[0, [5, 9, 40, 2]] > 0).any()  # both branches seen
+
+
+def test_greedy_repetition_penalty_matches_hf(models):
+    """Greedy decoding with a repetition penalty: token for token HF generate's (its penalty
+    covers the prompt and every generated token)."""
+    model = get_model(models, "qwen3")
+    prompts = _prompts()
+    outs = RolloutEngine(model).generate(prompts, max_new_tokens=10, repetition_penalty=1.7)
+    for p, o in zip(prompts, outs):
+        ids = torch.tensor([p])
+        ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False,
+                             repetition_penalty=1.7, pad_token_id=0, temperature=None, top_p=None, top_k=None)
+        assert o.token_ids == ref[0, len(p):].tolist()
+    assert [o.token_ids for o in outs] != [hf_greedy(model, p, 10) for p in prompts]  # the penalty mattered
 
 
 @pytest.mark.parametrize("temperature,top_k", [(0.0, 0), (0.8, 5)])
@@ -255,6 +322,8 @@ def test_reads_live_weights(models):
     (dict(top_p=1.5), "top_p"),
     (dict(temperature=-0.1), "temperature"),
     (dict(top_k=-2), "top_k"),
+    (dict(min_p=1.5), "min_p"),
+    (dict(repetition_penalty=0.0), "repetition_penalty"),
     (dict(seed=[1, 2, 3]), "seed"),
 ])
 def test_bad_input_raises(models, kwargs, name):

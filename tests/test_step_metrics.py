@@ -122,6 +122,34 @@ def test_step_metrics_mean_over_ranks_when_a_rank_lacks_a_kind(monkeypatch):
         assert out["empty"] is None and out["name"] == m["name"]
 
 
+def test_trl_keys_lengths_entropy_and_reward_spreads():
+    """TRL's keys, each recomputed here from the samples: completions/* over the completion
+    tokens (terminated: ended with a stop token), entropy weighted by generated tokens,
+    reward_std over the step, reward_std_in_group within groups, rewards/<name>/mean|std."""
+    import statistics
+
+    from g2rpo_fast.rollout.composition import Sample
+    from g2rpo_fast.trainer.metrics_log import completion_lengths, sampling_entropy
+
+    samples = [Sample(0, [1], [2, 3], generated_ids=[4, 5, 6], truncated=False, entropy=1.0),
+               Sample(0, [1], [], generated_ids=[4], truncated=True, entropy=4.0),
+               Sample(1, [1], [], generated_ids=[4, 5], truncated=False, entropy=None)]
+    lengths = completion_lengths(samples)
+    assert lengths == {"completions/mean_length": 8 / 3, "completions/min_length": 1.0,
+                       "completions/max_length": 5.0, "completions/clipped_ratio": pytest.approx(1 / 3),
+                       "completions/mean_terminated_length": 3.5, "completions/min_terminated_length": 2.0,
+                       "completions/max_terminated_length": 5.0}
+    assert sampling_entropy(samples) == pytest.approx((1.0 * 3 + 4.0 * 1) / 4)
+    assert sampling_entropy(samples[2:]) is None
+    batch = _batch([_sample(0), _sample(0), _sample(0), _sample(0)], [0.0, 1.0, 1.0, 1.0])  # groups [0, 1] [1, 1]
+    m = step_metrics([batch], num_generations=2, guidance_length=0, learning_rate=1e-4, reward_names=["acc"],
+                     train_metrics={"loss": 0.0, "clip_ratio_low": 0.25})
+    assert m["reward_std"] == pytest.approx(statistics.stdev([0.0, 1.0, 1.0, 1.0]))
+    assert m["reward_std_in_group"] == pytest.approx((statistics.stdev([0.0, 1.0]) + 0.0) / 2)
+    assert m["rewards/acc/mean"] == 0.75 and m["rewards/acc/std"] == pytest.approx(statistics.stdev([0, 1, 1, 1]))
+    assert m["clip_ratio/low_mean"] == 0.25 and "clip_ratio_low" not in m
+
+
 def test_group_outcomes_are_over_the_weighted_total_not_the_guidance_reward():
     """Two reward functions: the guidance reward (accuracy) is 0 everywhere, but the weighted
     total the advantages see differs within group 1 and is all 1 in group 2. The equal-reward

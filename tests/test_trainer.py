@@ -8,9 +8,11 @@ from helpers import make_config, make_trainer, read_metrics, strip_timing, tiny_
 
 from g2rpo_fast.trainer.trainer import G2RPOTrainer
 
-REQUIRED_KEYS = {"step", "reward", "accuracy", "advantage_std", "guidance_length", "kl", "loss", "clip_ratio_low",
-                 "clip_ratio_high", "tokens_per_s", "step_time_s", "rewards/digit_fraction_reward",
-                 "rewards/accuracy"}
+REQUIRED_KEYS = {"step", "reward", "accuracy", "advantage_std", "guidance_length", "kl", "loss", "clip_ratio/low_mean",
+                 "clip_ratio/high_mean", "clip_ratio/region_mean", "tokens_per_s", "step_time",
+                 "rewards/digit_fraction_reward/mean", "rewards/accuracy/mean", "rewards/accuracy/std", "entropy",
+                 "num_tokens", "epoch", "reward_std", "reward_std_in_group", "completions/mean_length",
+                 "completions/clipped_ratio", "completions/max_terminated_length", "grad_norm", "learning_rate"}
 
 
 def test_one_step_updates_weights_and_logs(tmp_path):
@@ -87,7 +89,7 @@ def test_failing_reward_scores_zero_and_run_continues(tmp_path):
         history = trainer.train()
     assert len(history) == 2
     assert history[0]["reward_errors"] > 0
-    assert all(0.0 <= r["rewards/flaky_reward"] <= 1.0 for r in history)
+    assert all(0.0 <= r["rewards/flaky_reward/mean"] <= 1.0 for r in history)
 
 
 def test_no_guidance_truncation_mask_checkpointing(tmp_path):
@@ -96,7 +98,10 @@ def test_no_guidance_truncation_mask_checkpointing(tmp_path):
     trainer = make_trainer(cfg)
     history = trainer.train()
     assert history[0]["guidance_length"] == 0 and history[0]["guided_fraction"] == 0.0
-    assert history[0]["truncated_ratio"] > 0
+    assert history[0]["completions/clipped_ratio"] > 0
+
+
+    assert history[0]["completions/clipped_ratio"] > 0
 
 
 @pytest.mark.parametrize("mask", [True, False])

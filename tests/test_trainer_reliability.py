@@ -132,8 +132,8 @@ def test_huge_exiting_and_hanging_rewards_do_not_stop_training(tmp_path):
         release.set()
     m = history[0]
     assert all(v is None or not isinstance(v, float) or math.isfinite(v) for v in m.values())
-    assert m["rewards/huge_reward"] == 0.0  # +1e6 and -1e6 in equal numbers
-    assert m["rewards/exiting_reward"] == 0.0 and m["rewards/hanging_reward"] == 0.0
+    assert m["rewards/huge_reward/mean"] == 0.0  # +1e6 and -1e6 in equal numbers
+    assert m["rewards/exiting_reward/mean"] == 0.0 and m["rewards/hanging_reward/mean"] == 0.0
     texts = [str(w.message) for w in caught]
     assert sum("hanging_reward: no result after 0.5 s" in t for t in texts) == 1
     assert any("exiting_reward" in t and "sys.exit(3)" in t for t in texts)
@@ -167,7 +167,7 @@ def test_reward_timeout_is_finite_by_default_and_a_hang_is_a_failed_record(tmp_p
     rows = read_metrics(cfg)
     assert [r["step"] for r in rows] == [1, 2]
     for r in rows:
-        assert r["rewards/stuck_reward"] == 0.0 and r["reward_errors"] == 1
+        assert r["rewards/stuck_reward/mean"] == 0.0 and r["reward_errors"] == 1
         assert r["reward_failures"] == ["reward stuck_reward: no result after 0.5 s (reward_timeout); its 8 samples "
                                         "scored 0.0"]
     assert sum("stuck_reward: no result after 0.5 s" in str(w.message) for w in caught) == 2

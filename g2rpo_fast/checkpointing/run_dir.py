@@ -28,7 +28,8 @@ from .manifest import CHECKPOINT_NAME
 METRICS_FILE = "metrics.jsonl"
 FINAL_RECORD = "train_results.json"  # Hugging Face's name for what a finished run reports
 # What `train` writes besides checkpoints; `overwrite_output_dir` deletes these.
-RUN_FILES = (METRICS_FILE, "eval_results.json", "config.json", "training_curves.png", FINAL_RECORD)
+RUN_FILES = (METRICS_FILE, "eval_results.json", "config.json", "training_curves.png", FINAL_RECORD,
+             "completions.jsonl")
 
 
 class RunSetupError(ValueError):

@@ -14,6 +14,12 @@ import re
 EMBEDDED_NAME = "g2rpo-fast/tiny-arith"
 EMBEDDED_NAMES = frozenset({"embedded", EMBEDDED_NAME, "arithmetic"})
 LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+# Compressed text files that `datasets` reads as they are (it picks the codec by suffix).
+COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
+# The split names a local directory's files are sorted into by their names (train.jsonl, test.parquet, ...);
+# the held-out ones, in the order an evaluation looks for them.
+HELD_OUT_SPLITS = ("test", "validation", "eval")
+SPLIT_NAMES = ("train", *HELD_OUT_SPLITS)
 REQUIRED_COLUMNS = ("prompt", "solution", "answer")
 
 _GSM8K_CALC = re.compile(r"<<[^<>]*>>")
@@ -83,11 +89,37 @@ def normalize_columns(dataset, fmt: str = "auto"):
     raise ValueError(f"fmt must be 'auto', 'g2rpo', 'gsm8k' or 'math500', got {fmt!r}")
 
 
+def data_format(path: str) -> str | None:
+    """`datasets`' builder for a data file ("json", "parquet", "csv"), compressed text included
+    (`data.jsonl.gz`); None for anything else."""
+    low = path.lower()
+    for suffix in COMPRESSIONS:
+        if low.endswith(suffix):
+            low = low[:-len(suffix)]
+            break
+    fmt = LOCAL_FORMATS.get(os.path.splitext(low)[1])
+    return None if fmt == "parquet" and low != path.lower() else fmt  # parquet compresses itself
+
+
+def local_split_files(path: str) -> dict[str, list[str]]:
+    """split -> data files of a local source: a file is one split, "train"; a directory's files go
+    to the split their name starts with (train*, test*, validation*, eval*), the others to "train"."""
+    if not os.path.isdir(path):
+        return {"train": [path]}
+    splits: dict[str, list[str]] = {}
+    for f in sorted(os.listdir(path)):
+        if data_format(f) is None:
+            continue
+        split = next((s for s in SPLIT_NAMES if f.lower().startswith(s)), "train")
+        splits.setdefault(split, []).append(os.path.join(path, f))
+    return splits
+
+
 def looks_like_local_path(name: str) -> bool:
     """A name meant as a local path rather than a hub id (`org/name` or `name`): an explicit
     directory prefix, more than one `/`, a backslash, or a data-file extension."""
     return (name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or "\\" in name
-            or os.path.splitext(name)[1].lower() in LOCAL_FORMATS)
+            or data_format(name) is not None)
 
 
 def hub_offline() -> bool:
@@ -115,9 +147,10 @@ def load_prompts(
 
     - ``"embedded"`` (default): the built-in addition task; ``split`` "train" or "eval"/"test"
       (disjoint problems); ``num_examples`` defaults to 2000 (train) / 200 (eval).
-    - a path to a ``.json``/``.jsonl``/``.parquet``/``.csv`` file (or a directory of them):
-      loaded with ``datasets.load_dataset(<format>, data_files=...)``; ``split`` is ignored
-      for a single file.
+    - a path to a ``.json``/``.jsonl``/``.parquet``/``.csv`` file (``.gz``, ``.bz2``, ``.xz``,
+      ``.zst`` compressed text too) or a directory of them: loaded with
+      ``datasets.load_dataset(<format>, data_files=...)``; a single file is the split "train",
+      a directory's files go to the split their names start with (`local_split_files`).
     - anything else: a hub dataset, ``datasets.load_dataset(name, config, split=split)``.
 
     ``num_examples`` keeps the first n rows. ``required`` columns are validated after
@@ -151,19 +184,16 @@ def load_prompts(
 def _load_local(path: str, split: str):
     import datasets
 
-    if os.path.isdir(path):
-        files = sorted(os.path.join(path, f) for f in os.listdir(path)
-                       if os.path.splitext(f)[1].lower() in LOCAL_FORMATS)
-        if not files:
-            raise ValueError(f"dataset_name_or_path: no json/jsonl/parquet/csv files in {path!r}")
-        # Prefer files named after the split (train.jsonl, test.parquet, ...).
-        named = [f for f in files if os.path.basename(f).startswith(split)]
-        files = named or files
-    else:
-        files = [path]
-    kinds = {LOCAL_FORMATS.get(os.path.splitext(f)[1].lower()) for f in files}
-    if None in kinds or len(kinds) != 1:
-        raise ValueError(
-            f"dataset_name_or_path: expected .json/.jsonl/.parquet/.csv file(s), got {files!r}"
-        )
+    splits = local_split_files(path)
+    if not splits:
+        raise ValueError(f"dataset_name_or_path: no json/jsonl/parquet/csv files in {path!r}")
+    if split not in splits:
+        raise ValueError(f"dataset_name_or_path: {path!r} has no split {split!r} (its splits: {sorted(splits)})")
+    files = splits[split]
+    kinds = {data_format(f) for f in files}
+    if None in kinds:
+        raise ValueError(f"dataset_name_or_path: expected .json/.jsonl/.parquet/.csv file(s) (.gz, .bz2, .xz, .zst "
+                         f"compressed text too), got {files!r}")
+    if len(kinds) != 1:
+        raise ValueError(f"dataset_name_or_path: the {split!r} files of {path!r} mix formats: {files!r}")
     return datasets.load_dataset(kinds.pop(), data_files=files, split="train")

@@ -2,10 +2,10 @@
 
 Three passes, each as early as it can run:
 
-1. `validate_jsonl_file`: a local ``.jsonl`` (or JSON-lines ``.json``) file, streamed line by
-   line before `datasets` reads it (memory: one line): UTF-8, no binary data, one JSON object
-   per line, and each row's prompt, reference solution and the columns the reward functions
-   take (`check_row`). Empty files fail.
+1. `validate_jsonl_file`: a local ``.jsonl`` (or JSON-lines ``.json``, compressed too) file,
+   streamed line by line before `datasets` reads it (memory: one line): UTF-8, no binary data,
+   one JSON object per line, and each row's prompt, reference solution and the columns the
+   reward functions take (`check_row`). Empty files fail.
 2. `validate_rows`: any loaded ``datasets.Dataset`` (hub, parquet, csv, json), streamed in
    batches of those columns: the same `check_row`.
 3. `validate_prompts_for_model`: after the tokenizer loads and before the model does: chat
@@ -66,10 +66,18 @@ def solution_problem(value) -> str | None:
     return _kind(value)
 
 
+MISSING = "missing (the row has no such column)"
+
+
 def check_row(row: dict, prompt_col: str, solution_col: str | None,
               required: dict | None = None) -> tuple[str, str] | None:
-    """(column, problem) for the first bad value of `row`, or None. `required`: {column: names
-    of the reward functions that take it}; each must be present and not null."""
+    """(column, problem) for the first bad value of `row`, or None; a column the row lacks is
+    "missing", one it holds as null is "null". `required`: {column: names of the reward
+    functions that take it}; each must be present and not null."""
+    if prompt_col not in row:
+        return prompt_col, f"{MISSING}; a prompt must be non-empty text or a list of chat messages"
+    if solution_col is not None and solution_col not in row:
+        return solution_col, f"{MISSING}; the reference solution (guidance) must be non-empty text"
     problem = prompt_problem(row.get(prompt_col))
     if problem is not None:
         return prompt_col, f"{problem}; a prompt must be non-empty text or a list of chat messages"
@@ -112,15 +120,43 @@ def source_columns(keys, prompt_field: str, guidance_field: str | None) -> tuple
 
 
 # ---------------------------------------------------------------------------- local JSON lines
-def is_json_lines(path: str) -> bool:
-    """`.jsonl`, or a `.json` file whose first non-blank line is a JSON object by itself."""
+def open_data_file(path: str):
+    """A local data file as binary lines, decompressed when its suffix says so (as `datasets` does)."""
     low = path.lower()
+    if low.endswith(".gz"):
+        import gzip
+
+        return gzip.open(path, "rb")
+    if low.endswith(".bz2"):
+        import bz2
+
+        return bz2.open(path, "rb")
+    if low.endswith(".xz"):
+        import lzma
+
+        return lzma.open(path, "rb")
+    return open(path, "rb")
+
+
+def _uncompressed_name(path: str) -> str:
+    from g2rpo_fast.data.loading import COMPRESSIONS
+
+    low = path.lower()
+    return next((low[:-len(c)] for c in COMPRESSIONS if low.endswith(c)), low)
+
+
+def is_json_lines(path: str) -> bool:
+    """`.jsonl`, or a `.json` file whose first non-blank line is a JSON object by itself
+    (compressed ones too; `.zst` is left to `datasets`, which checks it row by row after loading)."""
+    low = _uncompressed_name(path)
+    if path.lower().endswith(".zst"):
+        return False
     if low.endswith(".jsonl"):
         return True
     if not low.endswith(".json"):
         return False
     try:
-        with open(path, "rb") as fh:
+        with open_data_file(path) as fh:
             for raw in fh:
                 if raw.strip():
                     return isinstance(json.loads(raw), dict)
@@ -149,69 +185,77 @@ class LineMap:
 
 
 def validate_jsonl_file(path: str, prompt_field: str = "prompt", guidance_field: str | None = "solution",
-                        required: dict | None = None) -> LineMap:
+                        required: dict | None = None, field: str = "dataset_name") -> LineMap:
     """Stream-check a JSON-lines file (memory: one line); returns the row -> line map.
     `guidance_field` None: the solution column is not needed. `required` ({column: reward
     names}): the columns the reward functions take, checked in every row when the first row
-    has them (a column that only normalisation makes, or no row has, is checked after loading)."""
+    has them (a column that only normalisation makes, or no row has, is checked after loading).
+    `field`: the setting that named the file (`dataset_name` or `eval_dataset_name`), which the
+    messages start with."""
     stat = os.stat(path)
-    key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns, prompt_field, guidance_field,
+    key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns, prompt_field, guidance_field, field,
            tuple(sorted((c, tuple(names)) for c, names in (required or {}).items())))
     if key in _layout_cache:
         return _layout_cache[key]
-    rows, blank_lines = 0, []
-    columns = None
-    first_chat = None
-    with open(path, "rb") as fh:
-        for number, raw in enumerate(fh, start=1):
-            where = f"`dataset_name`: {path}, line {number}"
-            nul = raw.find(b"\0")
-            if nul >= 0:
-                raise ValueError(f"{where}, column {nul + 1}: binary data (a NUL byte); expected one JSON object "
-                                 "per line")
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise ValueError(f"{where}, column {exc.start + 1}: not UTF-8 (byte 0x{raw[exc.start]:02x}); "
-                                 "save the file as UTF-8") from None
-            if not text.strip():
-                blank_lines.append(number)
-                continue
-            try:
-                row = json.loads(text)
-            except ValueError as exc:
-                # Column in this line (the decoder's own counts the trailing newline as a line).
-                pos = getattr(exc, "pos", None)
-                width = len(text.rstrip("\r\n"))
-                at = f", column {min(pos, width) + 1}" if isinstance(pos, int) else ""
-                msg = getattr(exc, "msg", str(exc))
-                raise ValueError(f"{where}{at}: malformed JSON ({msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {_kind(row)}")
-            if columns is None:
-                columns = source_columns(row.keys(), prompt_field, guidance_field)
-                needed = {c: names for c, names in (required or {}).items() if c in row and c not in columns}
-            bad = check_row(row, *columns, needed)
-            row_no = rows + 1
-            if bad is not None:
-                raise ValueError(f"`dataset_name`: {path}, row {row_no} (line {number}), column {bad[0]!r}: {bad[1]}")
-            first_chat = _same_kind(first_chat, _is_chat(row.get(columns[0])),
-                                    f"`dataset_name`: {path}, row {row_no} (line {number}), column {columns[0]!r}")
-            rows += 1
+    try:
+        with open_data_file(path) as fh:
+            rows, blank_lines = _check_lines(fh, path, prompt_field, guidance_field, field, required)
+    except (OSError, EOFError) as exc:  # a corrupt or truncated .gz / .bz2 / .xz
+        raise ValueError(f"`{field}`: {path}: cannot read it ({type(exc).__name__}: {exc})") from None
     if not rows:
-        raise ValueError(f"`dataset_name`: {path} is empty (no JSON rows)")
+        raise ValueError(f"`{field}`: {path} is empty (no JSON rows)")
     _layout_cache[key] = LineMap(rows, blank_lines)
     return _layout_cache[key]
 
 
-def local_data_files(path: str) -> list[str]:
-    """The files `load_prompts` would read for a local path (file or directory)."""
-    from g2rpo_fast.data.loading import LOCAL_FORMATS
+def _check_lines(fh, path: str, prompt_field: str, guidance_field: str | None, field: str,
+                 required: dict | None) -> tuple[int, list[int]]:
+    rows, blank_lines = 0, []
+    columns = None
+    first_chat = None
+    for number, raw in enumerate(fh, start=1):
+        where = f"`{field}`: {path}, line {number}"
+        nul = raw.find(b"\0")
+        if nul >= 0:
+            raise ValueError(f"{where}, column {nul + 1}: binary data (a NUL byte); expected one JSON object "
+                             "per line")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{where}, column {exc.start + 1}: not UTF-8 (byte 0x{raw[exc.start]:02x}); "
+                             "save the file as UTF-8") from None
+        if not text.strip():
+            blank_lines.append(number)
+            continue
+        try:
+            row = json.loads(text)
+        except ValueError as exc:
+            # Column in this line (the decoder's own counts the trailing newline as a line).
+            pos = getattr(exc, "pos", None)
+            width = len(text.rstrip("\r\n"))
+            at = f", column {min(pos, width) + 1}" if isinstance(pos, int) else ""
+            msg = getattr(exc, "msg", str(exc))
+            raise ValueError(f"{where}{at}: malformed JSON ({msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {_kind(row)}")
+        if columns is None:
+            columns = source_columns(row.keys(), prompt_field, guidance_field)
+            needed = {c: names for c, names in (required or {}).items() if c in row and c not in columns}
+        bad = check_row(row, *columns, needed)
+        row_no = rows + 1
+        if bad is not None:
+            raise ValueError(f"`{field}`: {path}, row {row_no} (line {number}), column {bad[0]!r}: {bad[1]}")
+        first_chat = _same_kind(first_chat, _is_chat(row.get(columns[0])),
+                                f"`{field}`: {path}, row {row_no} (line {number}), column {columns[0]!r}")
+        rows += 1
+    return rows, blank_lines
 
-    if os.path.isdir(path):
-        return sorted(os.path.join(path, f) for f in os.listdir(path)
-                      if os.path.splitext(f)[1].lower() in LOCAL_FORMATS)
-    return [path]
+
+def local_data_files(path: str) -> list[str]:
+    """The files `load_prompts` would read for a local path (file or directory), every split."""
+    from g2rpo_fast.data.loading import local_split_files
+
+    return sorted(f for files in local_split_files(path).values() for f in files)
 
 
 # ---------------------------------------------------------------------------- loaded datasets
@@ -291,7 +335,8 @@ def validate_prompts_for_model(dataset, config, tokenizer, context_length: int |
                          f"({context_length} tokens)")
     if config.max_prompt_length is not None and config.max_prompt_length <= budget:
         return  # every prompt is left-truncated to max_prompt_length: all fit
-    overhead = len(_encode(tokenizer, "x", True)) if has_template else 0  # the template's own tokens
+    kwargs = dict(getattr(config, "chat_template_kwargs", None) or {})
+    overhead = len(_encode(tokenizer, "x", True, kwargs)) if has_template else 0  # the template's own tokens
     offset = 0
     for batch in dataset.select_columns([config.prompt_field]).iter(batch_size=_BATCH):
         for i, prompt in enumerate(batch[config.prompt_field]):
@@ -299,7 +344,7 @@ def validate_prompts_for_model(dataset, config, tokenizer, context_length: int |
             # character tokenizers: a short text prompt needs no tokenization.
             if not _is_chat(prompt) and len(prompt.encode()) + overhead + 8 <= budget:
                 continue
-            n = len(_encode(tokenizer, prompt, has_template))
+            n = len(_encode(tokenizer, prompt, has_template, kwargs))
             if config.max_prompt_length is not None:
                 n = min(n, config.max_prompt_length)
             if n > budget:
@@ -311,13 +356,14 @@ def validate_prompts_for_model(dataset, config, tokenizer, context_length: int |
         offset += len(batch[config.prompt_field])
 
 
-def _encode(tokenizer, prompt, has_template: bool) -> list[int]:
-    # The same text the trainer feeds the model (`G2RPOTrainer.encode_prompt`).
+def _encode(tokenizer, prompt, has_template: bool, chat_template_kwargs=None) -> list[int]:
+    # The same text the trainer feeds the model (`rollout.guided.Rollouts.encode_prompt`).
+    kwargs = chat_template_kwargs or {}
     if _is_chat(prompt):
-        text = tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True, **kwargs)
     elif has_template:
         text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
+                                             add_generation_prompt=True, **kwargs)
     else:
         text = prompt
     return tokenizer.encode(text, add_special_tokens=False)

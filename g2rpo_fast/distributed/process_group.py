@@ -90,3 +90,12 @@ def failure_notice(state: DistState, exc: BaseException, timeout_s: float) -> st
     """The line a failing rank prints before it exits (torchrun then stops the other ranks)."""
     return (f"g2rpo-fast: rank {state.rank}/{state.world_size} failed: {type(exc).__name__}: {exc} "
             f"(collectives time out after dist_timeout_s={timeout_s:g} s; torchrun stops the other ranks)")
+
+
+def any_rank(flag: bool, dist, device) -> bool:
+    """Whether `flag` is set on any rank (a callback's stop on rank 0 stops every rank together)."""
+    if dist.world_size <= 1:
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item() > 0)

@@ -29,8 +29,19 @@ def decoder_of(model):
 
 
 def lm_head_params(model):
+    """The lm_head's weight and bias, as the loss's fused matmul takes them. A LoRA lm_head (peft's
+    layer: `base_layer`, `lora_A`, `lora_B`, `scaling`) gives its effective weight W + s·B·A,
+    differentiable in the adapters (its dropout is not applied: the merged form has none)."""
     head = model.get_output_embeddings()
-    return head.weight, getattr(head, "bias", None)
+    base = getattr(head, "base_layer", None)
+    if base is None or not hasattr(head, "lora_A"):
+        return head.weight, getattr(head, "bias", None)
+    weight = base.weight
+    if not (getattr(head, "disable_adapters", False) or getattr(head, "merged", False)):
+        for name in head.active_adapters:
+            if name in head.lora_A:
+                weight = weight + head.scaling[name] * (head.lora_B[name].weight @ head.lora_A[name].weight)
+    return weight, getattr(base, "bias", None)
 
 
 class PolicyHidden(torch.nn.Module):
@@ -84,14 +95,22 @@ class PackedPolicy(torch.nn.Module):
     one forward (one set of collectives) per micro-batch on every rank.
     """
 
-    def __init__(self, model, runtime, loss_fn=None, temperature: float = 1.0):
+    def __init__(self, model, runtime, loss_fn=None, temperature: float = 1.0, forward_context=None):
         super().__init__()
         self.model = model
         self.runtime = runtime
         self.loss_fn = loss_fn
         self.temperature = temperature
+        # a context manager factory every forward runs in (the reference of fresh adapters: adapters off)
+        self.forward_context = forward_context
 
     def forward(self, batch: PackedBatch, loss_inputs: dict | None = None):
+        if self.forward_context is not None:
+            with self.forward_context():
+                return self._forward(batch, loss_inputs)
+        return self._forward(batch, loss_inputs)
+
+    def _forward(self, batch: PackedBatch, loss_inputs: dict | None = None):
         hidden = packed_hidden(PolicyHidden(self.model), batch, self.runtime.autocast_dtype)
         # the loss's matmuls in the compute dtype, its accumulation in fp32 (g2rpo_fast/runtime.py)
         hidden, weight, bias = self.runtime.loss_operands(hidden, *lm_head_params(self.model))

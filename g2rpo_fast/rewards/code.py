@@ -1,5 +1,15 @@
 """Code reward: score a completion's code against HumanEval-style tests in the sandbox.
 
+The program is the completion's code (its last fenced block, else its whole text). When the
+prompt is Python that defines the entry point (HumanEval's completion-style prompt: imports,
+helpers, the signature and docstring of the entry point), the program is `prompt + code`, as
+human-eval's own harness runs `prompt + completion` (`candidate_code`): a code that defines the
+entry point (a chat model's whole function) redefines the prompt's stub and still sees its
+imports and helpers; a code that does not (a base model's body) completes it, up to the first
+non-blank line at column 0, which is where HumanEval's stop sequences (`\ndef`, `\nclass`,
+`\nif`, `\nprint`, `\n#`) cut a sampled completion: what a model writes after the function is not
+part of it.
+
 Two modes (``SandboxResult.mode``):
 
 * ``boundary`` (the default): the test's ``check(candidate)`` runs in a trusted tester
@@ -50,6 +60,45 @@ def _prompt_code(prompt) -> str | None:
     except (SyntaxError, ValueError):
         return None
     return prompt
+
+
+def defines(code: str, name: str) -> bool:
+    """Whether `code` parses and binds `name` at its top level (def, class, assignment, import)."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return False
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
+            return True
+        if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(n, ast.Name) and n.id == name for t in targets for n in ast.walk(t)):
+                return True
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            if any((alias.asname or alias.name).split(".")[0] == name for alias in node.names):
+                return True
+    return False
+
+
+def function_body(code: str) -> str:
+    """A body-only completion up to the first non-blank line that starts at column 0."""
+    lines = code.splitlines(keepends=True)
+    end = next((i for i, line in enumerate(lines) if line.strip() and not line[0].isspace()), len(lines))
+    return "".join(lines[:end])
+
+
+def candidate_code(completion, prompt, entry_point: str) -> str:
+    """The program a completion is tested as: its code; after the prompt when the prompt is
+    Python that defines `entry_point` (its stub), the code whole when it defines `entry_point`
+    too, else its function body."""
+    code = extract_code(completion)
+    prompt_code = _prompt_code(prompt)
+    if prompt_code is None or not isinstance(entry_point, str) or not defines(prompt_code, entry_point):
+        return code
+    if defines(code, entry_point):
+        return f"{prompt_code}\n{code}"
+    return prompt_code + function_body(code)
 
 
 def _limits(timeout, memory_mb, tmpfs_mb, max_pids) -> SandboxLimits:
@@ -110,7 +159,8 @@ def make_code_reward(timeout: float = 5.0, memory_mb: float = 1024, max_workers:
         resolve_sandbox(sandbox)  # refuse before starting anything
 
         def score(i: int) -> SandboxResult:
-            return score_code(extract_code(completions[i]), tests[i], entries[i], prompt=prompt_list[i],
+            code = candidate_code(completions[i], prompt_list[i], entries[i])
+            return score_code(code, tests[i], entries[i], prompt=prompt_list[i],
                               timeout=timeout, memory_mb=memory_mb, tmpfs_mb=tmpfs_mb, max_pids=max_pids,
                               sandbox=sandbox, in_process_fallback=in_process_fallback, python_paths=python_paths)
 
@@ -149,6 +199,6 @@ def check_code_sandbox(code_sandbox: str, reward_funcs) -> None:
 
 code_reward = make_code_reward()
 code_reward.__doc__ = (
-    "1.0 when the completion's code (last fenced block, else the whole text) passes "
-    "``check(entry_point)`` from ``test``, judged by a trusted tester outside the sandbox, else 0.0. "
-    "TRL reward signature.")
+    "1.0 when the completion's code (last fenced block, else the whole text; prompt + code when that "
+    "defines no entry point and the prompt is Python, as human-eval runs it) passes ``check(entry_point)`` "
+    "from ``test``, judged by a trusted tester outside the sandbox, else 0.0. TRL reward signature.")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import importlib
 import logging
 import math
+import os
+import sys
 import threading
 import warnings
 from collections.abc import Callable
@@ -37,7 +39,7 @@ def get_reward_func(name_or_callable) -> Callable:
     if ":" in name:
         module_name, _, attr = name.partition(":")
         try:
-            module = importlib.import_module(module_name)
+            module = import_from_working_directory(module_name)
         except ImportError as exc:
             raise ValueError(f"reward function {name!r}: cannot import module {module_name!r}: {exc}") from exc
         fn = module
@@ -48,6 +50,17 @@ def get_reward_func(name_or_callable) -> Callable:
         return fn
     raise ValueError(f"unknown reward function {name!r}; built-ins: {sorted(REWARD_FUNCS)}, "
                      "or give 'module:function'")
+
+
+def import_from_working_directory(module_name: str):
+    """`importlib.import_module`, finding modules in the working directory as `python -m` and
+    `python -c` do (a console script such as `g2rpo-fast` starts with its own folder on sys.path
+    instead): the working directory goes to the front of sys.path, for good, as Python puts it."""
+    cwd = os.getcwd()
+    if not any(os.path.abspath(p or ".") == cwd for p in sys.path):
+        sys.path.insert(0, cwd)
+        importlib.invalidate_caches()
+    return importlib.import_module(module_name)
 
 
 def func_name(fn) -> str:
@@ -117,12 +130,12 @@ def _call(fn, timeout, /, *args, **kwargs):
     if in_worker is not None:
         return in_worker(timeout, *args, **kwargs)
     if timeout is None or getattr(fn, "limits_itself", False):
-        return fn(*args, **kwargs)
+        return call_as_trl(fn, *args, **kwargs)
     box: dict = {}
 
     def run():
         try:
-            box["value"] = fn(*args, **kwargs)
+            box["value"] = call_as_trl(fn, *args, **kwargs)
         except BaseException as exc:
             box["error"] = exc
 
@@ -136,12 +149,49 @@ def _call(fn, timeout, /, *args, **kwargs):
     return box["value"]
 
 
+def call_as_trl(fn, prompts, completions, **columns):
+    """`fn` called as TRL calls a reward function, `prompts=` and `completions=` by keyword (so
+    `fn(completions, **kwargs)` works, as in TRL); a function that names neither gets them by
+    position, `fn(p, c, **columns)`, as this package always did."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return fn(prompts=prompts, completions=completions, **columns)
+    named = {k for k in ("prompts", "completions") if k in params and params[k].kind is not params[k].POSITIONAL_ONLY}
+    if not named:
+        return fn(prompts, completions, **columns)
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    given = {"prompts": prompts, "completions": completions}
+    return fn(**{k: v for k, v in given.items() if k in named or takes_any}, **columns)
+
+
 def _failure(exc: BaseException) -> str:
     if isinstance(exc, SystemExit):
         return f"called sys.exit({exc.code!r})"
     if type(exc).__name__ == "RewardWorkerError":  # its message already says what happened
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
+
+
+# Keywords TRL gives every reward function besides the data set's columns.
+TRL_REWARD_KEYWORDS = ("prompts", "completions", "completion_ids", "trainer_state")
+
+
+def accepted_keywords(fn, columns: dict) -> dict:
+    """The keyword arguments `fn` takes: all of them with `**kwargs` (TRL's convention); else the
+    ones it names (a function written without `**kwargs` is not handed what it cannot take)."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return columns
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return columns
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {k: v for k, v in columns.items() if k in names}
 
 
 def _interrupted(errors: list[str], name: str) -> None:
@@ -151,8 +201,9 @@ def _interrupted(errors: list[str], name: str) -> None:
 
 def safe_reward_call(fn, prompts, completions, reward_timeout: float | None = None,
                      **columns) -> tuple[list[float], list[str]]:
-    """Call ``fn`` with the TRL signature; never raises (``KeyboardInterrupt`` excepted: it is
-    reported and re-raised, so that the run stops as on Ctrl-C).
+    """Call ``fn`` as TRL does, by keyword: ``fn(prompts=..., completions=..., **columns)`` (the
+    columns include ``completion_ids`` and ``trainer_state`` when the trainer calls); never raises
+    (``KeyboardInterrupt`` excepted: it is reported and re-raised, so that the run stops as on Ctrl-C).
 
     - a call that raises, or calls ``sys.exit``, is reported; a failed batch call is then
       retried sample by sample to isolate the culprits (up to n more calls; after
@@ -166,6 +217,8 @@ def safe_reward_call(fn, prompts, completions, reward_timeout: float | None = No
     name = func_name(fn)
     n = len(completions)
     errors: list[str] = []
+    columns = accepted_keywords(fn, {"prompts": prompts, "completions": completions, **columns})
+    prompts, completions = columns.pop("prompts", prompts), columns.pop("completions", completions)
     try:
         values = list(_call(fn, reward_timeout, prompts, completions, **columns))
         if len(values) != n:

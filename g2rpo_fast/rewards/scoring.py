@@ -41,19 +41,22 @@ class Scores:
 
 def reward_inputs(rows, samples, prompt_field: str):
     """(prompts, completions, columns) of TRL's reward signature, one entry per sample; chat
-    prompts get their completion as an assistant message."""
+    prompts get their completion as an assistant message; `completion_ids` (guidance +
+    generated tokens) among the columns, as TRL passes them."""
     prompts = [rows[s.prompt_index][prompt_field] for s in samples]
     conversational = bool(prompts) and isinstance(prompts[0], (list, tuple))
     completions = [[{"role": "assistant", "content": s.text}] if conversational else s.text for s in samples]
     columns = {k: [rows[s.prompt_index][k] for s in samples] for k in rows[0] if k != prompt_field}
+    columns["completion_ids"] = [list(s.completion_ids) for s in samples]
     return prompts, completions, columns
 
 
 class RewardScorer:
     """The run's reward functions (names, `module:function` or callables), their weights and the
-    guidance reward; `errors` collects the failures reported since it was last emptied."""
+    guidance reward (default: the first function); `errors` collects the failures reported since
+    it was last emptied."""
 
-    def __init__(self, reward_funcs, reward_weights=None, guidance_reward="accuracy", reward_timeout=None,
+    def __init__(self, reward_funcs, reward_weights=None, guidance_reward=None, reward_timeout=None,
                  isolation: str = "none"):
         if isolation not in ISOLATION:
             raise ValueError(f"`reward_isolation` must be one of {list(ISOLATION)}, got {isolation!r}")
@@ -67,7 +70,8 @@ class RewardScorer:
         if len(self.weights) != len(self.funcs):
             raise ValueError(f"`reward_weights` has {len(self.weights)} entries for "
                              f"{len(self.funcs)} reward functions")
-        self.guidance_fn = get_reward_func(guidance_reward)
+        # None: the first reward function drives the guidance controller and the held-out accuracy
+        self.guidance_fn = self.funcs[0] if guidance_reward is None else get_reward_func(guidance_reward)
         self.guidance_index = next((i for i, f in enumerate(self.funcs) if f is self.guidance_fn), None)
         self.timeout = reward_timeout
         self.errors: list[str] = []

@@ -60,7 +60,7 @@ def _spec(fn):
 def _serve(conn, specs) -> None:
     """The worker: load the functions, then answer calls until the trainer closes the pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from g2rpo_fast.rewards.registry import get_reward_func
+    from g2rpo_fast.rewards.registry import call_as_trl, get_reward_func
     from g2rpo_fast.rewards.sandbox import set_default_sandbox
 
     try:
@@ -76,7 +76,7 @@ def _serve(conn, specs) -> None:
             return
         try:
             set_default_sandbox(sandbox)
-            reply = ("ok", list(funcs[index](*args, **kwargs)))
+            reply = ("ok", list(call_as_trl(funcs[index], *args, **kwargs)))
         except KeyboardInterrupt:
             reply = ("interrupt",)
         except SystemExit as exc:

@@ -24,6 +24,7 @@ class Sample:
     generated_ids: list[int] = field(default_factory=list)
     truncated: bool = False  # the generation hit the length limit without a stop token
     text: str = ""  # decode(guidance + generated), what the rewards see
+    entropy: float | None = None  # mean sampling entropy over the generated tokens (when the engine tracked it)
 
     @property
     def guided(self) -> bool:
@@ -79,6 +80,7 @@ def assemble_samples(samples: list[Sample], outputs, decode, stop_token_ids=()) 
     for s, out in zip(samples, outputs):
         s.generated_ids = list(out.token_ids)
         s.truncated = getattr(out, "finish_reason", "length") != "stop"
+        s.entropy = getattr(out, "entropy", None)
         visible = s.completion_ids
         if visible and visible[-1] in stops:
             visible = visible[:-1]

@@ -13,7 +13,7 @@ from .backends.base import supports_bf16
 from .block_manager import BlockManager
 from .decode_step import StaticDecode
 from .model_runner import ModelRunner, supports_packed_forward
-from .sampler import SamplingSpec, fetch, sample_tokens
+from .sampler import SamplingSpec, fetch, sample_tokens, seen_tokens
 from .scheduler import RolloutStats, Scheduler
 from .sequence import SamplingParams, Sequence
 
@@ -34,6 +34,7 @@ class RolloutOutput:
     token_ids: list[int]
     logprobs: list[float] | None
     finish_reason: str
+    entropy: float | None = None  # mean entropy of the sampling distribution over the tokens (return_entropy)
 
 
 def _compute_dtype(dtype, weights: torch.dtype) -> torch.dtype:
@@ -78,7 +79,7 @@ class RolloutEngine:
     def __init__(self, model, *, block_size: int | None = None, max_num_seqs: int = 256,
                  max_num_batched_tokens: int = 16384, num_kv_blocks: int | None = None,
                  kv_cache_bytes: int | None = None, attn_backend="auto", dtype: torch.dtype | None = None,
-                 enable_prefix_caching: bool = True, cuda_graphs="auto"):
+                 enable_prefix_caching: bool = True, cuda_graphs="auto", lm_head_fp32: bool = False):
         self.model = model
         param = next(model.parameters())
         device = param.device
@@ -122,7 +123,7 @@ class RolloutEngine:
         self.kv_cache_bytes = kv_cache_bytes
         self.enable_prefix_caching = enable_prefix_caching
         self.packed = supports_packed_forward(model)
-        self.runner = ModelRunner(model, block_size, backend, self.dtype) if self.packed else None
+        self.runner = ModelRunner(model, block_size, backend, self.dtype, lm_head_fp32) if self.packed else None
         self.backend = backend
         self.max_model_len = model.config.max_position_embeddings
         self.vocab_size = model.get_input_embeddings().num_embeddings
@@ -176,7 +177,8 @@ class RolloutEngine:
         return max(1, min(needed, budget // self.runner.bytes_per_block()))
 
     # ---- validation ---------------------------------------------------------------------
-    def _check(self, prompts, max_new_tokens, temperature, top_p, top_k, seed, stop_token_ids):
+    def _check(self, prompts, max_new_tokens, temperature, top_p, top_k, seed, stop_token_ids, min_p=0.0,
+               repetition_penalty=1.0):
         if not isinstance(prompts, (list, tuple)):
             raise ValueError(f"prompts must be a list of token-id lists, got {type(prompts).__name__}")
         for i, p in enumerate(prompts):
@@ -200,6 +202,10 @@ class RolloutEngine:
             raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
         if not _is_int(top_k) or top_k < 0:
             raise ValueError(f"top_k must be an int >= 0 (0 = off), got {top_k!r}")
+        if not isinstance(min_p, numbers.Real) or not 0 <= min_p <= 1:
+            raise ValueError(f"min_p must be in [0, 1] (0 = off), got {min_p!r}")
+        if not isinstance(repetition_penalty, numbers.Real) or not 0 < repetition_penalty < float("inf"):
+            raise ValueError(f"repetition_penalty must be a finite number > 0 (1 = off), got {repetition_penalty!r}")
         if seed is not None and not _is_int(seed):
             if not isinstance(seed, (list, tuple)) or len(seed) != len(prompts) or not all(map(_is_int, seed)):
                 raise ValueError("seed must be None, an int, or a list of ints with one seed per prompt")
@@ -210,9 +216,11 @@ class RolloutEngine:
     # ---- generation ---------------------------------------------------------------------
     def generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
                  top_p: float = 1.0, top_k: int = 0, seed=None, stop_token_ids=None,
-                 return_logprobs: bool = False) -> list[RolloutOutput]:
+                 return_logprobs: bool = False, min_p: float = 0.0, repetition_penalty: float = 1.0,
+                 return_entropy: bool = False) -> list[RolloutOutput]:
         """Complete every prompt; returns one `RolloutOutput` per prompt, in order."""
-        self._check(prompts, max_new_tokens, temperature, top_p, top_k, seed, stop_token_ids)
+        self._check(prompts, max_new_tokens, temperature, top_p, top_k, seed, stop_token_ids, min_p,
+                    repetition_penalty)
         prompts = [p.tolist() if isinstance(p, torch.Tensor) else list(p) for p in prompts]
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=float(temperature),
                                 top_p=float(top_p), top_k=int(top_k),
@@ -226,7 +234,8 @@ class RolloutEngine:
         seqs = [Sequence(i, list(p), len(p), params, s % 2**63, self.max_model_len)
                 for i, (p, s) in enumerate(zip(prompts, seeds))]
         spec = SamplingSpec(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
-                            return_logprobs=return_logprobs)
+                            return_logprobs=return_logprobs, min_p=float(min_p),
+                            repetition_penalty=float(repetition_penalty), return_entropy=bool(return_entropy))
         self.stats = RolloutStats(prompt_tokens=sum(map(len, prompts)))
         todo = [s for s in seqs if max_new_tokens > 0 and len(s) < s.max_len]
         if todo:
@@ -239,7 +248,8 @@ class RolloutEngine:
         for s in seqs:
             ids = s.completion_ids
             reason = "stop" if ids and ids[-1] in params.stop_token_ids else "length"
-            outputs.append(RolloutOutput(ids, list(s.logprobs) if return_logprobs else None, reason))
+            entropy = s.entropy_sum / len(ids) if return_entropy and ids else None
+            outputs.append(RolloutOutput(ids, list(s.logprobs) if return_logprobs else None, reason, entropy))
         return outputs
 
     def _generate_packed(self, seqs: list[Sequence], spec: SamplingSpec) -> None:
@@ -250,7 +260,8 @@ class RolloutEngine:
         num_blocks = self._kv_blocks_for(seqs)
         if self.num_kv_blocks is None:
             num_blocks = max(num_blocks, self.runner.num_kv_blocks - self._scratch_blocks)  # grow only: reuse
-        static = self._static_decode_mode()
+        # a repetition penalty reads each row's tokens: the per-step path (no static buffers for them)
+        static = self._static_decode_mode() if spec.repetition_penalty == 1.0 else None
         self._scratch_blocks = 1 if static else 0  # the padding rows of static decode write there
         self.runner.allocate_kv_cache(num_blocks + self._scratch_blocks)
         usable = self.runner.num_kv_blocks - self._scratch_blocks
@@ -270,11 +281,12 @@ class RolloutEngine:
                 if not batch:
                     continue
                 if decode is not None and not is_prefill:
-                    tokens, logprobs = decode.run(batch)
+                    tokens, values = decode.run(batch)
                 else:
                     logits, meta = self.runner.run(batch, is_prefill)
-                    tokens, logprobs = sample_tokens(logits, meta.seeds, meta.counters, spec)
-                scheduler.postprocess(batch, *fetch(tokens, logprobs))
+                    seen = seen_tokens(batch, logits.device) if spec.repetition_penalty != 1.0 else None
+                    tokens, values = sample_tokens(logits, meta.seeds, meta.counters, spec, seen)
+                scheduler.postprocess(batch, *fetch(tokens, values, spec))
         finally:
             self.runner.reset_decode_state()  # its memory is per call
 
@@ -334,9 +346,12 @@ class RolloutEngine:
             rows = [batch[i] for i in live]
             seeds = torch.tensor([s.seed for s in rows], device=device)
             counters = torch.tensor([s.num_completion_tokens for s in rows], device=device)
-            tokens, logprobs = fetch(*sample_tokens(out.logits[live, -1].float(), seeds, counters, spec))
+            seen = seen_tokens(rows, device) if spec.repetition_penalty != 1.0 else None
+            tokens, logprobs, entropies = fetch(*sample_tokens(out.logits[live, -1].float(), seeds, counters, spec,
+                                                               seen), spec)
             for j, i in enumerate(live):
-                batch[i].append(tokens[j], None if logprobs is None else logprobs[j])
+                batch[i].append(tokens[j], None if logprobs is None else logprobs[j],
+                                None if entropies is None else entropies[j])
             self.stats.generated_tokens += len(live)
             if all(s.is_done() for s in batch):
                 return

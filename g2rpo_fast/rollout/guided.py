@@ -29,21 +29,25 @@ class Rollouts:
     """Tokenisation and guided-group generation for one policy and its roll-out engine."""
 
     def __init__(self, engine, tokenizer, model, *, prompt_field="prompt", guidance_field="solution",
-                 max_prompt_length=None, stop_token_ids=()):
+                 max_prompt_length=None, stop_token_ids=(), chat_template_kwargs=None, sampling=None):
         self.engine, self.tokenizer, self.model = engine, tokenizer, model
         self.prompt_field, self.guidance_field = prompt_field, guidance_field
         self.max_prompt_length = max_prompt_length
         self.stop_token_ids = list(stop_token_ids)
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
+        # sampling settings beyond temperature / top-p / top-k (min_p, repetition_penalty), for sampled roll-outs
+        self.sampling = dict(sampling or {})
 
     def encode_prompt(self, prompt) -> list[int]:
         """Chat messages (or text, with the tokenizer's chat template when it has one) -> token
         ids, left-truncated to `max_prompt_length`."""
         tok = self.tokenizer
         if isinstance(prompt, (list, tuple)):  # chat messages
-            text = tok.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+            text = tok.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True,
+                                           **self.chat_template_kwargs)
         elif getattr(tok, "chat_template", None):
             text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                           add_generation_prompt=True)
+                                           add_generation_prompt=True, **self.chat_template_kwargs)
         else:
             text = prompt
         ids = tok.encode(text, add_special_tokens=False)
@@ -58,7 +62,7 @@ class Rollouts:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def generate(self, rows, *, group_size: int, max_new_tokens: int, n_guided: int = 0, guidance_length: int = 0,
-                 temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, seeds=None):
+                 temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, seeds=None, entropy: bool = False):
         """`len(rows) * group_size` samples, group by group (guided ones first), with their
         completions and texts."""
         prompt_ids = [self.encode_prompt(r[self.prompt_field]) for r in rows]
@@ -66,10 +70,11 @@ class Rollouts:
         if n_guided and guidance_length:
             solutions = [self.encode_guidance(r[self.guidance_field]) for r in rows]
         samples = build_generation_inputs(prompt_ids, solutions, group_size, n_guided, guidance_length)
+        sampling = self.sampling if temperature > 0 else {}
         with eval_mode(self.model):
             outputs = self.engine.generate([s.generation_input for s in samples], max_new_tokens=max_new_tokens,
                                            temperature=temperature, top_p=top_p, top_k=top_k, seed=seeds,
-                                           stop_token_ids=self.stop_token_ids)
+                                           stop_token_ids=self.stop_token_ids, return_entropy=entropy, **sampling)
         return assemble_samples(samples, outputs, self.decode, self.stop_token_ids)
 
 

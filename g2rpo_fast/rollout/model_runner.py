@@ -41,8 +41,10 @@ class ModelRunner:
     the step under autocast when the weights are fp32 and `dtype` is 16-bit.
     """
 
-    def __init__(self, model, block_size: int, backend: AttentionBackend, dtype: torch.dtype):
+    def __init__(self, model, block_size: int, backend: AttentionBackend, dtype: torch.dtype,
+                 lm_head_fp32: bool = False):
         self.model = model
+        self.lm_head_fp32 = lm_head_fp32
         self.core = model.model
         config = model.config
         self.block_size = block_size
@@ -160,4 +162,7 @@ class ModelRunner:
         if logits_index is not None:
             x = x[logits_index]
         x = core.norm(x)
+        if self.lm_head_fp32:  # outside autocast: the weights are fp32 masters
+            with torch.autocast(x.device.type, enabled=False):
+                return self.model.lm_head(x.float()).float()
         return self.model.lm_head(x).float()

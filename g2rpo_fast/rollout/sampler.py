@@ -8,9 +8,12 @@ logits' device: no host generator, no copy to the host, nothing that depends on 
 requests share the batch, and the same number again when a preempted request is recomputed.
 The token is then found by inverse CDF over its filtered distribution.
 
-Filtering follows HF's order: logits / T, keep the k largest, then the smallest set of the
-remaining (renormalised) tokens whose probability reaches top_p. Returned log-probs are under
-the *untruncated* tempered distribution, log_softmax(z / T) (log_softmax(z) when greedy) — the
+Filtering follows HF's order: the repetition penalty on the raw logits (every token already in
+the prompt or the completion: a positive logit divided by the penalty, a negative one
+multiplied), then logits / T, keep the k largest, then the smallest set of the remaining
+(renormalised) tokens whose probability reaches top_p, then the tokens whose probability is at
+least min_p times the largest. Returned log-probs (and entropies) are the model's *untruncated*
+tempered distribution's, log_softmax(z / T) (log_softmax(z) when greedy; no penalty) — the
 quantity a trainer recomputes as `old_logps`.
 
 Every branch depends on the call's settings (`SamplingSpec`, Python values), never on tensor
@@ -37,6 +40,9 @@ class SamplingSpec:
     top_k: int = 0
     top_p: float = 1.0
     return_logprobs: bool = False
+    min_p: float = 0.0  # 0: off
+    repetition_penalty: float = 1.0  # 1: off; needs the tokens each row has seen (`seen`)
+    return_entropy: bool = False  # the entropy of each step's tempered distribution
 
     @property
     def greedy(self) -> bool:
@@ -44,7 +50,11 @@ class SamplingSpec:
 
     @property
     def filters(self) -> bool:
-        return self.top_k > 0 or self.top_p < 1.0
+        return self.top_k > 0 or self.top_p < 1.0 or self.min_p > 0.0
+
+    @property
+    def returns_values(self) -> bool:
+        return self.return_logprobs or self.return_entropy
 
 
 def _mulhilo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,6 +102,9 @@ def filtered_probs(logits: torch.Tensor, spec: SamplingSpec) -> tuple[torch.Tens
     z = logits / spec.temperature
     if not spec.filters:
         return torch.softmax(z, dim=-1), None
+    if spec.top_k == 0 and spec.top_p >= 1.0:  # min-p alone: a threshold, no sort needed
+        probs = torch.softmax(z, dim=-1)
+        return torch.where(probs >= spec.min_p * probs.amax(-1, keepdim=True), probs, 0.0), None
     if spec.top_k > 0:  # only the k largest can survive: topk beats a full sort
         z_sorted, ids = torch.topk(z, min(spec.top_k, vocab), dim=-1, sorted=True)
         probs = torch.softmax(z_sorted, dim=-1)
@@ -102,13 +115,35 @@ def filtered_probs(logits: torch.Tensor, spec: SamplingSpec) -> tuple[torch.Tens
         rank = torch.arange(probs.shape[-1], device=logits.device)[None, :]
         mass_before = torch.cumsum(probs, -1) - probs
         probs = torch.where((mass_before < spec.top_p) | (rank == 0), probs, 0.0)
+    if spec.min_p > 0.0:  # relative to the most likely token (column 0): renormalising changes no ratio
+        probs = torch.where(probs >= spec.min_p * probs[:, :1], probs, 0.0)
     return probs, ids
 
 
-def sample_tokens(logits: torch.Tensor, seeds: torch.Tensor, counters: torch.Tensor, spec: SamplingSpec):
-    """The next token of each row, and its log-prob when asked for: (tokens [B] int64, logprobs
-    [B] fp32 or None), all on the logits' device. `seeds`, `counters`: [B] int64 (the request's
-    seed and its number of generated tokens)."""
+def seen_tokens(seqs, device) -> torch.Tensor:
+    """[B, L] int64: each row's distinct token ids (prompt and completion), padded with its own
+    first id (a repeat, so scattering it back is harmless)."""
+    rows = [sorted(set(s.token_ids)) for s in seqs]
+    width = max(len(r) for r in rows)
+    return torch.tensor([r + [r[0]] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
+
+
+def penalize_repetitions(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """transformers' RepetitionPenaltyLogitsProcessor: every id in `seen` (per row) gets logit /
+    penalty if positive, logit * penalty if not."""
+    values = logits.gather(1, seen)
+    return logits.scatter(1, seen, torch.where(values < 0, values * penalty, values / penalty))
+
+
+def sample_tokens(logits: torch.Tensor, seeds: torch.Tensor, counters: torch.Tensor, spec: SamplingSpec,
+                  seen: torch.Tensor | None = None):
+    """The next token of each row, and per row the values asked for: (tokens [B] int64, values
+    [B, 2] fp32 — the log-prob and the entropy, 0 where not asked — or None), all on the logits'
+    device. `seeds`, `counters`: [B] int64 (the request's seed and its number of generated
+    tokens); `seen`: `seen_tokens` of the rows, with a repetition penalty."""
+    model_logits = logits
+    if spec.repetition_penalty != 1.0:
+        logits = penalize_repetitions(logits, seen, spec.repetition_penalty)
     if spec.greedy:
         tokens = logits.argmax(-1)
     else:
@@ -118,16 +153,22 @@ def sample_tokens(logits: torch.Tensor, seeds: torch.Tensor, counters: torch.Ten
         # inverse CDF: the first column whose cumulative mass exceeds u (zero-mass columns never win)
         idx = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp(max=probs.shape[-1] - 1)
         tokens = idx.squeeze(1) if ids is None else ids.gather(1, idx).squeeze(1)
-    logprobs = None
-    if spec.return_logprobs:
-        z = logits if spec.greedy else logits / spec.temperature
-        logprobs = torch.log_softmax(z, dim=-1).gather(1, tokens[:, None]).squeeze(1)
-    return tokens, logprobs
+    if not spec.returns_values:
+        return tokens, None
+    z = model_logits if spec.greedy else model_logits / spec.temperature
+    logp = torch.log_softmax(z, dim=-1)
+    zero = torch.zeros_like(logp[:, 0])
+    logprob = logp.gather(1, tokens[:, None]).squeeze(1) if spec.return_logprobs else zero
+    entropy = -(logp.exp() * logp).nan_to_num().sum(-1) if spec.return_entropy else zero
+    return tokens, torch.stack([logprob, entropy], dim=1)
 
 
-def fetch(tokens: torch.Tensor, logprobs: torch.Tensor | None) -> tuple[list[int], list[float] | None]:
-    """The step's tokens (and log-probs) on the host: one transfer, the step's one host sync."""
-    if logprobs is None:
-        return tokens.tolist(), None
-    both = torch.stack([tokens.to(torch.float64), logprobs.to(torch.float64)]).tolist()  # ids < 2^53: exact
-    return [int(t) for t in both[0]], both[1]
+def fetch(tokens: torch.Tensor, values: torch.Tensor | None, spec: SamplingSpec):
+    """The step's tokens, log-probs and entropies on the host (None where not asked): one
+    transfer, the step's one host sync."""
+    if values is None:
+        return tokens.tolist(), None, None
+    rows = torch.cat([tokens.to(torch.float64)[:, None], values.to(torch.float64)], dim=1).tolist()  # ids < 2^53
+    logprobs = [r[1] for r in rows] if spec.return_logprobs else None
+    entropies = [r[2] for r in rows] if spec.return_entropy else None
+    return [int(r[0]) for r in rows], logprobs, entropies

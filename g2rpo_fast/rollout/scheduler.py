@@ -98,10 +98,11 @@ class Scheduler:
         self.block_manager.deallocate(seq)
         self.waiting.appendleft(seq)
 
-    def postprocess(self, seqs: list[Sequence], token_ids: list[int], logprobs: list[float] | None) -> None:
+    def postprocess(self, seqs: list[Sequence], token_ids: list[int], logprobs: list[float] | None,
+                    entropies: list[float] | None = None) -> None:
         finished = []
         for i, (seq, tok) in enumerate(zip(seqs, token_ids)):
-            seq.append(tok, None if logprobs is None else logprobs[i])
+            seq.append(tok, None if logprobs is None else logprobs[i], None if entropies is None else entropies[i])
             if seq.is_done():
                 seq.status = SequenceStatus.FINISHED
                 self.block_manager.deallocate(seq)

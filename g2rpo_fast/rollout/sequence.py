@@ -44,6 +44,7 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     num_cached_tokens: int = 0  # tokens whose KV already sits in the blocks
     logprobs: list[float] = field(default_factory=list)
+    entropy_sum: float = 0.0  # Σ over generated tokens of the tempered distribution's entropy (return_entropy)
 
     def __len__(self) -> int:
         return len(self.token_ids)
@@ -59,10 +60,12 @@ class Sequence:
     def num_blocks(self, block_size: int) -> int:
         return (len(self.token_ids) + block_size - 1) // block_size
 
-    def append(self, token_id: int, logprob: float | None) -> None:
+    def append(self, token_id: int, logprob: float | None, entropy: float | None = None) -> None:
         self.token_ids.append(token_id)
         if logprob is not None:
             self.logprobs.append(logprob)
+        if entropy is not None:
+            self.entropy_sum += entropy
 
     def is_done(self) -> bool:
         length = len(self.token_ids)

@@ -11,6 +11,8 @@ are refused at construction with a `ValueError` that names the field, before any
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib.util
 import json
 import math
 import os
@@ -23,7 +25,13 @@ CHOICES = {
     "importance_sampling_level": ("token", "sequence"),
     "guidance_schedule": ("adaptive", "adaptive_sparse", "fixed", "linear", "none"),  # = guidance.SCHEDULES
     "guidance_loss": ("mask", "include"),
-    "lr_scheduler_type": ("constant", "constant_with_warmup", "linear", "cosine"),
+    # every transformers.get_scheduler name (tests/test_trl_compat.py checks them against SchedulerType)
+    "lr_scheduler_type": ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                          "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+                          "warmup_stable_decay", "greedy"),
+    "optim": ("adamw_torch_fused", "adamw_torch"),
+    "eval_strategy": ("no", "steps", "epoch"),
+    "save_strategy": ("steps", "epoch", "no"),
     "device": ("auto", "cpu", "cuda"),
     "code_sandbox": ("auto", "bwrap", "namespace", "unsafe-process"),  # = rewards.sandbox.MODES
     "torch_dtype": ("auto", "float32", "bfloat16", "float16"),
@@ -31,9 +39,11 @@ CHOICES = {
     "prefix_shared_forward": ("auto", "true", "false"),
     "gradient_checkpointing": ("auto", "true", "false"),
     "cuda_graphs": ("auto", "true", "false"),
-    "report_to": ("none", "tensorboard"),
     "reward_isolation": ("none", "process"),  # = rewards.scoring.ISOLATION
 }
+REPORT_TARGETS = ("tensorboard", "wandb")  # report_to: these, "none" or "all" (every one installed)
+# schedulers that step on a metric: the held-out accuracy, at each evaluation
+METRIC_SCHEDULERS = ("reduce_lr_on_plateau", "greedy")
 
 
 def _f(default, help: str, **kw):
@@ -42,33 +52,88 @@ def _f(default, help: str, **kw):
     return field(default=default, metadata={"help": help}, **kw)
 
 
+def accepts_trl_names(cls):
+    """`G2RPOConfig(**kwargs)` takes TRL's `GRPOConfig` names too (`trl_names.py`): aliases are
+    folded into their field, unsupported ones accepted at their no-op values or refused with
+    the reason, unknown ones refused by name (a `ValueError`, never a `TypeError`). Like TRL's,
+    the one positional argument is `output_dir`."""
+    generated = cls.__init__
+
+    @functools.wraps(generated)
+    def __init__(self, *args, **kwargs):
+        if len(args) > 1:
+            raise ValueError("G2RPOConfig takes output_dir positionally and everything else by name")
+        if args:
+            if "output_dir" in kwargs:
+                raise ValueError("`output_dir` given twice (positionally and by name)")
+            kwargs["output_dir"] = args[0]
+        from .trl_names import translate
+
+        values, extras = translate(kwargs, cls.field_names())
+        self.__dict__["_trl_extras"] = extras
+        generated(self, **values)
+
+    def __getattr__(self, name):
+        from .trl_names import ALIASES, UNSUPPORTED, trl_value
+
+        if name.startswith("_") or (name not in ALIASES and name not in UNSUPPORTED):
+            raise AttributeError(f"{cls.__name__!r} object has no attribute {name!r}")
+        return trl_value(self, name)
+
+    cls.__init__ = __init__
+    cls.__getattr__ = __getattr__
+    return cls
+
+
+@accepts_trl_names
 @dataclass
 class G2RPOConfig:
     """Configuration of `G2RPOTrainer` (see each field's ``metadata["help"]``)."""
 
     # ---- model and data
-    model_name_or_path: str = _f("embedded", "HF hub name or local path of the policy; 'embedded' = built-in tiny "
-                                             "Qwen3 warm-started on the addition task (no download).")
-    dataset_name: str = _f("embedded", "HF dataset name, local json/jsonl/parquet file, or 'embedded' (built-in "
-                                       "multi-digit addition task).")
+    model_name_or_path: str | None = _f(None, "HF hub name or local path of the policy; None or 'embedded': the "
+                                              "built-in tiny Qwen3 warm-started on the addition task (no download).")
+    model_init_kwargs: dict | None = _f(None, "Keyword arguments of the policy's from_pretrained when it is loaded "
+                                              "from a path or hub name (TRL's name), e.g. {revision: main}; the "
+                                              "weights are kept in float32 (torch_dtype sets the compute dtype).")
+    trust_remote_code: bool = _f(False, "Let the model's and tokenizer's from_pretrained run code from the hub.")
+    dataset_name: str | None = _f(None, "HF dataset name, local json/jsonl/parquet/csv file (optionally .gz) or "
+                                        "directory, or 'embedded' (the built-in addition task). None: the built-in "
+                                        "task with the built-in model; a model of your own needs its data.")
     dataset_config: str | None = _f(None, "HF dataset configuration name.")
     dataset_split: str = _f("train", "Split used for training.")
-    eval_split: str | None = _f("eval", "Split used for held-out evaluation (None: no evaluation).")
+    eval_split: str | None = _f(None, "Split used for held-out evaluation. None: the data set's held-out split if "
+                                      "it has one ('test', 'validation' or 'eval'; a single local file has none), "
+                                      "else no evaluation. A split named here must exist.")
+    eval_dataset_name: str | None = _f(None, "A separate evaluation set (hub name, local file or directory; its "
+                                             "eval_split split, a single file whole).")
     prompt_field: str = _f("prompt", "Dataset column holding the prompt (text or chat messages).")
+    chat_template_kwargs: dict | None = _f(None, "Extra keyword arguments of the tokenizer's apply_chat_template "
+                                                 "(TRL's name), e.g. {enable_thinking: false} for Qwen3.")
     guidance_field: str = _f("solution", "Dataset column holding the reference solution (the guidance source).")
     embedded_train_size: int = _f(2000, "Embedded task: number of training problems.")
     embedded_eval_size: int = _f(64, "Embedded task: number of held-out problems.")
     embedded_difficulties: list = _f([3], "Embedded task: digit counts of the training problems.")
     num_eval_prompts: int | None = _f(None, "Evaluate on at most this many eval prompts (None: all).")
-    curriculum: bool = _f(False, "Keep dataset order (no shuffling), e.g. for an easy-to-hard curriculum.")
+    curriculum: bool = _f(False, "Keep dataset order (no shuffling), e.g. for an easy-to-hard curriculum (TRL: "
+                                 "shuffle_dataset false).")
 
     # ---- generation (TRL names)
     num_generations: int = _f(8, "Completions per prompt (the group size G).")
-    max_prompt_length: int | None = _f(256, "Prompts are left-truncated to this many tokens (None: no limit).")
-    max_completion_length: int = _f(48, "Maximum number of generated tokens per completion (guidance excluded).")
-    temperature: float = _f(1.2, "Sampling temperature of roll-outs (also divides the logits in the loss).")
+    max_prompt_length: int | None = _f(None, "Prompts are left-truncated to this many tokens (None: no limit, as "
+                                             "TRL 1.x, which has no such field).")
+    max_completion_length: int = _f(512, "Maximum number of generated tokens per completion (guidance excluded).")
+    temperature: float = _f(1.0, "Sampling temperature of roll-outs (also divides the logits in the loss).")
     top_p: float = _f(1.0, "Nucleus sampling threshold.")
     top_k: int = _f(0, "Top-k sampling (0: off).")
+    min_p: float | None = _f(None, "Minimum token probability relative to the most likely token (None: off).")
+    repetition_penalty: float = _f(1.0, "Penalty of tokens already in the prompt or the completion (1: off; > 1 "
+                                        "discourages repeats), as transformers' RepetitionPenaltyLogitsProcessor.")
+    steps_per_generation: int | None = _f(None, "Micro-batches per generation (TRL's name); only "
+                                                "gradient_accumulation_steps (the default) is supported: one "
+                                                "generation per optimizer step (num_iterations reuses it).")
+    generation_batch_size: int | None = _f(None, "Completions per generation over all ranks (TRL's name); only "
+                                                 "per_device_train_batch_size x world size x steps_per_generation.")
 
     # ---- loss (TRL names)
     beta: float = _f(0.0, "KL coefficient to the reference policy (0: no reference model).")
@@ -87,31 +152,46 @@ class G2RPOConfig:
     dynamic_sampling_max_rounds: int = _f(4, "dynamic_sampling: at most this many generation rounds (of "
                                              "per_device_train_batch_size completions) per micro-batch; when they "
                                              "do not fill it, the micro-batch trains on the groups with signal found.")
+    use_bias_correction_kl: bool = _f(False, "Multiply the KL term by the importance ratio (TRL's default true); "
+                                             "supported only with beta 0 (docs/TRL_COMPAT.md).")
+    disable_dropout: bool = _f(False, "Set every dropout probability of the policy (and reference) to 0.")
+    cast_lm_head_to_fp32: bool = _f(False, "Compute the lm_head and the log-probs from float32 operands whatever "
+                                           "the compute dtype (training loss, old/reference log-probs, roll-outs).")
 
     # ---- optimisation (TRL names)
-    learning_rate: float = _f(1e-4, "AdamW peak learning rate.")
+    learning_rate: float = _f(1e-6, "AdamW peak learning rate.")
     weight_decay: float = _f(0.0, "AdamW weight decay.")
     adam_beta1: float = _f(0.9, "AdamW β1.")
-    adam_beta2: float = _f(0.99, "AdamW β2.")
+    adam_beta2: float = _f(0.999, "AdamW β2.")
+    adam_epsilon: float = _f(1e-8, "AdamW ε.")
+    optim: str = _f("adamw_torch_fused", "adamw_torch_fused (torch's fused AdamW where the parameters allow it) | "
+                                         "adamw_torch (the same update, per-tensor).")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0: off).")
     skip_zero_signal_steps: bool = _f(True, "With beta = 0, skip the optimizer step (no AdamW moment update, no "
                                             "weight decay) when no trained token of the step has a non-zero "
                                             "advantage; the step still counts for the schedule (`steps_skipped`). "
                                             "With beta > 0 the KL term has a gradient: never skipped.")
-    lr_scheduler_type: str = _f("constant_with_warmup", "transformers.get_scheduler name.")
-    warmup_steps: int = _f(3, "Warm-up optimizer steps.")
+    lr_scheduler_type: str = _f("linear", "transformers.get_scheduler name; reduce_lr_on_plateau and greedy step on "
+                                          "the held-out accuracy (they need eval_strategy).")
+    lr_scheduler_kwargs: dict | None = _f(None, "Extra arguments of the scheduler (e.g. {min_lr_rate: 0.1} for "
+                                                "cosine_with_min_lr, {num_decay_steps: 100} for warmup_stable_decay).")
+    warmup_steps: float = _f(0, "Warm-up optimizer steps; a value in (0, 1) is a fraction of the run's steps.")
     gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.")
-    per_device_train_batch_size: int = _f(64, "Completions per micro-batch per device (multiple of num_generations).")
-    max_steps: int = _f(150, "Number of optimizer steps.")
-    seed: int = _f(0, "Seed of data order, sampling and initialisation.")
+    per_device_train_batch_size: int = _f(8, "Completions per micro-batch per device (multiple of num_generations).")
+    num_train_epochs: float = _f(3.0, "Passes over the training prompts when max_steps is -1.")
+    max_steps: int = _f(-1, "Number of optimizer steps (-1: num_train_epochs over the training prompts).")
+    seed: int = _f(42, "Seed of data order, sampling and initialisation.")
     gradient_checkpointing: str = _f("auto", "Recompute each decoder layer's activations in the backward pass: auto "
                                              "(on for CUDA, as TRL's default; off on the CPU) | true | false.")
+    gradient_checkpointing_kwargs: dict | None = _f(None, "Arguments of the model's gradient checkpointing (default: "
+                                                          "{use_reentrant: false}).")
     max_tokens_per_microbatch: int | str = _f("auto", "Cut each micro-batch's packed row (at group boundaries) into "
                                                       "forward/backward pieces of at most this many tokens, the "
                                                       "loss unchanged: auto (CUDA: the memory planner's largest "
                                                       "piece that fits, `g2rpo-fast plan`; CPU: 0) | 0 (no cut) | "
                                                       "a token count.")
-    bf16: bool = _f(False, "TRL's switch, kept for compatibility: torch_dtype decides (its auto is bfloat16 on CUDA).")
+    bf16: bool | None = _f(None, "TRL's switch: true means torch_dtype bfloat16, false float32; None leaves "
+                                 "torch_dtype (auto: bfloat16 on CUDA).")
     device: str = _f("auto", "auto | cpu | cuda.")
     torch_dtype: str = _f("auto", "Compute dtype of the training forward, roll-outs and loss matmuls: auto "
                                   "(bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16 (CUDA only). "
@@ -174,23 +254,41 @@ class G2RPOConfig:
     guidance_max_factor: float = _f(2.0, "adaptive_sparse: the clamp c of the factor ℓ is multiplied by, "
                                          "in [1/c, c] (c > 1).")
     guidance_loss: str = _f("mask", "mask: guidance tokens are context only | include: trained on (authors' code).")
-    guidance_reward: str = _f("accuracy", "Reward function whose step mean drives the adaptive controller.")
+    guidance_reward: str | None = _f(None, "Reward function whose step mean drives the adaptive controller and "
+                                           "the held-out accuracy (None: the first of reward_funcs).")
 
     # ---- output
-    output_dir: str = _f("g2rpo_output", "Where metrics.jsonl, checkpoints and plots go.")
+    output_dir: str = _f("trainer_output", "Where metrics.jsonl, checkpoints and plots go (TRL's None: "
+                                           "trainer_output).")
     overwrite_output_dir: bool = _f(False, "Let a fresh run replace an earlier run's metrics.jsonl and checkpoints "
                                            "in output_dir (without it, a used output_dir is refused unless resuming).")
-    logging_steps: int = _f(1, "Print a metrics line every this many steps (metrics.jsonl gets every step).")
-    save_steps: int = _f(25, "Save a checkpoint every this many steps (0: only at the end).")
-    save_total_limit: int | None = _f(2, "Keep at most this many checkpoints (None: all).")
-    eval_steps: int = _f(0, "Evaluate held-out accuracy every this many steps (0: only at the end).")
-    eval_at_end: bool = _f(True, "Evaluate held-out accuracy after the last step.")
+    logging_steps: int = _f(10, "Print (and report) the metrics every this many steps (metrics.jsonl gets every "
+                                "step).")
+    logging_first_step: bool = _f(False, "Also print the first step's metrics.")
+    save_strategy: str = _f("steps", "steps (every save_steps) | epoch | no (no checkpoint before the last step: "
+                                     "the final checkpoint is always written).")
+    save_steps: int = _f(500, "Save a checkpoint every this many steps (0: only at the end).")
+    save_total_limit: int | None = _f(None, "Keep at most this many checkpoints (None: all).")
+    eval_strategy: str = _f("no", "no (only eval_at_end) | steps (every eval_steps) | epoch: held-out accuracy "
+                                  "during training.")
+    eval_steps: int | None = _f(None, "With eval_strategy steps: evaluate every this many steps (None: "
+                                      "logging_steps).")
+    eval_on_start: bool = _f(False, "Evaluate before the first step.")
+    eval_at_end: bool = _f(True, "Evaluate held-out accuracy after the last step (when there are held-out rows).")
     eval_num_samples: int = _f(4, "Final evaluation also reports the mean accuracy of this many sampled "
                                   "completions per prompt at the training temperature (0: greedy only).")
     plots: bool = _f(True, "Write PNG plots of the metrics at the end.")
-    report_to: str = _f("none", "Also log every metric to: none | tensorboard (scalars under output_dir/runs/, "
-                                "rank 0; needs the tensorboard package).")
-    progress_bar: bool = _f(True, "Show a tqdm progress bar.")
+    report_to: str | list = _f("none", "Also log the metrics to: none | tensorboard (scalars under output_dir/runs/) | "
+                                       "wandb (WANDB_MODE=offline works without a network) | all, or a list; rank "
+                                       "0, every logging_steps.")
+    run_name: str | None = _f(None, "The run's name in TensorBoard (its folder under runs/) and wandb.")
+    progress_bar: bool | None = _f(None, "Show a tqdm progress bar (None: only when stdout is a terminal; TRL: "
+                                         "disable_tqdm).")
+    log_completions: bool = _f(False, "Every logging_steps, write the step's prompts, completions, rewards, guided "
+                                      "flags and guidance length to completions.jsonl (and wandb) and print some.")
+    num_completions_to_print: int | None = _f(None, "Completions printed with log_completions (None: all).")
+    resume_from_checkpoint: str | None = _f(None, "For scripts, as in transformers (the trainer does not read it): "
+                                                  "pass it to train(resume_from_checkpoint=...).")
 
     def __post_init__(self):
         self.validate()
@@ -201,20 +299,22 @@ class G2RPOConfig:
         for name in ("prefix_shared_forward", "gradient_checkpointing", "cuda_graphs"):
             if isinstance(getattr(self, name), bool):  # YAML's `true` / `false`, TRL's bool
                 setattr(self, name, str(getattr(self, name)).lower())
+        if self.output_dir is None:  # TRL's default, meaning trainer_output
+            self.output_dir = "trainer_output"
+        if isinstance(self.scale_rewards, bool):  # TRL takes true / false for group / none
+            self.scale_rewards = "group" if self.scale_rewards else "none"
+        if self.fsdp is None or isinstance(self.fsdp, (str, list, tuple)):  # TRL's option strings
+            self.fsdp, offload = fsdp_options(self.fsdp)
+            self.fsdp_cpu_offload = self.fsdp_cpu_offload or offload
         for f in dataclasses.fields(self):
             _check_field(self, f)
         for name, choices in CHOICES.items():
             if getattr(self, name) not in choices:
                 raise ValueError(f"`{name}` must be one of {list(choices)}, got {getattr(self, name)!r}")
+        self._check_trl_settings()
         if self.per_device_train_batch_size % self.num_generations != 0:
             raise ValueError(f"`per_device_train_batch_size` ({self.per_device_train_batch_size}) must be divisible "
                              f"by `num_generations` ({self.num_generations}): it counts completions")
-        if self.report_to == "tensorboard":
-            import importlib.util
-
-            if importlib.util.find_spec("tensorboard") is None:
-                raise ValueError("`report_to`: tensorboard is not installed (pip install tensorboard, or "
-                                 "g2rpo_fast[tensorboard])")
         if self.guidance_min_length > self.guidance_max_length:
             raise ValueError(f"`guidance_min_length` ({self.guidance_min_length}) must be <= `guidance_max_length` "
                              f"({self.guidance_max_length})")
@@ -229,7 +329,8 @@ class G2RPOConfig:
             raise ValueError("`reward_funcs` must name at least one reward function")
         from g2rpo_fast.rewards import get_reward_func
 
-        for name in list(self.reward_funcs) + [self.guidance_reward]:
+        guides = [] if self.guidance_reward is None else [self.guidance_reward]
+        for name in list(self.reward_funcs) + guides:
             if isinstance(name, str) or callable(name):
                 try:
                     get_reward_func(name)
@@ -253,12 +354,63 @@ class G2RPOConfig:
             if not isinstance(d, int) or isinstance(d, bool) or not 1 <= d <= 5:
                 raise ValueError(f"`embedded_difficulties`: {d!r} is not a digit count in [1, 5]")
 
+    def _check_trl_settings(self) -> None:
+        """The rules of the fields that came with TRL's names (run length, schedules, precision,
+        logging targets); `ValueError` naming the field."""
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"`max_steps` must be -1 (num_train_epochs decides) or an int >= 1, got {self.max_steps}")
+        if self.warmup_steps >= 1 and self.warmup_steps != int(self.warmup_steps):
+            raise ValueError(f"`warmup_steps` must be a whole number of steps, or a fraction in (0, 1) of the run, "
+                             f"got {self.warmup_steps}")
+        self.warmup_steps = int(self.warmup_steps) if self.warmup_steps >= 1 or self.warmup_steps == 0 \
+            else self.warmup_steps
+        if self.eval_steps is not None and self.eval_strategy != "steps":
+            raise ValueError(f"`eval_steps` ({self.eval_steps}) is set but `eval_strategy` is {self.eval_strategy!r}: "
+                             f"set eval_strategy: steps (as TRL, eval_steps is read only then)")
+        if self.lr_scheduler_type in METRIC_SCHEDULERS and self.eval_strategy == "no":
+            raise ValueError(f"`lr_scheduler_type` {self.lr_scheduler_type} steps on the held-out accuracy, so it "
+                             f"needs eval_strategy steps or epoch (and held-out rows)")
+        if self.use_bias_correction_kl and self.beta > 0:
+            raise ValueError("`use_bias_correction_kl`: the KL times the importance ratio is not implemented in the "
+                             "fused loss (DESIGN.md's KL is the plain k3 estimator): set it false, or beta 0")
+        if self.bf16 is not None:
+            wanted = "bfloat16" if self.bf16 else "float32"
+            if self.torch_dtype not in ("auto", wanted):
+                raise ValueError(f"`bf16` ({self.bf16}) and `torch_dtype` ({self.torch_dtype}) disagree: give one")
+            self.torch_dtype = wanted
+        if self.min_p is not None and not 0.0 <= self.min_p <= 1.0:
+            raise ValueError(f"`min_p` must be in [0, 1] or None, got {self.min_p!r}")
+        if self.steps_per_generation not in (None, self.gradient_accumulation_steps):
+            raise ValueError(f"`steps_per_generation` ({self.steps_per_generation}) other than "
+                             f"gradient_accumulation_steps ({self.gradient_accumulation_steps}) is not supported: "
+                             f"each optimizer step generates its own roll-outs (num_iterations reuses them)")
+        for target in self.report_targets:
+            if target == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+                raise ValueError("`report_to`: tensorboard is not installed (pip install tensorboard, or "
+                                 "g2rpo_fast[tensorboard])")
+            if target == "wandb" and importlib.util.find_spec("wandb") is None:
+                raise ValueError("`report_to`: wandb is not installed (pip install wandb, or g2rpo_fast[wandb]; "
+                                 "WANDB_MODE=offline logs without a network)")
+
+    @property
+    def report_targets(self) -> list[str]:
+        """`report_to` as a list of integrations: [] for none, every installed one for all."""
+        names = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to)
+        if "all" in names:
+            return [t for t in REPORT_TARGETS if importlib.util.find_spec(t) is not None]
+        return [n for n in dict.fromkeys(names) if n != "none"]
+
+    @property
+    def evaluates(self) -> bool:
+        """Whether the run evaluates at all (then held-out rows are looked for)."""
+        return bool(self.eval_at_end or self.eval_strategy != "no" or self.eval_on_start)
+
     def _check_embedded_splits(self) -> None:
         """The built-in task has two splits, `train` and `eval`: another name would be ignored."""
         from g2rpo_fast.data.loading import is_embedded
 
-        if not is_embedded(self.dataset_name):
-            return
+        if self.dataset_name is None or not is_embedded(self.dataset_name):
+            return  # None: the built-in task only with the built-in model (the trainer decides)
         for name, allowed in (("dataset_split", ("train",)), ("eval_split", ("eval", None))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"`{name}`: the built-in task's splits are 'train' (training) and 'eval' "
@@ -304,7 +456,7 @@ class G2RPOConfig:
             v = getattr(self, f.name)
             if f.name == "reward_funcs":
                 v = [_callable_name(x) for x in v]
-            elif f.name == "guidance_reward":  # validate() accepts a callable here too
+            elif f.name == "guidance_reward" and v is not None:  # validate() accepts a callable here too
                 v = _callable_name(v)
             out[f.name] = v
         return out
@@ -314,14 +466,18 @@ class G2RPOConfig:
             json.dump(self.to_dict(), fh, indent=2)
 
     @classmethod
+    def default_of(cls, name: str):
+        """A field's default value (a fresh copy for lists and dicts)."""
+        f = next(f for f in dataclasses.fields(cls) if f.name == name)
+        return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+    @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
     def from_dict(cls, values: dict) -> G2RPOConfig:
-        unknown = sorted(set(values) - set(cls.field_names()))
-        if unknown:
-            raise ValueError(f"unknown configuration field(s): {', '.join(unknown)}")
+        """Fields, or TRL's names for them (unknown names: a `ValueError` naming them)."""
         return cls(**values)
 
     @classmethod
@@ -395,15 +551,17 @@ def read_yaml_mapping(path) -> dict:
 
 
 # Smallest value of every int field (None is allowed only where the annotation says so).
+# (warmup_steps is a float field: a fraction in (0, 1), or whole steps)
 INT_MIN = {
     "embedded_train_size": 1, "embedded_eval_size": 1, "num_eval_prompts": 1, "num_generations": 2,
-    "max_prompt_length": 1, "max_completion_length": 1, "top_k": 0, "num_iterations": 1, "warmup_steps": 0,
-    "gradient_accumulation_steps": 1, "per_device_train_batch_size": 1, "max_steps": 1, "seed": 0,
+    "max_prompt_length": 1, "max_completion_length": 1, "top_k": 0, "num_iterations": 1,
+    "gradient_accumulation_steps": 1, "per_device_train_batch_size": 1, "seed": 0,
     "dynamic_sampling_max_rounds": 1,
     "packed_row_tokens": -1, "max_tokens_per_microbatch": 0, "guidance_initial_length": 0, "guidance_max_length": 0,
     "guidance_min_length": 0,
     "guidance_final_length": 0, "guidance_window": 1, "guidance_update_every": 1, "logging_steps": 1,
-    "save_steps": 0, "save_total_limit": 1, "eval_steps": 0, "eval_num_samples": 0,
+    "save_steps": 0, "save_total_limit": 1, "eval_steps": 1, "eval_num_samples": 0, "max_steps": -1,
+    "steps_per_generation": 1, "generation_batch_size": 1, "num_completions_to_print": 0,
 }
 # int fields that also take "auto"
 AUTO_INT_FIELDS = ("max_tokens_per_microbatch",)
@@ -419,6 +577,9 @@ FLOAT_RANGES = {
     "max_grad_norm": (0.0, INF, True, False), "guidance_ratio": (0.0, 1.0, True, True),
     "reward_timeout": (0.0, INF, False, False), "dist_timeout_s": (0.0, INF, False, False),
     "guidance_max_factor": (1.0, INF, False, False),
+    "adam_epsilon": (0.0, INF, False, False), "num_train_epochs": (0.0, INF, False, False),
+    "warmup_steps": (0.0, INF, True, False), "min_p": (0.0, 1.0, True, True),
+    "repetition_penalty": (0.0, INF, False, False),
 }
 # String fields that must not be empty (the others are choices, checked against CHOICES).
 NON_EMPTY_STR = ("model_name_or_path", "dataset_name", "dataset_split", "prompt_field", "guidance_field",
@@ -459,7 +620,7 @@ def _check_field(cfg, f) -> None:
         if not ok:
             span = f"{'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
             raise ValueError(f"`{name}` must be a finite number in {span}, got {value!r}")
-    elif kind == "str":
+    elif kind == "str" and name != "report_to":
         if isinstance(value, os.PathLike):
             value = os.fspath(value)
             setattr(cfg, name, value)
@@ -474,6 +635,17 @@ def _check_field(cfg, f) -> None:
             return
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"`{name}` must be a list, got {value!r}")
+    elif kind == "dict":
+        if not isinstance(value, dict):
+            raise ValueError(f"`{name}` must be a mapping, got {value!r}")
+    if name == "report_to":
+        names = [value] if isinstance(value, str) else value
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"`report_to` must be a name or a list of names, got {value!r}")
+        bad = [n for n in names if n not in (*REPORT_TARGETS, "none", "all")]
+        if bad:
+            raise ValueError(f"`report_to`: {bad[0]!r} is not supported: none | all | {' | '.join(REPORT_TARGETS)}, "
+                             f"or a list of them")
 
 
 def _finite_weight(index: int, value) -> float:
@@ -519,7 +691,7 @@ def parse_value(text: str, annotation: Any, name: str = "value"):
     ann = str(annotation)
     if "None" in ann and text.strip() in ("None", "none", "null", "~"):
         return None
-    if ann.startswith("str"):
+    if ann.startswith("str") and not ("list" in ann and text.strip().startswith("[")):
         return text
     if ann.startswith("float"):
         try:
@@ -536,3 +708,16 @@ def parse_value(text: str, annotation: Any, name: str = "value"):
     if ann.startswith("list") and not isinstance(value, list):
         return [value]
     return value
+
+
+def fsdp_options(value) -> tuple[bool, bool]:
+    """TRL's `fsdp` option string or list ("full_shard auto_wrap", "full_shard offload", "" / None)
+    -> (fsdp, fsdp_cpu_offload). FSDP2 shards fully; other strategies are refused by name."""
+    words = value.split() if isinstance(value, str) else list(value or ())
+    unknown = [w for w in words if w not in ("full_shard", "auto_wrap", "offload")]
+    if unknown:
+        raise ValueError(f"`fsdp`: {unknown[0]!r} is not supported: FSDP2 shards parameters, gradients and optimizer "
+                         f"state (full_shard; each decoder layer wrapped: auto_wrap), optionally offloaded (offload)")
+    if words and "full_shard" not in words:
+        raise ValueError(f"`fsdp`: {value!r} needs full_shard (the only sharding strategy)")
+    return bool(words), "offload" in words

@@ -14,20 +14,19 @@ def evaluate_checkpoint(config, checkpoint=None, split=None, max_prompts=None) -
     (a checkpoint-N dir or any model path; None: `config.model_name_or_path`)."""
     from g2rpo_fast.models.loading import check_model_source
 
-    cfg = dataclasses.replace(config, eval_split=split or config.eval_split, progress_bar=False, plots=False)
-    if not cfg.eval_split:
-        raise ValueError("`eval_split`: no split to evaluate on")
-    model = tokenizer = None
+    cfg = dataclasses.replace(config, eval_split=split or config.eval_split, progress_bar=False, plots=False,
+                              eval_at_end=True)
     if checkpoint is not None:
         check_model_source(checkpoint, field="--checkpoint")
         _verify_if_checkpoint(checkpoint)
-    from g2rpo_fast.models.loading import load_model_and_tokenizer
-
+        # the checkpoint's weights and the tokenizer saved with them
+        cfg = dataclasses.replace(cfg, model_name_or_path=checkpoint)
     from .trainer import G2RPOTrainer  # torch: after the checks above
 
-    if checkpoint is not None:
-        model, tokenizer = load_model_and_tokenizer(checkpoint, field="--checkpoint")
-    trainer = G2RPOTrainer(cfg, model=model, tokenizer=tokenizer)
+    trainer = G2RPOTrainer(cfg)
+    if trainer.eval_dataset is None:
+        raise ValueError(f"`eval_split`: {cfg.dataset_name or 'the data set'} has no held-out split to evaluate on: "
+                         f"name one (--split) or give eval_dataset_name")
     result = trainer.evaluate(max_prompts=max_prompts if max_prompts is not None else cfg.num_eval_prompts)
     result["checkpoint"] = checkpoint or cfg.model_name_or_path
     return result

@@ -72,7 +72,13 @@ class TrainerGeneration:
             samples = self.rollouts.generate(rows, group_size=group, n_guided=cfg.n_guided,
                                              guidance_length=guidance_length,
                                              max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature,
-                                             top_p=cfg.top_p, top_k=cfg.top_k, seeds=[int(x) for x in seeds])
+                                             top_p=cfg.top_p, top_k=cfg.top_k, seeds=[int(x) for x in seeds],
+                                             entropy=True)
         per_micro = n_prompts * group
         parts = [samples[m * per_micro:(m + 1) * per_micro] for m in range(cfg.gradient_accumulation_steps)]
-        return [(part, self.rewards.score(*reward_inputs(rows, part, cfg.prompt_field))) for part in parts]
+        scored = []
+        for part in parts:
+            prompts, completions, columns = reward_inputs(rows, part, cfg.prompt_field)
+            # TRL passes the trainer's state to reward functions as `trainer_state`
+            scored.append((part, self.rewards.score(prompts, completions, {**columns, "trainer_state": self.state})))
+        return scored

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 
 from g2rpo_fast.rollout.dynamic_sampling import equal_reward_groups
 
-TIMING_KEYS = ("tokens_per_s", "step_time_s", "rollout_time_s", "train_time_s")
+TIMING_KEYS = ("tokens_per_s", "step_time", "rollout_time_s", "train_time_s")
 # Group-outcome metrics (`group_outcomes`), all over the groups' total rewards (what the
 # advantages see). TRL's name where it has one (frac_reward_zero_std).
 GROUP_KEYS = ("frac_reward_zero_std", "frac_groups_all_zero", "frac_groups_all_one")
@@ -44,10 +45,40 @@ def guidance_split(samples, rewards) -> dict:
             "guidance_length_injected": float(np.mean(injected)) if injected else 0.0}
 
 
+# The loss's metric names (loss/metrics.py) -> TRL's logged keys for the same quantities.
+TRL_LOSS_KEYS = {"clip_ratio_low": "clip_ratio/low_mean", "clip_ratio_high": "clip_ratio/high_mean",
+                 "clip_ratio": "clip_ratio/region_mean"}
+
+
+def completion_lengths(samples) -> dict:
+    """TRL's completions/* keys over the completion tokens (guidance + generated: what is rewarded
+    and trained on); "terminated" are the completions that ended with a stop token."""
+    lengths = np.array([len(s.completion_ids) for s in samples], dtype=np.float64)
+    ended = np.array([not s.truncated for s in samples])
+    done = lengths[ended] if ended.any() else np.zeros(1)  # TRL's convention when none ended
+    return {"completions/mean_length": float(lengths.mean()), "completions/min_length": float(lengths.min()),
+            "completions/max_length": float(lengths.max()), "completions/clipped_ratio": float(1 - ended.mean()),
+            "completions/mean_terminated_length": float(done.mean()),
+            "completions/min_terminated_length": float(done.min()),
+            "completions/max_terminated_length": float(done.max())}
+
+
+def sampling_entropy(samples) -> float | None:
+    """TRL's `entropy`: the mean entropy per generated token of the distribution the roll-out
+    sampled from (the policy at the training temperature); None when the engine did not track it."""
+    tracked = [(s.entropy, len(s.generated_ids)) for s in samples if s.entropy is not None and s.generated_ids]
+    if not tracked:
+        return None
+    return float(sum(e * n for e, n in tracked) / sum(n for _, n in tracked))
+
+
 def step_metrics(batches, *, num_generations: int, guidance_length: float, learning_rate: float,
                  reward_names, train_metrics: dict) -> dict:
     """Rewards, accuracy (the guidance reward), advantage std, guidance and completion
-    statistics of the step's `RolloutBatch`es, then `train_metrics`, then each reward's mean."""
+    statistics of the step's `RolloutBatch`es, then `train_metrics`, then each reward's mean and
+    std. TRL's key where the quantity is TRL's (reward, reward_std, frac_reward_zero_std,
+    rewards/<name>/mean|std, completions/*, entropy, clip_ratio/*, kl, loss, grad_norm,
+    learning_rate); ours besides (accuracy, advantage_std, guidance_*, reward_std_in_group, ...)."""
     samples = [s for b in batches for s in b.samples]
     rewards = [r for b in batches for r in b.scores.total]
     guide = [r for b in batches for r in b.scores.guide]
@@ -57,7 +88,10 @@ def step_metrics(batches, *, num_generations: int, guidance_length: float, learn
     guided = [r for s, r in zip(samples, guide) if s.guided]
     m = {
         "reward": float(np.mean(rewards)),
-        "reward_std": float(groups.std(dim=1).mean()) if num_generations > 1 else 0.0,
+        # TRL's: the std of all the step's rewards (unbiased, as torch.std)
+        "reward_std": float(torch.tensor(rewards).std()) if len(rewards) > 1 else 0.0,
+        # ours: the mean over groups of the std within each group (what the advantages divide by)
+        "reward_std_in_group": float(groups.std(dim=1).mean()) if num_generations > 1 else 0.0,
         "accuracy": float(np.mean(guide)),
         "accuracy_unguided": float(np.mean(unguided)) if unguided else float("nan"),
         "accuracy_guided": float(np.mean(guided)) if guided else float("nan"),
@@ -66,14 +100,16 @@ def step_metrics(batches, *, num_generations: int, guidance_length: float, learn
         **group_outcomes(rewards, num_generations),
         **guidance_split(samples, rewards),
         "guided_fraction": float(np.mean([s.guided for s in samples])),
-        "completion_length": float(np.mean([len(s.completion_ids) for s in samples])),
+        **completion_lengths(samples),
         "generated_length": float(generated_tokens(batches) / max(len(samples), 1)),
-        "truncated_ratio": float(np.mean([s.truncated for s in samples])),
+        "entropy": sampling_entropy(samples),
         "learning_rate": float(learning_rate),
-        **train_metrics,
+        **{TRL_LOSS_KEYS.get(k, k): v for k, v in train_metrics.items()},
     }
     for k, name in enumerate(reward_names):
-        m[f"rewards/{name}"] = float(np.mean([r for b in batches for r in b.scores.per_func[k]]))
+        values = torch.tensor([r for b in batches for r in b.scores.per_func[k]], dtype=torch.float64)
+        m[f"rewards/{name}/mean"] = float(values.mean())
+        m[f"rewards/{name}/std"] = float(values.std()) if values.numel() > 1 else 0.0
     m.update(sampling_metrics(batches, num_generations))
     return m
 
@@ -94,6 +130,11 @@ def sampling_metrics(batches, num_generations: int) -> dict:
 
 def generated_tokens(batches) -> int:
     return sum(len(s.generated_ids) for b in batches for s in b.samples)
+
+
+def sequence_tokens(batches) -> int:
+    """Prompt + completion tokens of the samples (TRL's num_tokens counts these, cumulatively)."""
+    return sum(len(s.prompt_ids) + len(s.completion_ids) for b in batches for s in b.samples)
 
 
 def _jsonable(m: dict) -> dict:
@@ -159,56 +200,107 @@ def rebuild_metrics(logged: list[dict], saved: list[dict] | None, upto: int, che
     return rows
 
 
-TENSORBOARD_DIR = "runs"
+COMPLETIONS_FILE = "completions.jsonl"
+
+
+def completion_rows(batches, step: int, guidance_length, decode, reward_names) -> list[dict]:
+    """One row per sample: prompt, completion (guidance + generated, what the rewards saw),
+    total reward, each reward function's, advantage, guided flag and guidance tokens given."""
+    rows = []
+    for b in batches:
+        for i, s in enumerate(b.samples):
+            row = {"step": step, "prompt": decode(s.prompt_ids), "completion": s.text,
+                   "reward": float(b.scores.total[i]), "advantage": float(b.advantages[i]), "guided": s.guided,
+                   "guidance_length": len(s.guidance_ids), "guidance_length_target": int(guidance_length)}
+            row.update({f"rewards/{name}": float(b.scores.per_func[k][i]) for k, name in enumerate(reward_names)})
+            rows.append(row)
+    return rows
+
+
+def window_mean(window: list[dict]) -> dict:
+    """TRL's logged values: each key's mean over the steps since the last log (None and NaN
+    left out; a key with no number in the window is dropped)."""
+    keys = dict.fromkeys(k for m in window for k in m)
+    out = {}
+    for key in keys:
+        values = [m[key] for m in window if isinstance(m.get(key), (int, float)) and not isinstance(m.get(key), bool)
+                  and math.isfinite(m[key])]
+        if values:
+            out[key] = float(np.mean(values))
+    out["step"] = window[-1]["step"]
+    return out
 
 
 class MetricsLog:
-    """Appends each step to `metrics.jsonl` and prints a progress line every `logging_steps`
-    (through a tqdm bar when `progress_bar`); with `report_to="tensorboard"` also writes every
-    finite numeric metric as a scalar (tag = the metrics.jsonl key) under `<output_dir>/runs/`.
-    Used on rank 0 only."""
+    """Appends each step to `metrics.jsonl`. Every `logging_steps` (and at the last step, and at
+    step 1 with `logging_first_step`) it takes the mean of the steps since the last log, prints
+    it as one line (through a tqdm bar when there is one: `progress_bar`, by default only when
+    stdout is a terminal, so a log file gets clean lines) and sends it to `report_to`
+    (`g2rpo_fast/reporting.py`); `log` returns it for the callbacks' `on_log`. Rank 0 only."""
 
-    def __init__(self, path: str, max_steps: int, logging_steps: int, progress_bar: bool, initial_step: int,
-                 report_to: str = "none"):
-        self.path, self.max_steps, self.logging_steps = path, max_steps, logging_steps
-        self.writer = None
-        if report_to == "tensorboard":
-            from torch.utils.tensorboard import SummaryWriter
+    def __init__(self, path: str, max_steps: int, config, initial_step: int, decode=None, reward_names=()):
+        from g2rpo_fast.reporting import Reporters
 
-            # on resume, drop the earlier run's events past the checkpoint, as metrics.jsonl is cut
-            self.writer = SummaryWriter(log_dir=os.path.join(os.path.dirname(path) or ".", TENSORBOARD_DIR),
-                                        purge_step=initial_step + 1 if initial_step else None)
+        self.path, self.max_steps = path, max_steps
+        # log_completions: rows of the logging steps' samples (`completion_rows`), decoded with `decode`
+        self.completions = config.log_completions
+        self.to_print, self.decode, self.reward_names = config.num_completions_to_print, decode, list(reward_names)
+        self.logging_steps, self.first_step = config.logging_steps, config.logging_first_step
+        self.window: list[dict] = []
+        self.reporters = Reporters(config.report_targets, os.path.dirname(path) or ".", config.run_name,
+                                   config.to_dict(), initial_step)
+        show = config.progress_bar if config.progress_bar is not None else sys.stdout.isatty()
         self.bar = None
-        if progress_bar:
+        if show:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=max_steps, initial=initial_step, desc="g2rpo", dynamic_ncols=True)
 
-    def log(self, step: int, m: dict) -> None:
+    def log(self, step: int, m: dict, batches=()) -> dict | None:
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(_jsonable(m)) + "\n")
-        if self.writer is not None:
-            for key, value in m.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
-                        and key != "step":
-                    self.writer.add_scalar(key, value, global_step=step)
-            self.writer.flush()
-        line = (f"step {step}/{self.max_steps} reward {m['reward']:.3f} acc {m['accuracy']:.3f} "
-                f"adv_std {m['advantage_std']:.3f} zero_std {m['frac_reward_zero_std']:.2f} "
-                f"len {m['guidance_length']:.0f} loss {m['loss']:.4f} "
-                f"{m['step_time_s']:.1f}s")
+        self.window.append(m)
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(reward=f"{m['reward']:.3f}", acc=f"{m['accuracy']:.3f}", l=int(m["guidance_length"]))
-            if step % self.logging_steps == 0:
-                self.bar.write(line)
-        elif step % self.logging_steps == 0:
+        if not (step % self.logging_steps == 0 or step == self.max_steps or (self.first_step and step == 1)):
+            return None
+        logs, self.window = window_mean(self.window), []
+        self.print(f"step {step}/{self.max_steps} reward {logs['reward']:.3f} acc {logs['accuracy']:.3f} "
+                   f"adv_std {logs['advantage_std']:.3f} zero_std {logs['frac_reward_zero_std']:.2f} "
+                   f"len {logs['guidance_length']:.0f} loss {logs['loss']:.4f} {m['step_time']:.1f}s")
+        self.reporters.log(step, logs)
+        if self.completions and batches:
+            self.log_completions(step, completion_rows(batches, step, m["guidance_length"], self.decode,
+                                                       self.reward_names))
+        return logs
+
+    def log_completions(self, step: int, rows: list[dict]) -> None:
+        """`log_completions` (TRL's): the step's samples to completions.jsonl, wandb and stdout."""
+        with open(os.path.join(os.path.dirname(self.path) or ".", COMPLETIONS_FILE), "a", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row) + "\n")
+        self.reporters.log_table(step, "completions", rows)
+        for row in rows[:self.to_print if self.to_print is not None else len(rows)]:
+            tag = f"guided ℓ={row['guidance_length']}" if row["guided"] else "unguided"
+            self.print(f"  [{tag}] reward {row['reward']:.3f}: {row['prompt']!r} -> {row['completion']!r}")
+
+    def log_eval(self, step: int, metrics: dict) -> None:
+        """An evaluation during training (eval_strategy, eval_on_start): printed and reported."""
+        self.print(f"step {step}/{self.max_steps} " + " ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                                              for k, v in metrics.items()))
+        self.reporters.log(step, metrics)
+
+    def print(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
             print(line, flush=True)
 
     def close(self) -> None:
         """Idempotent: the trainer closes it at the end of a run and again on any way out."""
-        if self.writer is not None:
-            self.writer.close()
+        if self.reporters is not None:
+            self.reporters.close()
         if self.bar is not None:
             self.bar.close()
-        self.writer = self.bar = None
+        self.reporters = self.bar = None

@@ -12,6 +12,7 @@ loss), so the gradient is the uncut micro-batch's. `optimizer_step`: unscale (fp
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 
 import torch
@@ -90,6 +91,69 @@ def accumulate_gradients(batches, *, policy, grad_scaler=None, num_items=None) -
     return sums
 
 
+def run_length(config, num_prompts: int, world_size: int) -> tuple[int, int]:
+    """(max_steps, steps per epoch): one epoch draws every training prompt once, a generation
+    takes `prompts_per_micro_batch x gradient_accumulation_steps x world_size` prompts and serves
+    `num_iterations` optimizer steps; with `max_steps` -1 the run is `num_train_epochs` epochs."""
+    completions = config.per_device_train_batch_size * world_size * config.gradient_accumulation_steps
+    if config.generation_batch_size not in (None, completions):
+        raise ValueError(f"`generation_batch_size` ({config.generation_batch_size}) must be "
+                         f"per_device_train_batch_size x world size x gradient_accumulation_steps = {completions}: "
+                         f"each optimizer step generates its own roll-outs (num_iterations reuses them)")
+    per_generation = config.prompts_per_micro_batch * config.gradient_accumulation_steps * world_size
+    steps_per_epoch = math.ceil(num_prompts / per_generation) * config.num_iterations
+    if config.max_steps > 0:
+        return config.max_steps, steps_per_epoch
+    return max(1, math.ceil(config.num_train_epochs * steps_per_epoch)), steps_per_epoch
+
+
+def is_due(strategy: str, every, step: int, steps_per_epoch: int) -> bool:
+    """Whether a `steps` / `epoch` / `no` strategy (eval, save) acts after optimizer step `step`."""
+    if strategy == "steps":
+        return bool(every) and step % every == 0
+    return strategy == "epoch" and step % steps_per_epoch == 0
+
+
+def make_optimizer(config, params, sharded: bool):
+    """AdamW over the trainable parameters; `adamw_torch_fused` uses torch's fused kernel where
+    every parameter is a plain tensor on one device type that has it (not FSDP's DTensors)."""
+    params = [p for p in params if p.requires_grad]
+    fused = config.optim == "adamw_torch_fused" and not sharded and bool(params)
+    return torch.optim.AdamW(params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+                             eps=config.adam_epsilon, weight_decay=config.weight_decay, fused=fused or None)
+
+
+def make_scheduler(config, optimizer, total_steps: int):
+    """`transformers.get_scheduler` with `lr_scheduler_kwargs`; `warmup_steps` in (0, 1) is a
+    fraction of `total_steps`. reduce_lr_on_plateau and greedy watch the held-out accuracy
+    (higher is better: mode max unless the kwargs say otherwise)."""
+    from transformers import get_scheduler
+
+    from .config import METRIC_SCHEDULERS
+
+    warmup = config.warmup_steps
+    warmup = math.ceil(warmup * total_steps) if 0 < warmup < 1 else int(warmup)
+    kwargs = dict(config.lr_scheduler_kwargs or {})
+    if config.lr_scheduler_type in METRIC_SCHEDULERS:
+        kwargs.setdefault("mode", "max")
+    try:
+        return get_scheduler(config.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
+                             num_training_steps=total_steps, scheduler_specific_kwargs=kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"`lr_scheduler_kwargs`: {config.lr_scheduler_type} cannot be built with {kwargs}: {exc}") \
+            from None
+
+
+def steps_on_metric(scheduler) -> bool:
+    """A scheduler that steps on the held-out accuracy (at each evaluation), not every step."""
+    return callable(getattr(scheduler, "step", None)) and type(scheduler).__name__ in ("ReduceLROnPlateau",
+                                                                                        "GreedyLR")
+
+
+def current_lr(optimizer) -> float:
+    return float(optimizer.param_groups[0]["lr"])
+
+
 def optimizer_step(model, optimizer, scheduler, grad_scaler=None, max_grad_norm=0.0) -> float:
     """Clip (when `max_grad_norm` > 0), step, schedule, zero; returns the gradient norm (0: not clipped)."""
     grad_norm = 0.0
@@ -103,6 +167,7 @@ def optimizer_step(model, optimizer, scheduler, grad_scaler=None, max_grad_norm=
         grad_scaler.update()
     else:
         optimizer.step()
-    scheduler.step()
+    if not steps_on_metric(scheduler):
+        scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return grad_norm

@@ -23,5 +23,9 @@ def preflight(config, resume: bool = False) -> None:
     check_model_source(config.model_name_or_path)
     from g2rpo_fast.rewards import get_reward_func  # light: no torch
 
-    funcs = [get_reward_func(f) for f in list(config.reward_funcs) + [config.guidance_reward]]
-    check_dataset_source(config, reward_columns(funcs))
+    guides = [] if config.guidance_reward is None else [config.guidance_reward]
+    funcs = [get_reward_func(f) for f in list(config.reward_funcs) + guides]
+    check_dataset_source(config, required=reward_columns(funcs))
+    if config.eval_dataset_name is not None:
+        check_dataset_source(config, config.eval_dataset_name, "eval_dataset_name", train=False,
+                             required=reward_columns(funcs[-1:] if guides else funcs[:1]))

@@ -23,10 +23,19 @@ from g2rpo_fast.checkpointing.checkpoint import (
     load_trainer_state,
     save_checkpoint,
     set_rng_state,
+    warn_changed_config,
 )
-from g2rpo_fast.checkpointing.run_dir import RunSetupError, check_output_dir, delete_earlier_run
+from g2rpo_fast.checkpointing.run_dir import (
+    RunSetupError,
+    check_output_dir,
+    delete_earlier_run,
+    ended_early_notice,
+    take_final_record,
+)
+from g2rpo_fast.models.adapters import load_adapter_weights
 
 from .batch import RolloutBatch
+from .metrics_log import read_metrics, rebuild_metrics
 
 
 class TrainerState:
@@ -34,7 +43,7 @@ class TrainerState:
         buffer = None if self.buffer is None else [b.state_dict() for b in self.buffer]
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "guidance": self.guidance.state_dict(), "data_position": self.data_position,
-                "buffer": buffer, "buffer_uses": self.buffer_uses,
+                "buffer": buffer, "buffer_uses": self.buffer_uses, "num_tokens": self.num_tokens,
                 "buffer_guidance_length": self.buffer_guidance_length, "steps_skipped": self.steps_skipped,
                 "metrics": list(self.history),
                 # fp16's loss scale and its growth tracker: a resume continues the same scaling
@@ -56,8 +65,9 @@ class TrainerState:
             return path if self.is_main else None
         if not self.is_main:
             return None
-        return save_checkpoint(output_dir or self.config.output_dir, self.step, self.model, self.tokenizer,
-                               self.state_dict(), self.config, self.config.save_total_limit)
+        # with adapters, the PeftModel: the checkpoint holds the adapter (`g2rpo-fast export` merges it)
+        return save_checkpoint(output_dir or self.config.output_dir, self.step, self.peft_model or self.model,
+                               self.tokenizer, self.state_dict(), self.config, self.config.save_total_limit)
 
     def load(self, path: str) -> None:
         from g2rpo_fast.checkpointing.sharded_checkpoint import is_sharded_checkpoint, load_sharded_checkpoint
@@ -69,7 +79,10 @@ class TrainerState:
             raise RunSetupError(f"`resume`: {path} is a single-process/DDP checkpoint; an fsdp run resumes from "
                                 f"sharded checkpoints only (resume it with fsdp: false)")
         else:
-            load_model_weights(self.model, path)
+            if self.peft_model is not None:
+                load_adapter_weights(self.peft_model, path)
+            else:
+                load_model_weights(self.model, path)
             state = load_trainer_state(path)
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -81,6 +94,7 @@ class TrainerState:
         buffer = state.get("buffer")
         self.buffer = None if buffer is None else [RolloutBatch.from_state_dict(b, self.device) for b in buffer]
         self.buffer_uses = int(state.get("buffer_uses", 0))
+        self.num_tokens = int(state.get("num_tokens", 0))
         self.buffer_guidance_length = state.get("buffer_guidance_length")
         self.step = int(state["step"])
         self.saved_metrics = state.get("metrics")  # None in checkpoints written before they held it
@@ -104,6 +118,26 @@ class TrainerState:
                             f"{cfg.output_dir}")
         if self.dist.world_size > 1:
             torch.distributed.barrier()
+
+    def _resume(self, resume_from_checkpoint, metrics_path: str) -> list[dict]:
+        """The run's history before step 1 of this call: empty for a fresh run; resuming, the
+        checkpoint loaded and its steps' metrics (metrics.jsonl, rebuilt from the checkpoint's
+        copy where torn or lost). Takes the final record away: until this run reaches its end,
+        it has none (an early end is never taken for a finished run; a resume says so)."""
+        path = None
+        if resume_from_checkpoint:
+            path = self._checkpoint_to_resume(resume_from_checkpoint)
+            self.load(path)
+            warn_changed_config(path, self.config)
+        out = self.config.output_dir
+        previous = take_final_record(out) if self.is_main else None
+        if not resume_from_checkpoint:
+            return []
+        logged = read_metrics(metrics_path)
+        if self.is_main and previous is None:
+            last = max((m["step"] for m in logged), default=None)
+            warnings.warn(ended_early_notice(out, last, path), RuntimeWarning, stacklevel=3)
+        return rebuild_metrics(logged, self.saved_metrics, self.step, path)
 
     def _checkpoint_to_resume(self, resume) -> str:
         """`resume`: True (the newest checkpoint of output_dir that verifies) or a path.

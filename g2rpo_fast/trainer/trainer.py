@@ -32,38 +32,57 @@ import warnings
 
 import torch
 
-from g2rpo_fast.checkpointing.checkpoint import warn_changed_config
-from g2rpo_fast.checkpointing.run_dir import METRICS_FILE, ended_early_notice, take_final_record, write_final_record
-from g2rpo_fast.distributed.parallel import gathered_weights
-from g2rpo_fast.distributed.process_group import all_reduce_mean, failure_notice, setup_distributed
-from g2rpo_fast.evaluation import evaluate
+from g2rpo_fast.callbacks import Callbacks
+from g2rpo_fast.checkpointing.run_dir import METRICS_FILE, write_final_record
+from g2rpo_fast.data.loading import is_embedded
+from g2rpo_fast.distributed.process_group import (
+    all_reduce_mean,
+    any_rank,
+    failure_notice,
+    setup_distributed,
+)
 from g2rpo_fast.packing.policy_forward import make_loss_fn
 from g2rpo_fast.rewards.scoring import RewardScorer
 from g2rpo_fast.rollout.guided import Rollouts, stop_token_ids
 from g2rpo_fast.runtime import resolve_runtime
 
+from .arguments import init_signature, model_label, resolve_arguments, trl_signature
 from .batch import RolloutBatch
 from .components import TrainerComponents
-from .config import G2RPOConfig
 from .generation import TrainerGeneration
-from .metrics_log import MetricsLog, generated_tokens, read_metrics, rebuild_metrics, step_metrics, write_metrics
-from .optimize import accumulate_gradients, dapo_num_items, has_signal, optimizer_step, skip_step
+from .held_out import HeldOutEvaluation
+from .metrics_log import MetricsLog, generated_tokens, sequence_tokens, step_metrics, write_metrics
+from .optimize import (
+    accumulate_gradients,
+    current_lr,
+    dapo_num_items,
+    has_signal,
+    is_due,
+    make_optimizer,
+    make_scheduler,
+    optimizer_step,
+    run_length,
+    skip_step,
+)
 from .state import TrainerState
 
 
-class G2RPOTrainer(TrainerComponents, TrainerGeneration, TrainerState):
-    def __init__(self, config: G2RPOConfig, model=None, tokenizer=None, train_dataset=None, eval_dataset=None,
-                 reward_funcs=None):
-        if not isinstance(config, G2RPOConfig):
-            raise ValueError(f"`config` must be a G2RPOConfig, got {type(config).__name__}")
-        config.validate()
-        self.config = cfg = config
+class G2RPOTrainer(TrainerComponents, TrainerGeneration, TrainerState, HeldOutEvaluation):
+    """TRL's `GRPOTrainer` signature (`arguments.trl_signature`); the older config-first form
+    `G2RPOTrainer(config, model=..., tokenizer=...)` is accepted too (`arguments.py`)."""
+
+    def __init__(self, *args, **kwargs):
+        given = resolve_arguments(args, kwargs)
+        # `args` is TRL's name for the config; `config` the older one: the same object
+        self.args = self.config = cfg = given.config
         if cfg.warmup_notice():
             warnings.warn(cfg.warmup_notice(), UserWarning, stacklevel=2)
+        model = given.model if not isinstance(given.model, (str, os.PathLike)) else None
+        self.model_label = model_label(model if model is not None else cfg.model_name_or_path or "the built-in model")
+        user_model = model is not None or not is_embedded(cfg.model_name_or_path)
 
         # ---- rewards, device, precision, attention, Liger (checked before any loading)
-        self.rewards = RewardScorer(reward_funcs if reward_funcs is not None else cfg.reward_funcs,
-                                    cfg.reward_weights, cfg.guidance_reward, cfg.reward_timeout,
+        self.rewards = RewardScorer(cfg.reward_funcs, cfg.reward_weights, cfg.guidance_reward, cfg.reward_timeout,
                                     cfg.reward_isolation)
         from g2rpo_fast.rewards import check_code_sandbox
 
@@ -75,41 +94,53 @@ class G2RPOTrainer(TrainerComponents, TrainerGeneration, TrainerState):
         if self.sharded and self.runtime.compute_dtype == torch.float16:
             raise ValueError("`fsdp` with `torch_dtype: float16` is not supported (its loss scaling would need "
                              "a sharded GradScaler): use bfloat16")
-        self.loss_fn = make_loss_fn(cfg)
 
         # ---- data (every row checked before the model is loaded), tokenizer, model
-        self._load_datasets(train_dataset, eval_dataset)
-        self._load_policy(model, tokenizer, given=(train_dataset is not None, eval_dataset is not None))
+        self._load_datasets(given.train_dataset, given.eval_dataset, user_model)
+        self.loss_fn = make_loss_fn(cfg)  # after the data: a set without reference solutions trains unguided
+        self._load_policy(model, given.processing_class,
+                          given=(given.train_dataset is not None, given.eval_dataset is not None),
+                          peft_config=given.peft_config)
         self.engine = self._make_engine()
         if self.sharded and not self.engine.packed:
             raise ValueError("`fsdp`: the roll-out engine runs this model family through the model's own forward, "
                              "whose FSDP hooks would reshard the layers in mid-roll-out; use fsdp: false (DDP)")
         self.rollouts = Rollouts(self.engine, self.tokenizer, self.model, prompt_field=cfg.prompt_field,
                                  guidance_field=cfg.guidance_field, max_prompt_length=cfg.max_prompt_length,
-                                 stop_token_ids=stop_token_ids(self.tokenizer, self.model))
+                                 stop_token_ids=stop_token_ids(self.tokenizer, self.model),
+                                 chat_template_kwargs=cfg.chat_template_kwargs,
+                                 sampling={"min_p": cfg.min_p or 0.0, "repetition_penalty": cfg.repetition_penalty})
 
-        # ---- optimisation and guidance
-        from transformers import get_scheduler
-
+        # ---- run length, optimisation and guidance
         from g2rpo_fast.guidance import make_guidance_schedule
 
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.learning_rate,
-                                           betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
-        self.scheduler = get_scheduler(cfg.lr_scheduler_type, self.optimizer, num_warmup_steps=cfg.warmup_steps,
-                                       num_training_steps=cfg.max_steps)
+        self.max_steps, self.steps_per_epoch = run_length(cfg, len(self.train_dataset), self.dist.world_size)
+        optimizer, scheduler = given.optimizers
+        self.optimizer = optimizer or make_optimizer(cfg, self.model.parameters(), self.sharded)
+        self.scheduler = scheduler or make_scheduler(cfg, self.optimizer, self.max_steps)
         self.guidance = make_guidance_schedule(
             cfg.guidance_schedule, initial_length=cfg.guidance_initial_length, max_length=cfg.guidance_max_length,
             min_length=cfg.guidance_min_length, window=cfg.guidance_window,
             update_every=cfg.guidance_update_every, final_length=cfg.guidance_final_length,
             # the controller is updated once per generated batch, i.e. every num_iterations steps
-            total_steps=max(1, math.ceil(cfg.max_steps / cfg.num_iterations)), max_factor=cfg.guidance_max_factor)
+            total_steps=max(1, math.ceil(self.max_steps / cfg.num_iterations)), max_factor=cfg.guidance_max_factor)
         self.step = 0
         self.data_position = 0  # prompts consumed, over all ranks
         self.buffer: list[RolloutBatch] | None = None  # generated micro-batches still to be trained on
         self.buffer_uses = 0
         self.buffer_guidance_length = None
         self.steps_skipped = 0  # optimizer steps skipped for want of signal (skip_zero_signal_steps)
+        self.last_batches: list[RolloutBatch] = []  # the micro-batches of the last step (log_completions)
         self.history: list[dict] = []
+        self.num_tokens = 0  # prompt + completion tokens generated, over all ranks (TRL's num_tokens)
+        # transformers' TrainerCallbacks (TRL's `callbacks`): trainer.state / .control / .callback_handler
+        self.callbacks = Callbacks(given.callbacks, cfg, self.model, self.tokenizer, self.optimizer, self.scheduler,
+                                   max_steps=self.max_steps, steps_per_epoch=self.steps_per_epoch,
+                                   is_main=self.is_main, is_local_main=self.dist.local_rank == 0)
+        self.callback_handler = self.callbacks.handler
+        self.add_callback, self.pop_callback = self.callback_handler.add_callback, self.callback_handler.pop_callback
+        self.remove_callback = self.callback_handler.remove_callback
+        self.callbacks.event("on_init_end")
         self.saved_metrics: list[dict] | None = None  # the loaded checkpoint's copy of the metrics
 
     @property
@@ -123,6 +154,9 @@ class G2RPOTrainer(TrainerComponents, TrainerGeneration, TrainerState):
         self._loss_fn = fn
         if hasattr(self, "policy"):
             self.policy.loss_fn = fn
+
+    state = property(lambda self: self.callbacks.state, doc="transformers' TrainerState of the run")
+    control = property(lambda self: self.callbacks.control, doc="the TrainerControl the callbacks left")
 
     @property
     def is_main(self) -> bool:
@@ -160,22 +194,25 @@ class G2RPOTrainer(TrainerComponents, TrainerGeneration, TrainerState):
             self.buffer_uses = 0
             self.buffer_guidance_length = guidance_length
         t1 = time.perf_counter()
+        lr = current_lr(self.optimizer)  # the rate this step trains with (TRL logs it; the scheduler moves it after)
         train_metrics = self.train_micro_batches(self.buffer)
         t2 = time.perf_counter()
-        batches = self.buffer
+        batches = self.last_batches = self.buffer
         self.buffer_uses += 1
         if self.buffer_uses >= cfg.num_iterations:
             self.buffer = None
 
         # ---- phase 4: log
         m = step_metrics(batches, num_generations=cfg.num_generations, guidance_length=self.buffer_guidance_length,
-                         learning_rate=self.scheduler.get_last_lr()[0], reward_names=self.rewards.names,
+                         learning_rate=lr, reward_names=self.rewards.names,
                          train_metrics=train_metrics)
         step_time = time.perf_counter() - t0
         # Completion tokens (generated, then trained on) per second of the whole step.
-        m.update(tokens_per_s=generated_tokens(batches) / max(step_time, 1e-9), step_time_s=step_time,
-                 rollout_time_s=t1 - t0, train_time_s=t2 - t1)
+        m.update(tokens_per_s=generated_tokens(batches) / max(step_time, 1e-9), step_time=step_time,
+                 rollout_time_s=t1 - t0, train_time_s=t2 - t1, num_tokens=sequence_tokens(batches) if fresh else 0)
         m = all_reduce_mean(m, self.dist, self._comm_device())
+        self.num_tokens += round(m["num_tokens"] * self.dist.world_size)  # the mean over ranks, summed
+        m["num_tokens"] = float(self.num_tokens)
         # Guidance controller: once per generated batch, with the mean guidance reward of all ranks
         # over every sample generated (dynamic sampling trains on a filtered subset).
         if fresh:
@@ -183,24 +220,9 @@ class G2RPOTrainer(TrainerComponents, TrainerGeneration, TrainerState):
         self.step += 1
         m["step"] = self.step
         m["steps_skipped"] = self.steps_skipped
+        m["epoch"] = self.step / self.steps_per_epoch  # TRL's: optimizer steps over the steps of an epoch
         m["guidance_length_next"] = float(self.guidance.length)
         return m
-
-    # ------------------------------------------------------------------ evaluation
-    def evaluate(self, dataset=None, max_prompts=None, max_new_tokens=None, temperature=0.0,
-                 num_samples=1, prefix="eval") -> dict:
-        """Held-out accuracy (the guidance reward, default accuracy), unguided roll-outs.
-
-        Greedy by default (`{prefix}_accuracy`); with `temperature > 0`, `num_samples` sampled
-        completions per prompt (seeded by `config.seed`) and their mean accuracy.
-        """
-        dataset = dataset if dataset is not None else self.eval_dataset
-        if dataset is None:
-            return {}
-        with torch.no_grad(), gathered_weights(self.policy):
-            return evaluate(self.rollouts, dataset, self.rewards.guidance_fn, self.config, self.dist,
-                            self._comm_device(), max_prompts=max_prompts, max_new_tokens=max_new_tokens,
-                            temperature=temperature, num_samples=num_samples, prefix=prefix)
 
     # ------------------------------------------------------------------ main loop
     def train(self, resume_from_checkpoint=None) -> list[dict]:
@@ -221,42 +243,45 @@ class G2RPOTrainer(TrainerComponents, TrainerGeneration, TrainerState):
         metrics_path = os.path.join(out, METRICS_FILE)
         t0 = time.perf_counter()
         self.prepare_output_dir(resume=bool(resume_from_checkpoint))
-        self.history = []
-        if resume_from_checkpoint:
-            path = self._checkpoint_to_resume(resume_from_checkpoint)
-            self.load(path)
-            warn_changed_config(path, cfg)
-        # No final record until this run reaches its end: an early end is never taken for a finished run.
-        previous = take_final_record(out) if self.is_main else None
-        if resume_from_checkpoint:
-            logged = read_metrics(metrics_path)
-            if self.is_main and previous is None:
-                last = max((m["step"] for m in logged), default=None)
-                warnings.warn(ended_early_notice(out, last, path), RuntimeWarning, stacklevel=2)
-            self.history = rebuild_metrics(logged, self.saved_metrics, self.step, path)
+        self.history = self._resume(resume_from_checkpoint, metrics_path)
         log = None
         if self.is_main:
             write_metrics(metrics_path, self.history)
             cfg.save_json(os.path.join(out, "config.json"))
-            log = self.metrics_log = MetricsLog(metrics_path, cfg.max_steps, cfg.logging_steps, cfg.progress_bar,
-                                                self.step, report_to=cfg.report_to)
-        while self.step < cfg.max_steps:
+            log = self.metrics_log = MetricsLog(metrics_path, self.max_steps, cfg, self.step,
+                                                decode=self.rollouts.decode, reward_names=self.rewards.names)
+        cb = self.callbacks
+        cb.state.global_step = self.step
+        cb.event("on_train_begin")
+        if cfg.eval_on_start and self.step == 0 and self.eval_dataset is not None:
+            self._evaluate_in_training(log)
+        while self.step < self.max_steps:
+            cb.event("on_step_begin")
             m = self.training_step()
-            if cfg.eval_steps and self.step % cfg.eval_steps == 0 and self.step < cfg.max_steps:
-                m.update(self.evaluate(max_prompts=cfg.num_eval_prompts))
+            control = cb.step_done(self.step, m["epoch"], self.num_tokens)
+            last = self.step >= self.max_steps
+            if not last and (control.should_evaluate or is_due(cfg.eval_strategy, cfg.eval_steps or cfg.logging_steps,
+                                                               self.step, self.steps_per_epoch)):
+                m.update(self._evaluate_in_training(None))
             if self.rewards.errors:  # the failed calls, also warned and logged one line each
                 m["reward_errors"] = len(self.rewards.errors)
                 m["reward_failures"] = [e[:300] for e in self.rewards.errors[:10]]
                 self.rewards.errors = []
             self.history.append(m)
-            if log is not None:
-                log.log(self.step, m)
-            if cfg.save_steps and self.step % cfg.save_steps == 0 and self.step < cfg.max_steps:
+            logs = log.log(self.step, m, self.last_batches) if log is not None else None
+            if logs is not None:
+                cb.log(logs)
+            if not last and (control.should_save or is_due(cfg.save_strategy, cfg.save_steps, self.step,
+                                                           self.steps_per_epoch)):
                 self.save()
+                cb.event("on_save")
+            if any_rank(control.should_training_stop, self.dist, self._comm_device()):
+                break  # a callback stopped the run: evaluated and saved as at its end
         if log is not None:
             log.close()
         self.final_eval = self._final_evaluation()
         self.save(export=True)  # under FSDP every rank writes its shards; the whole model too
+        cb.event("on_save")
         if self.is_main:
             if self.final_eval:
                 with open(os.path.join(out, "eval_results.json"), "w", encoding="utf-8") as fh:
@@ -268,20 +293,11 @@ class G2RPOTrainer(TrainerComponents, TrainerGeneration, TrainerState):
         if self.dist.world_size > 1:
             torch.distributed.barrier()  # rank 0 has finished writing
         if self.is_main:  # the very last act: only a run that got here has a final record
-            write_final_record(out, {"step": self.step, "max_steps": cfg.max_steps,
+            write_final_record(out, {"step": self.step, "max_steps": self.max_steps,
                                      "train_runtime_s": round(time.perf_counter() - t0, 3),
                                      "final_eval": self.final_eval})
+        cb.event("on_train_end")
         return self.history
-
-    def _final_evaluation(self) -> dict:
-        cfg = self.config
-        if not (cfg.eval_at_end and self.eval_dataset is not None):
-            return {}
-        final = self.evaluate(max_prompts=cfg.num_eval_prompts)
-        if cfg.eval_num_samples:
-            final.update(self.evaluate(max_prompts=cfg.num_eval_prompts, temperature=cfg.temperature,
-                                       num_samples=cfg.eval_num_samples, prefix="eval_sampled"))
-        return final
 
     def close(self, failed: bool = False) -> None:
         """Tear down the process group this trainer started (torchrun runs); `failed`: after an
@@ -290,3 +306,6 @@ class G2RPOTrainer(TrainerComponents, TrainerGeneration, TrainerState):
 
         self.rewards.close()  # reward_isolation: process: the worker
         teardown_distributed(self.dist, failed=failed)
+
+
+G2RPOTrainer.__init__.__signature__ = init_signature(trl_signature)  # what help() and IDEs show
