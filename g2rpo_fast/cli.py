@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import os
 import sys
 import time
 
@@ -319,8 +320,17 @@ def _short_warnings() -> None:
     warnings.formatwarning = fmt
 
 
+def _quiet_bars_off_terminal() -> None:
+    """transformers' and the Hub's own tqdm bars (loading weights, writing shards) only on a
+    terminal, as ours: in a log file each is a long line of carriage returns. Set before they are
+    imported (both read it then); a user's explicit setting wins."""
+    if not sys.stderr.isatty():
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
 def main(argv=None) -> int:
     _short_warnings()
+    _quiet_bars_off_terminal()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:

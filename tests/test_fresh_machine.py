@@ -82,3 +82,19 @@ def test_a_default_run_raises_no_warning_of_ours(tmp_path):
     ours = [f"{w.filename}:{w.lineno}: {w.message}" for w in caught
             if os.sep + "g2rpo_fast" + os.sep in w.filename or "deprecat" in str(w.message).lower()]
     assert not ours, "\n".join(ours)
+
+
+def test_a_run_logged_to_a_file_has_one_clean_line_per_step(tmp_path):
+    """Output that is not a terminal (a log file, CI): no progress bar, ours or transformers'
+    (loading weights, writing shards), only whole lines; one `step k/N` line per logging step."""
+    log = tmp_path / "train.log"
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    with open(log, "w") as fh:
+        proc = subprocess.run([sys.executable, "-m", "g2rpo_fast.cli", "train", "--max-steps", "2",
+                               "--warmup-steps", "0", "--output-dir", str(tmp_path / "run"),
+                               "--embedded-eval-size", "8"], cwd=tmp_path, stdout=fh, stderr=subprocess.STDOUT,
+                              env={**env, "OMP_NUM_THREADS": "1"}, timeout=600)
+    text = log.read_bytes().decode()  # read_text() would turn each \r into \n
+    assert proc.returncode == 0, text[-2000:]
+    assert "\r" not in text, [line for line in text.split("\n") if "\r" in line][:3]
+    assert [line.split()[1] for line in text.splitlines() if line.startswith("step ")] == ["1/2", "2/2"]
