@@ -192,10 +192,44 @@ def cmd_train(args) -> int:
     return 0
 
 
+# ---- `g2rpo-fast eval`: the checks that need no torch first (the model source, a checkpoint's
+# manifest), so a mistake costs a second; then a trainer on the checkpoint's weights runs the one
+# evaluator (`g2rpo_fast/evaluation.py`).
+def evaluate_checkpoint(config, checkpoint=None, split=None, max_prompts=None) -> dict:
+    """Greedy accuracy (the config's `guidance_reward`, default accuracy) of `checkpoint`
+    (a checkpoint-N dir or any model path; None: `config.model_name_or_path`)."""
+    from g2rpo_fast.models.loading import check_model_source
+
+    cfg = dataclasses.replace(config, eval_split=split or config.eval_split, progress_bar=False, plots=False,
+                              eval_at_end=True)
+    if checkpoint is not None:
+        check_model_source(checkpoint, field="--checkpoint")
+        _verify_if_checkpoint(checkpoint)
+        # the checkpoint's weights and the tokenizer saved with them
+        cfg = dataclasses.replace(cfg, model_name_or_path=checkpoint)
+    from g2rpo_fast.trainer.trainer import G2RPOTrainer  # torch: after the checks above
+
+    trainer = G2RPOTrainer(cfg)
+    if trainer.eval_dataset is None:
+        raise ValueError(f"`eval_split`: {cfg.dataset_name or 'the data set'} has no held-out split to evaluate on: "
+                         f"name one (--split) or give eval_dataset_name")
+    result = trainer.evaluate(max_prompts=max_prompts if max_prompts is not None else cfg.num_eval_prompts)
+    result["checkpoint"] = checkpoint or cfg.model_name_or_path
+    return result
+
+
+def _verify_if_checkpoint(path: str) -> None:
+    """A training checkpoint (it has a manifest) must verify before it is evaluated."""
+    from g2rpo_fast.checkpointing.manifest import MANIFEST_FILE, verify_checkpoint
+
+    if os.path.isfile(os.path.join(path, MANIFEST_FILE)):
+        reason = verify_checkpoint(path)
+        if reason is not None:
+            raise ValueError(f"`--checkpoint`: {path} is not a complete checkpoint: {reason}")
+
+
 def cmd_eval(args) -> int:
     import json
-
-    from g2rpo_fast.trainer.eval_checkpoint import evaluate_checkpoint
 
     cfg = _setup(_config_from_args, args, {"progress_bar": False})
     result = _setup(evaluate_checkpoint, cfg, args.checkpoint, split=args.split, max_prompts=args.max_prompts)

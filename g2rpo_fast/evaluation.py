@@ -5,7 +5,7 @@ accuracy by default), through the same generate + score path as training.
 - `evaluate`: held-out accuracy over a dataset, sharded over ranks (`G2RPOTrainer.evaluate`).
 Below both the trainer and the models: it takes the roll-outs (`rollout.guided.Rollouts`) and
 the reward function as arguments, so the trainer (`G2RPOTrainer.evaluate`, `g2rpo-fast eval` in
-`trainer/eval_checkpoint.py`) and the built-in model's warm-start report (`models/warmstart.py`,
+`cli.py`'s `evaluate_checkpoint`) and the built-in model's warm-start report (`models/warmstart.py`,
 which groups `correctness` by difficulty) use it without importing each other.
 """
 from __future__ import annotations

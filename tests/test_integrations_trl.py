@@ -95,6 +95,7 @@ def test_a_trl_script_parses_the_guidance_fields_from_its_command_line():
     ("guidance_ratio", 1.5), ("guidance_ratio", float("nan")), ("guidance_schedule", "cosine"),
     ("guidance_loss", "drop"), ("guidance_window", 0), ("guidance_update_every", 0), ("guidance_min_length", -1),
     ("guidance_initial_length", 40), ("guidance_field", " "), ("guidance_reward", ""), ("use_g2rpo_loss", "yes"),
+    ("guidance_max_factor", 1.0), ("guidance_max_factor", float("inf")),
 ])
 def test_bad_guidance_fields_are_refused_by_name(field, value):
     with pytest.raises(ValueError, match=f"`{field}`"):

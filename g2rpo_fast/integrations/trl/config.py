@@ -3,7 +3,7 @@
 The added fields carry the names, meanings and defaults of `g2rpo_fast.G2RPOConfig`'s (read
 there: `guidance_ratio`, `guidance_schedule`, `guidance_initial_length`, `guidance_max_length`,
 `guidance_min_length`, `guidance_final_length`, `guidance_window`, `guidance_update_every`,
-`guidance_field`, `guidance_loss`, `guidance_reward`), plus `use_g2rpo_loss`. Two differ in
+`guidance_max_factor`, `guidance_field`, `guidance_loss`, `guidance_reward`), plus `use_g2rpo_loss`. Two differ in
 what they count, because TRL's loop is not ours:
 - the schedule advances once per *generated batch* (TRL generates every
   `steps_per_generation * num_iterations` training steps; with the defaults, once per optimizer
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-SCHEDULES = ("adaptive", "fixed", "linear", "none")
+SCHEDULES = ("adaptive", "adaptive_sparse", "fixed", "linear", "none")  # = g2rpo_fast.guidance.SCHEDULES
 GUIDANCE_LOSS = ("mask", "include")
 # TRL's loss types that FusedLinearG2RPOLoss computes (the same formulas, DESIGN.md section 6).
 G2RPO_LOSS_TYPES = ("grpo", "bnpo", "dapo", "dr_grpo")
@@ -37,7 +37,8 @@ class GuidedGRPOConfig(GRPOConfig):
     guidance_ratio: float = field(default=0.25, metadata=_help(
         "Fraction of each group that is guided: the first round(ratio * num_generations) completions."))
     guidance_schedule: str = field(default="adaptive", metadata=_help(
-        "adaptive (G²RPO-A) | fixed | linear | none (TRL's GRPO, no guidance)."))
+        "adaptive (G²RPO-A) | adaptive_sparse (the rule for sparse rewards, README) | fixed | linear | none "
+        "(TRL's GRPO, no guidance)."))
     guidance_initial_length: int = field(default=18, metadata=_help("Initial guidance length ℓ in tokens."))
     guidance_max_length: int = field(default=36, metadata=_help("Upper bound of ℓ (adaptive)."))
     guidance_min_length: int = field(default=1, metadata=_help("Lower bound of ℓ (adaptive)."))
@@ -47,6 +48,8 @@ class GuidedGRPOConfig(GRPOConfig):
         "Adaptive: number of previous batch rewards averaged into p."))
     guidance_update_every: int = field(default=1, metadata=_help(
         "Adaptive: apply the rule every this many generated batches."))
+    guidance_max_factor: float = field(default=2.0, metadata=_help(
+        "adaptive_sparse: the clamp c of the factor ℓ is multiplied by, in [1/c, c] (c > 1)."))
     guidance_field: str = field(default="solution", metadata=_help(
         "Dataset column holding the reference solution (the guidance source)."))
     guidance_loss: str = field(default="mask", metadata=_help(
@@ -84,10 +87,13 @@ class GuidedGRPOConfig(GRPOConfig):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ValueError(f"`{name}` must be an int >= {low}, got {v!r}")
+        c = self.guidance_max_factor
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or not c > 1:
+            raise ValueError(f"`guidance_max_factor` must be a finite number > 1, got {c!r}")
         if self.guidance_min_length > self.guidance_max_length:
             raise ValueError(f"`guidance_min_length` ({self.guidance_min_length}) must be <= `guidance_max_length` "
                              f"({self.guidance_max_length})")
-        if self.guidance_schedule == "adaptive" and not (
+        if self.guidance_schedule in ("adaptive", "adaptive_sparse") and not (
                 self.guidance_min_length <= self.guidance_initial_length <= self.guidance_max_length):
             raise ValueError(f"`guidance_initial_length` ({self.guidance_initial_length}) must lie in "
                              f"[guidance_min_length, guidance_max_length] = "

@@ -83,7 +83,7 @@ class GuidedGRPOTrainer(GRPOTrainer):
             args.guidance_schedule, initial_length=args.guidance_initial_length, max_length=args.guidance_max_length,
             min_length=args.guidance_min_length, window=args.guidance_window,
             update_every=args.guidance_update_every, final_length=args.guidance_final_length,
-            total_steps=max(1, self._generated_batches(args)))
+            total_steps=max(1, self._generated_batches(args)), max_factor=args.guidance_max_factor)
         self._g2rpo_loss = None
         if args.use_g2rpo_loss:
             plugin = args.deepspeed_plugin
