@@ -110,6 +110,27 @@ def test_skipped_count_survives_resume(tmp_path):
     assert [r["steps_skipped"] for r in read_metrics(straight)] == [1, 2, 3, 4]
 
 
+def test_a_skipped_step_leaves_a_plateau_scheduler_to_the_evaluations(tmp_path):
+    """reduce_lr_on_plateau steps on the held-out accuracy at each evaluation, never on a step:
+    a skipped step must not call it (its step() needs the metric). patience 0, factor 0.5."""
+    from helpers import tiny_dataset, tiny_model_and_tokenizer
+
+    from g2rpo_fast.trainer.trainer import G2RPOTrainer
+
+    cfg = make_config(tmp_path, "plateau", max_steps=3, guidance_schedule="none", learning_rate=1e-2,
+                      reward_funcs=[Script(SIGNAL, NOTHING)], lr_scheduler_type="reduce_lr_on_plateau",
+                      lr_scheduler_kwargs={"patience": 0, "factor": 0.5}, eval_strategy="steps", eval_steps=1)
+    model, tok = tiny_model_and_tokenizer(seed=0)
+    trainer = G2RPOTrainer(cfg, model=model, tokenizer=tok, train_dataset=tiny_dataset(16),
+                           eval_dataset=tiny_dataset(2, split="eval"))
+    trainer.evaluate = lambda **kw: {"eval_accuracy": 0.0, "eval_count": 2}
+    rows = trainer.train()
+    assert [r["steps_skipped"] for r in rows] == [0, 1, 2]
+    # evaluated after steps 1 and 2 (step 3 is the last): the first sets the best, the second
+    # (no better) halves the rate; the skipped step 2 itself changes nothing
+    assert [r["learning_rate"] for r in rows] == pytest.approx([1e-2, 1e-2, 5e-3])
+
+
 def _batch(advantages, lengths, completion_mask=None, guidance_mask=None):
     n = sum(lengths)
     cu = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), dtype=torch.int32)
