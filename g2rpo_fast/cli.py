@@ -197,7 +197,15 @@ def cmd_eval(args) -> int:
 
     from g2rpo_fast.trainer.eval_checkpoint import evaluate_checkpoint
 
-    cfg = _setup(_config_from_args, args, {"progress_bar": False})
+    fixed = {"progress_bar": False}
+    if args.config is None and args.cfg_model_name_or_path is None and args.checkpoint is not None:
+        # the model the checkpoint was trained from picks the starting values, as for train: the
+        # built-in preset for the built-in model, TRL's defaults (and no built-in task) for a user's
+        from g2rpo_fast.checkpointing.checkpoint import load_checkpoint_config
+
+        fixed["model_name_or_path"] = (load_checkpoint_config(args.checkpoint) or {}).get(
+            "model_name_or_path") or args.checkpoint
+    cfg = _setup(_config_from_args, args, fixed)
     result = _setup(evaluate_checkpoint, cfg, args.checkpoint, split=args.split, max_prompts=args.max_prompts)
     print(json.dumps(result, indent=2))
     return 0
