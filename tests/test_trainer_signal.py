@@ -76,9 +76,11 @@ def test_zero_signal_steps_leave_weights_and_adamw_state_alone(tmp_path):
         assert int(a["step"]) == int(b["step"]) == 1
         assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
     assert [r["steps_skipped"] for r in rows] == [0, 1, 2]
-    assert [(r["loss"], r["grad_norm"], r["clip_ratio"], r["kl"]) for r in rows[1:]] == [(0.0, 0.0, 0.0, 0.0)] * 2
-    # the skipped steps still count for the schedule: linear decay over 3 steps, lr after step k
-    assert [r["learning_rate"] for r in rows] == pytest.approx([1e-2 * (1 - k / 3) for k in (1, 2, 3)])
+    assert [(r["loss"], r["grad_norm"], r["clip_ratio/region_mean"], r["clip_ratio/low_mean"],
+             r["clip_ratio/high_mean"], r["kl"]) for r in rows[1:]] == [(0.0,) * 6] * 2
+    # the skipped steps still count for the schedule: linear decay over 3 steps; step k trains
+    # (and logs, as TRL) at the rate after k - 1 schedule steps, the skipped step 2 among them
+    assert [r["learning_rate"] for r in rows] == pytest.approx([1e-2 * (1 - k / 3) for k in (0, 1, 2)])
 
 
 def test_without_skipping_adamw_moves_the_weights_on_zero_signal_steps(tmp_path):
