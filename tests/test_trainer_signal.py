@@ -298,3 +298,16 @@ def test_dynamic_sampling_with_gradient_accumulation(tmp_path):
     assert len(rec.rollouts) == 6
     kept = rec.rollouts[3].outputs[0:4] + rec.rollouts[5].outputs[4:8]
     assert step.loss_calls[1]["token_ids"].tolist() == [t for out in kept for t in out]
+
+
+def test_each_dynamic_sampling_round_draws_its_own_seeds(tmp_path):
+    """A further round samples fresh prompts with fresh randomness: its seeds differ from every
+    earlier round's (and from the next step's first round)."""
+    script = Script(*[[0.0] * 8] * 6)  # no signal: every step runs all its rounds
+    cfg = make_config(tmp_path, "seeds", max_steps=2, guidance_schedule="none", reward_funcs=[script],
+                      dynamic_sampling=True, dynamic_sampling_max_rounds=3)
+    trainer = make_trainer(cfg)
+    seen, real = [], trainer.rollouts.generate
+    trainer.rollouts.generate = lambda *a, **kw: seen.append(tuple(kw["seeds"])) or real(*a, **kw)
+    trainer.train()
+    assert len(seen) == 6 and len({s for call in seen for s in call}) == 6 * 8
