@@ -15,11 +15,6 @@ def evaluate_checkpoint(config, checkpoint=None, split=None, max_prompts=None) -
     from g2rpo_fast.data.loading import is_embedded
     from g2rpo_fast.models.loading import check_model_source
 
-    if config.dataset_name is None and not is_embedded(config.model_name_or_path):
-        # a model of the user's is never evaluated on the built-in task unless dataset_name names it
-        raise ValueError(f"`dataset_name`: no data named to evaluate {checkpoint or config.model_name_or_path} on: "
-                         f"give --dataset-name (its held-out split, or --split) and, for held-out rows in "
-                         f"another file, --eval-dataset-name ('embedded' names the built-in task)")
     cfg = dataclasses.replace(config, eval_split=split or config.eval_split, progress_bar=False, plots=False,
                               eval_at_end=True)
     if checkpoint is not None:
@@ -27,6 +22,11 @@ def evaluate_checkpoint(config, checkpoint=None, split=None, max_prompts=None) -
         _verify_if_checkpoint(checkpoint)
         # the checkpoint's weights and the tokenizer saved with them
         cfg = dataclasses.replace(cfg, model_name_or_path=checkpoint)
+    if config.dataset_name is None and not is_embedded(config.model_name_or_path):
+        # a model of the user's is never evaluated on the built-in task unless dataset_name names it
+        raise ValueError(f"`dataset_name`: no data named to evaluate {checkpoint or config.model_name_or_path} on: "
+                         f"give --dataset-name (its held-out split, or --split) and, for held-out rows in "
+                         f"another file, --eval-dataset-name ('embedded' names the built-in task)")
     from .trainer import G2RPOTrainer  # torch: after the checks above
 
     trainer = G2RPOTrainer(cfg)
