@@ -198,6 +198,7 @@ def cmd_train(args) -> int:
 def evaluate_checkpoint(config, checkpoint=None, split=None, max_prompts=None) -> dict:
     """Greedy accuracy (the config's `guidance_reward`, default accuracy) of `checkpoint`
     (a checkpoint-N dir or any model path; None: `config.model_name_or_path`)."""
+    from g2rpo_fast.data.loading import is_embedded
     from g2rpo_fast.models.loading import check_model_source
 
     cfg = dataclasses.replace(config, eval_split=split or config.eval_split, progress_bar=False, plots=False,
@@ -207,6 +208,11 @@ def evaluate_checkpoint(config, checkpoint=None, split=None, max_prompts=None) -
         _verify_if_checkpoint(checkpoint)
         # the checkpoint's weights and the tokenizer saved with them
         cfg = dataclasses.replace(cfg, model_name_or_path=checkpoint)
+    if config.dataset_name is None and not is_embedded(config.model_name_or_path):
+        # a model of the user's is never evaluated on the built-in task unless dataset_name names it
+        raise ValueError(f"`dataset_name`: no data named to evaluate {checkpoint or config.model_name_or_path} on: "
+                         f"give --dataset-name (its held-out split, or --split) and, for held-out rows in "
+                         f"another file, --eval-dataset-name ('embedded' names the built-in task)")
     from g2rpo_fast.trainer.trainer import G2RPOTrainer  # torch: after the checks above
 
     trainer = G2RPOTrainer(cfg)
@@ -231,7 +237,15 @@ def _verify_if_checkpoint(path: str) -> None:
 def cmd_eval(args) -> int:
     import json
 
-    cfg = _setup(_config_from_args, args, {"progress_bar": False})
+    fixed = {"progress_bar": False}
+    if args.config is None and args.cfg_model_name_or_path is None and args.checkpoint is not None:
+        # the model the checkpoint was trained from picks the starting values, as for train: the
+        # built-in preset for the built-in model, TRL's defaults (and no built-in task) for a user's
+        from g2rpo_fast.checkpointing.checkpoint import load_checkpoint_config
+
+        fixed["model_name_or_path"] = (load_checkpoint_config(args.checkpoint) or {}).get(
+            "model_name_or_path") or args.checkpoint
+    cfg = _setup(_config_from_args, args, fixed)
     result = _setup(evaluate_checkpoint, cfg, args.checkpoint, split=args.split, max_prompts=args.max_prompts)
     print(json.dumps(result, indent=2))
     return 0

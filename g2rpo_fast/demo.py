@@ -201,7 +201,8 @@ def summarise(results: dict, start: dict) -> dict:
         tests = {}
         for method in compared:
             runs = results[method]
-            if len(runs) >= 2:
+            values = [r[key] for r in runs] + [base[r["seed"]][key] for r in runs]
+            if len(runs) >= 2 and all(v is not None for v in values):  # e.g. no sampled accuracy: not compared
                 tests[method] = paired_comparison([r[key] for r in runs], [base[r["seed"]][key] for r in runs])
         for method, p in zip(tests, holm([t["p_t"] for t in tests.values()])):
             tests[method]["p_holm"] = p
@@ -268,11 +269,11 @@ def _write_table(summary, start, config, seeds, timing, output_dir, regime) -> N
               "sampled |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for method, row in summary.items():
         g, s = row.get("vs_grpo_eval_accuracy"), row.get("vs_grpo_eval_sampled_accuracy")
-        if g is None or s is None:
+        if g is None and s is None:
             continue
-        ps = lambda t: f"{t['p_t']:.3f} / {t['p_sign_flip']:.3f} / {t['p_holm']:.3f}"
-        lines.append(f"| {METHOD_LABELS[method]} | {_ci((g['diff'], g['ci']))} | {ps(g)} | {_verdict(g)} | "
-                     f"{_ci((s['diff'], s['ci']))} | {ps(s)} | {_verdict(s)} |")
+        cells = lambda t: ("—", "—", "—") if t is None else (
+            _ci((t["diff"], t["ci"])), f"{t['p_t']:.3f} / {t['p_sign_flip']:.3f} / {t['p_holm']:.3f}", _verdict(t))
+        lines.append(f"| {METHOD_LABELS[method]} | " + " | ".join(cells(g) + cells(s)) + " |")
     with open(os.path.join(output_dir, "demo_results.md"), "w", encoding="utf-8") as fh:
         fh.write("\n".join(lines) + "\n")
     print("\n".join(lines))

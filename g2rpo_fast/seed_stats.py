@@ -82,9 +82,12 @@ def sign_flip_p(differences) -> float:
 def paired_comparison(a, b, level: float = 0.95) -> dict:
     """`a` - `b` seed by seed (equal lengths, paired by position): `diff` (mean), `ci` (half-width
     of its t interval), `p_t` (paired t-test), `p_sign_flip` (exact randomisation test), `n`."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)  # None reads as NaN
     if a.shape != b.shape or a.ndim != 1 or a.size < 2:
         raise ValueError(f"`a` and `b` must be paired lists of >= 2 values, got {a.shape} and {b.shape}")
+    for name, x in (("a", a), ("b", b)):
+        if not np.isfinite(x).all():  # a missing value would give NaN p-values, which compare as neither
+            raise ValueError(f"`{name}` must hold finite numbers only, got {x.tolist()}")
     d = a - b
     mean, half = mean_ci(d, level)
     sd = d.std(ddof=1)

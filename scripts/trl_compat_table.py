@@ -25,7 +25,8 @@ NOTES = {
     "optim": "`adamw_torch_fused` (torch's fused AdamW; per-tensor under FSDP) or `adamw_torch`; others refused",
     "bf16": "true: `torch_dtype` bfloat16; false: float32; None: `torch_dtype` decides (auto: bfloat16 on CUDA)",
     "logging_steps": "whole steps (a fraction is refused); metrics.jsonl gets every step, the printed line and "
-                     "`report_to` the mean since the last log",
+                     "`report_to` the mean since the last log (the running counts num_tokens, epoch and "
+                     "steps_skipped as they stand, as TRL logs them)",
     "report_to": "`none`, `tensorboard`, `wandb`, `all`, or a list; others refused by name",
     "eval_strategy": "`no` still evaluates once after the last step when there are held-out rows (`eval_at_end`)",
     "eval_steps": "only with `eval_strategy: steps` (set otherwise: refused); None: `logging_steps`",

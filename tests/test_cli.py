@@ -45,6 +45,18 @@ def test_train_resume_eval(assets, tmp_path, capsys):
     assert 0.0 <= result["eval_accuracy"] <= 1.0 and result["eval_count"] == 3
 
 
+def test_eval_of_a_users_checkpoint_never_falls_back_to_the_built_in_task(assets, tmp_path, capsys):
+    """`eval --checkpoint` alone, on a checkpoint of the user's model: no built-in preset and no
+    built-in arithmetic task behind the user's back; the data to evaluate on must be named."""
+    out = tmp_path / "run"
+    assert main(["train", *common(assets, out), "--max-steps", "1", "--eval-at-end", "false",
+                 "--plots", "false"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out / "checkpoint-1"), "--max-prompts", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "`dataset_name`" in err and "checkpoint-1" in err and len(err.strip().splitlines()) == 1
+
+
 def test_resume_without_checkpoint_fails(assets, tmp_path, capsys):
     assert main(["train", *common(assets, tmp_path / "empty"), "--max-steps", "1", "--resume"]) == 2
     assert "resume" in capsys.readouterr().err

@@ -70,3 +70,29 @@ def test_holm_by_hand():
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
     assert holm([]) == []
+
+
+def test_paired_comparison_refuses_missing_values():
+    """A run without the metric (None, read as NaN) must not become a p-value: NaN p-values
+    were read as "p < 0.05" by the demo's verdict."""
+    for bad in ([0.1, None, 0.3], [0.1, float("nan"), 0.3]):
+        with pytest.raises(ValueError, match="`a`"):
+            paired_comparison(bad, [0.1, 0.2, 0.3])
+
+
+def test_demo_compares_only_metrics_every_run_has():
+    """`demo --eval-num-samples 0`: no sampled accuracy; greedy is still compared, sampled is
+    left out rather than declared significant."""
+    from g2rpo_fast.demo import summarise
+
+    other = ("completions_generated", "mean_frac_reward_zero_std", "steps_skipped", "train_accuracy_first",
+             "train_accuracy_last", "final_guidance_length", "final_advantage_std")
+
+    def run(seed, greedy):
+        return {"seed": seed, "eval_accuracy": greedy, "eval_sampled_accuracy": None, **{k: 1.0 for k in other}}
+
+    results = {"none": [run(s, 0.5 + 0.01 * s) for s in range(4)],
+               "adaptive": [run(s, 0.52 + 0.011 * s) for s in range(4)]}
+    row = summarise(results, {})["adaptive"]
+    assert row["vs_grpo_eval_accuracy"]["diff"] == pytest.approx(0.02 + 0.0015)
+    assert "vs_grpo_eval_sampled_accuracy" not in row

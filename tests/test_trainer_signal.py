@@ -76,11 +76,11 @@ def test_zero_signal_steps_leave_weights_and_adamw_state_alone(tmp_path):
         assert int(a["step"]) == int(b["step"]) == 1
         assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
     assert [r["steps_skipped"] for r in rows] == [0, 1, 2]
-    assert [(r["loss"], r["grad_norm"], r["clip_ratio/region_mean"], r["kl"]) for r in rows[1:]] == \
-        [(0.0, 0.0, 0.0, 0.0)] * 2
-    # the skipped steps still count for the schedule: linear decay over 3 steps; TRL logs the rate
-    # step k trained with, the one after k - 1 scheduler steps
-    assert [r["learning_rate"] for r in rows] == pytest.approx([1e-2 * (1 - (k - 1) / 3) for k in (1, 2, 3)])
+    assert [(r["loss"], r["grad_norm"], r["clip_ratio/region_mean"], r["clip_ratio/low_mean"],
+             r["clip_ratio/high_mean"], r["kl"]) for r in rows[1:]] == [(0.0,) * 6] * 2
+    # the skipped steps still count for the schedule: linear decay over 3 steps; step k trains
+    # (and logs, as TRL) at the rate after k - 1 schedule steps, the skipped step 2 among them
+    assert [r["learning_rate"] for r in rows] == pytest.approx([1e-2 * (1 - k / 3) for k in (0, 1, 2)])
 
 
 def test_without_skipping_adamw_moves_the_weights_on_zero_signal_steps(tmp_path):
@@ -110,6 +110,27 @@ def test_skipped_count_survives_resume(tmp_path):
     make_trainer(again).train(resume_from_checkpoint=True)
     assert [r["steps_skipped"] for r in read_metrics(again)] == [1, 2, 3, 4]
     assert [r["steps_skipped"] for r in read_metrics(straight)] == [1, 2, 3, 4]
+
+
+def test_a_skipped_step_leaves_a_plateau_scheduler_to_the_evaluations(tmp_path):
+    """reduce_lr_on_plateau steps on the held-out accuracy at each evaluation, never on a step:
+    a skipped step must not call it (its step() needs the metric). patience 0, factor 0.5."""
+    from helpers import tiny_dataset, tiny_model_and_tokenizer
+
+    from g2rpo_fast.trainer.trainer import G2RPOTrainer
+
+    cfg = make_config(tmp_path, "plateau", max_steps=3, guidance_schedule="none", learning_rate=1e-2,
+                      reward_funcs=[Script(SIGNAL, NOTHING)], lr_scheduler_type="reduce_lr_on_plateau",
+                      lr_scheduler_kwargs={"patience": 0, "factor": 0.5}, eval_strategy="steps", eval_steps=1)
+    model, tok = tiny_model_and_tokenizer(seed=0)
+    trainer = G2RPOTrainer(cfg, model=model, tokenizer=tok, train_dataset=tiny_dataset(16),
+                           eval_dataset=tiny_dataset(2, split="eval"))
+    trainer.evaluate = lambda **kw: {"eval_accuracy": 0.0, "eval_count": 2}
+    rows = trainer.train()
+    assert [r["steps_skipped"] for r in rows] == [0, 1, 2]
+    # evaluated after steps 1 and 2 (step 3 is the last): the first sets the best, the second
+    # (no better) halves the rate; the skipped step 2 itself changes nothing
+    assert [r["learning_rate"] for r in rows] == pytest.approx([1e-2, 1e-2, 5e-3])
 
 
 def _batch(advantages, lengths, completion_mask=None, guidance_mask=None):
@@ -277,3 +298,16 @@ def test_dynamic_sampling_with_gradient_accumulation(tmp_path):
     assert len(rec.rollouts) == 6
     kept = rec.rollouts[3].outputs[0:4] + rec.rollouts[5].outputs[4:8]
     assert step.loss_calls[1]["token_ids"].tolist() == [t for out in kept for t in out]
+
+
+def test_each_dynamic_sampling_round_draws_its_own_seeds(tmp_path):
+    """A further round samples fresh prompts with fresh randomness: its seeds differ from every
+    earlier round's (and from the next step's first round)."""
+    script = Script(*[[0.0] * 8] * 6)  # no signal: every step runs all its rounds
+    cfg = make_config(tmp_path, "seeds", max_steps=2, guidance_schedule="none", reward_funcs=[script],
+                      dynamic_sampling=True, dynamic_sampling_max_rounds=3)
+    trainer = make_trainer(cfg)
+    seen, real = [], trainer.rollouts.generate
+    trainer.rollouts.generate = lambda *a, **kw: seen.append(tuple(kw["seeds"])) or real(*a, **kw)
+    trainer.train()
+    assert len(seen) == 6 and len({s for call in seen for s in call}) == 6 * 8

@@ -57,6 +57,16 @@ def test_the_table_lists_every_field_of_the_installed_trl_with_its_status():
             assert note.strip(), f"{name}: no reason given"
 
 
+def test_the_committed_table_is_what_the_script_writes_now():
+    """A field added to G2RPOConfig (or a note changed) without rerunning the script leaves the
+    table stale: its list of our own fields then misses it."""
+    import runpy
+
+    script = runpy.run_path(os.path.join(os.path.dirname(TABLE), "..", "scripts", "trl_compat_table.py"))
+    with open(TABLE, encoding="utf-8") as fh:
+        assert fh.read() == script["table"](), "docs/TRL_COMPAT.md is stale: run scripts/trl_compat_table.py"
+
+
 def _same(a, b) -> bool:
     if isinstance(a, float) or isinstance(b, float):
         return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b)

@@ -217,16 +217,22 @@ def completion_rows(batches, step: int, guidance_length, decode, reward_names) -
     return rows
 
 
+# Running counts: logged as they stand at the logging step (TRL logs num_tokens as
+# state.num_input_tokens_seen, transformers epoch as state.epoch), never averaged.
+RUNNING_KEYS = ("step", "epoch", "num_tokens", "steps_skipped")
+
+
 def window_mean(window: list[dict]) -> dict:
     """TRL's logged values: each key's mean over the steps since the last log (None and NaN
-    left out; a key with no number in the window is dropped)."""
+    left out; a key with no number in the window is dropped); the running counts
+    (`RUNNING_KEYS`) at the last step."""
     keys = dict.fromkeys(k for m in window for k in m)
     out = {}
     for key in keys:
         values = [m[key] for m in window if isinstance(m.get(key), (int, float)) and not isinstance(m.get(key), bool)
                   and math.isfinite(m[key])]
         if values:
-            out[key] = float(np.mean(values))
+            out[key] = float(values[-1] if key in RUNNING_KEYS else np.mean(values))
     out["step"] = window[-1]["step"]
     return out
 

@@ -54,14 +54,16 @@ def has_signal(batches, guidance_loss: str, dist, comm_device) -> bool:
 
 
 def skip_step(optimizer, scheduler) -> dict:
-    """A step without signal: no forward, no AdamW update, the schedule advances. Its loss
-    metrics are exact: every advantage is 0 and beta = 0, so the loss, the clip ratios (which
-    count only tokens with A > 0 or A < 0), the KL term and the gradient are all 0."""
-    with warnings.catch_warnings():
-        # torch warns when the schedule steps before the optimizer ever did (a skipped first
-        # step): here that order is intended, the next step's learning rate is the right one
-        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
-        scheduler.step()
+    """A step without signal: no forward, no AdamW update, the schedule advances (as after an
+    optimizer step: a scheduler that steps on the held-out accuracy waits for the evaluation).
+    Its loss metrics are exact: every advantage is 0 and beta = 0, so the loss, the clip ratios
+    (which count only tokens with A > 0 or A < 0), the KL term and the gradient are all 0."""
+    if not steps_on_metric(scheduler):
+        with warnings.catch_warnings():
+            # torch warns when the schedule steps before the optimizer ever did (a skipped first
+            # step): here that order is intended, the next step's learning rate is the right one
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+            scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return {"loss": 0.0, **{key: 0.0 for key in LOSS_METRICS}, "grad_norm": 0.0}
 
