@@ -71,9 +71,11 @@ def test_events_state_and_logs(tmp_path):
     assert rec.logs[0]["reward"] == pytest.approx((history[0]["reward"] + history[1]["reward"]) / 2)
     # running counts are logged as they stand at the logging step (TRL's num_tokens is
     # state.num_input_tokens_seen, transformers' epoch state.epoch), not averaged over the window
-    for key in ("num_tokens", "epoch", "steps_skipped"):
+    # and what transformers' Trainer logs from the last step alone: learning_rate, grad_norm
+    for key in ("num_tokens", "epoch", "steps_skipped", "learning_rate", "grad_norm"):
         assert rec.logs[0][key] == history[1][key] and rec.logs[1][key] == history[2][key], key
     assert history[1]["num_tokens"] > history[0]["num_tokens"]
+    assert history[1]["grad_norm"] != history[0]["grad_norm"]  # else a window mean would pass too
     assert trainer.state.global_step == 3 and trainer.control is not None
 
 

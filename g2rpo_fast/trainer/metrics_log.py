@@ -217,15 +217,15 @@ def completion_rows(batches, step: int, guidance_length, decode, reward_names) -
     return rows
 
 
-# Running counts: logged as they stand at the logging step (TRL logs num_tokens as
-# state.num_input_tokens_seen, transformers epoch as state.epoch), never averaged.
-RUNNING_KEYS = ("step", "epoch", "num_tokens", "steps_skipped")
+# Logged as they stand at the logging step, never averaged: the running counts (TRL logs
+# num_tokens as state.num_input_tokens_seen, transformers epoch as state.epoch), and what
+# transformers' Trainer logs from the last step alone (learning_rate, grad_norm).
+RUNNING_KEYS = ("step", "epoch", "num_tokens", "steps_skipped", "learning_rate", "grad_norm")
 
 
 def window_mean(window: list[dict]) -> dict:
     """TRL's logged values: each key's mean over the steps since the last log (None and NaN
-    left out; a key with no number in the window is dropped); the running counts
-    (`RUNNING_KEYS`) at the last step."""
+    left out; a key with no number in the window is dropped); `RUNNING_KEYS` at the last step."""
     keys = dict.fromkeys(k for m in window for k in m)
     out = {}
     for key in keys:
