@@ -101,11 +101,17 @@ def test_a_callback_class_is_instantiated_and_anything_else_refused(tmp_path):
 
 def test_train_resume_from_checkpoint_path_continues_exactly(tmp_path):
     full = make_config(tmp_path, name="full", max_steps=4)
-    straight = make(full, []).train()
+    whole = make(full, [])
+    straight = whole.train()
     part = make_config(tmp_path, name="part", max_steps=4, save_steps=2)
     first = make(part, [])
     first.max_steps = 2  # interrupted after step 2 (its checkpoint-2 written as at the end)
     first.train()
-    resumed = make(part, []).train(resume_from_checkpoint=os.path.join(part.output_dir, "checkpoint-2"))
+    second = make(part, [])
+    resumed = second.train(resume_from_checkpoint=os.path.join(part.output_dir, "checkpoint-2"))
     assert [m["step"] for m in resumed] == [1, 2, 3, 4]
     assert strip_timing(resumed) == strip_timing(straight)
+    # transformers restores TrainerState.log_history from the checkpoint: a callback that reads
+    # it after a resume sees every logged step, not only those since the resume
+    assert [lg["step"] for lg in second.state.log_history] == [1, 2, 3, 4]
+    assert strip_timing(second.state.log_history) == strip_timing(whole.state.log_history)

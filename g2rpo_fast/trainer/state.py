@@ -46,6 +46,8 @@ class TrainerState:
                 "buffer": buffer, "buffer_uses": self.buffer_uses, "num_tokens": self.num_tokens,
                 "buffer_guidance_length": self.buffer_guidance_length, "steps_skipped": self.steps_skipped,
                 "metrics": list(self.history),
+                # transformers' TrainerState.log_history (what callbacks read), restored on resume
+                "log_history": list(self.callbacks.state.log_history),
                 # fp16's loss scale and its growth tracker: a resume continues the same scaling
                 "grad_scaler": None if self.grad_scaler is None else self.grad_scaler.state_dict()}
 
@@ -98,6 +100,7 @@ class TrainerState:
         self.buffer_guidance_length = state.get("buffer_guidance_length")
         self.step = int(state["step"])
         self.saved_metrics = state.get("metrics")  # None in checkpoints written before they held it
+        self.callbacks.state.log_history = list(state.get("log_history") or [])
         if "rng" in state:  # a sharded checkpoint restored this rank's RNG already
             set_rng_state(state["rng"])
 
