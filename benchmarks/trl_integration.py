@@ -32,29 +32,13 @@ import sys
 import tempfile
 import time
 
+from e2e_vs_trl import MODEL, VOCAB, make_assets, versions
 from report import emit
 
-VOCAB = 32768
-MODEL = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-             intermediate_size=256, max_position_embeddings=256)
+# the same tiny model and prompts as the end-to-end benchmark, so the two tables compare
 SETUP = dict(num_generations=8, per_device_train_batch_size=32, max_completion_length=48, temperature=1.0,
              beta=0.04, use_bias_correction_kl=False, loss_type="dapo", learning_rate=1e-5, prompts=512)
 CONFIGS = ("trl", "trl+liger", "ours")
-
-
-def make_assets(work: str) -> None:
-    from g2rpo_fast.data.arithmetic import make_dataset
-    from g2rpo_fast.models.tiny import build_tiny_model, tiny_qwen3_config
-    from g2rpo_fast.models.tokenizer import build_char_tokenizer
-
-    tok = build_char_tokenizer(model_max_length=MODEL["max_position_embeddings"])
-    config = tiny_qwen3_config(VOCAB, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                               eos_token_id=tok.eos_token_id, **MODEL)
-    build_tiny_model(0, config=config).save_pretrained(os.path.join(work, "model"))
-    tok.save_pretrained(os.path.join(work, "model"))
-    with open(os.path.join(work, "data.jsonl"), "w") as fh:
-        for row in make_dataset(SETUP["prompts"], seed=0, difficulties=[3], split="train"):
-            fh.write(json.dumps({"prompt": row["prompt"], "solution": row["solution"], "answer": row["answer"]}) + "\n")
 
 
 def child(work: str, name: str, run: int, steps: int, result: str) -> None:
@@ -126,17 +110,6 @@ def run_child(work: str, name: str, run: int, steps: int) -> dict:
 
 def load() -> str:
     return "/".join(f"{x:.1f}" for x in os.getloadavg())
-
-
-def versions() -> str:
-    import torch
-    import transformers
-    import trl
-
-    from g2rpo_fast import _native
-
-    return (f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}, "
-            f"python {platform.python_version()}; g2rpo_fast C++ kernels: {_native.cpu_capability()}")
 
 
 def main() -> None:

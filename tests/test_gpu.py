@@ -416,25 +416,15 @@ def test_cuda_graph_decode_equals_the_eager_step(model, name):
 def test_custom_ops_under_compile_on_cuda(case, compiler):
     """`torch.compile(fullgraph=True)` on CUDA runs the custom ops' CUDA kernels (the Triton
     launchers): no graph break, eager's loss, metrics and gradients."""
-    from test_native_compile import TinyLM, _batch, _run
+    from test_native_compile import TinyLM, _batch, _run, loss_step
 
-    import g2rpo_fast as g
 
     torch._dynamo.reset()
     model = TinyLM().to(CUDA)
     ids, kw = _batch(packed=case == "logits_packed")
     ids = ids.to(CUDA)
     kw = {k: v.to(CUDA) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
-    if case == "fused_linear":
-        loss_fn = g.FusedLinearG2RPOLoss(beta=0.04, epsilon_high=0.28, loss_type="dapo", temperature=0.8)
-
-        def step(ids):
-            return loss_fn(model.hidden(ids), model.lm_head.weight, ids, **kw)
-    else:
-        loss_fn = g.G2RPOLoss(beta=0.04, epsilon_high=0.28, delta=1.5, loss_type="dr_grpo", temperature=0.8)
-
-        def step(ids):
-            return loss_fn(model(ids), ids, **kw)
+    step = loss_step(case, model, kw)
 
     want = _run(step, model, ids)
     got = _run(torch.compile(step, fullgraph=True, backend=compiler), model, ids)

@@ -74,12 +74,9 @@ INDUCTOR = pytest.param("inductor", marks=pytest.mark.skipif(
     reason="Inductor's C++ compile takes ~50 s on 2 cores; set G2RPO_FAST_INDUCTOR_TESTS=1 to run it"))
 
 
-@pytest.mark.parametrize("compiler", ["aot_eager", INDUCTOR])
-@pytest.mark.parametrize("case", ["logits_padded", "logits_packed", "fused_linear"])
-def test_compiled_loss_traces_whole_and_matches_eager(case, compiler):
-    torch._dynamo.reset()
-    model = TinyLM()
-    ids, kw = _batch(packed=case == "logits_packed")
+def loss_step(case: str, model, kw: dict):
+    """`ids -> (loss, metrics)` for one of the compile cases: the fused-linear loss on the
+    model's hidden states, or the logits loss (padded or packed `kw`)."""
     if case == "fused_linear":
         loss_fn = g.FusedLinearG2RPOLoss(beta=0.04, epsilon_high=0.28, loss_type="dapo", temperature=0.8)
 
@@ -90,6 +87,16 @@ def test_compiled_loss_traces_whole_and_matches_eager(case, compiler):
 
         def step(ids):
             return loss_fn(model(ids), ids, **kw)
+    return step
+
+
+@pytest.mark.parametrize("compiler", ["aot_eager", INDUCTOR])
+@pytest.mark.parametrize("case", ["logits_padded", "logits_packed", "fused_linear"])
+def test_compiled_loss_traces_whole_and_matches_eager(case, compiler):
+    torch._dynamo.reset()
+    model = TinyLM()
+    ids, kw = _batch(packed=case == "logits_packed")
+    step = loss_step(case, model, kw)
 
     with use_backend("native"):
         want = _run(step, model, ids)
