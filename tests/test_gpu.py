@@ -416,7 +416,7 @@ def test_cuda_graph_decode_equals_the_eager_step(model, name):
 def test_custom_ops_under_compile_on_cuda(case, compiler):
     """`torch.compile(fullgraph=True)` on CUDA runs the custom ops' CUDA kernels (the Triton
     launchers): no graph break, eager's loss, metrics and gradients."""
-    from test_native_compile import TinyLM, _batch, _run, loss_step
+    from test_native_compile import TinyLM, _batch, _run, assert_runs_close, loss_step
 
 
     torch._dynamo.reset()
@@ -428,11 +428,7 @@ def test_custom_ops_under_compile_on_cuda(case, compiler):
 
     want = _run(step, model, ids)
     got = _run(torch.compile(step, fullgraph=True, backend=compiler), model, ids)
-    torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-4)
-    for k in want[1]:
-        torch.testing.assert_close(got[1][k], want[1][k], atol=1e-5, rtol=1e-4, msg=k)
-    for a, b in zip(got[2], want[2]):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert_runs_close(got, want, atol=1e-5, rtol=1e-4)
 
 
 def test_fsdp2_on_one_nccl_rank_keeps_the_loss_inputs_fp32(tmp_path):

@@ -74,6 +74,16 @@ INDUCTOR = pytest.param("inductor", marks=pytest.mark.skipif(
     reason="Inductor's C++ compile takes ~50 s on 2 cores; set G2RPO_FAST_INDUCTOR_TESTS=1 to run it"))
 
 
+def assert_runs_close(got, want, atol: float, rtol: float) -> None:
+    """Two `_run` results: the loss, every metric and every gradient."""
+    torch.testing.assert_close(got[0], want[0], atol=atol, rtol=rtol)
+    for k in want[1]:
+        torch.testing.assert_close(got[1][k], want[1][k], atol=atol, rtol=rtol, msg=k)
+    assert len(got[2]) == len(want[2])
+    for a, b in zip(got[2], want[2]):
+        torch.testing.assert_close(a, b, atol=atol, rtol=rtol)
+
+
 def loss_step(case: str, model, kw: dict):
     """`ids -> (loss, metrics)` for one of the compile cases: the fused-linear loss on the
     model's hidden states, or the logits loss (padded or packed `kw`)."""
@@ -101,11 +111,7 @@ def test_compiled_loss_traces_whole_and_matches_eager(case, compiler):
     with use_backend("native"):
         want = _run(step, model, ids)
         got = _run(torch.compile(step, fullgraph=True, backend=compiler), model, ids)
-    torch.testing.assert_close(got[0], want[0], atol=1e-6, rtol=1e-5)
-    for k in want[1]:
-        torch.testing.assert_close(got[1][k], want[1][k], atol=1e-6, rtol=1e-5, msg=k)
-    for a, b in zip(got[2], want[2]):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert_runs_close(got, want, atol=1e-6, rtol=1e-5)
     assert any(gr.abs().sum() > 0 for gr in got[2])
 
 
