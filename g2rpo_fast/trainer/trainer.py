@@ -6,11 +6,11 @@ each optimiser step (`training_step`) runs four phases:
   1. generate + score (`generate_rollouts`, `generation.py`, through `rollout/guided.py` and
      `rewards/scoring.py`): `per_device_train_batch_size // num_generations` prompts per
      micro-batch (seeded shuffle, or dataset order with `curriculum`), every micro-batch of the
-     step in one engine call; the first
-     `round(guidance_ratio·G)` samples of each group continue from prompt + the first ℓ tokens of
-     the reference solution (ℓ from the guidance schedule); the engine reads the live weights;
-     the full completion text (guidance + generated) is rewarded; with `dynamic_sampling`, more
-     rounds of fresh prompts until every micro-batch holds only groups with signal;
+     step in one engine call; the first `round(guidance_ratio·G)` samples of each group continue
+     from prompt + the first ℓ tokens of the reference solution (ℓ from the guidance schedule);
+     the engine reads the live weights; the full completion text (guidance + generated) is rewarded;
+     with `dynamic_sampling`, more rounds of fresh prompts until every micro-batch holds only
+     groups with signal;
   2. build the loss inputs (`batch.py`): group-normalised advantages over all G samples, the
      packed row (`packing/`), old log-probs (num_iterations > 1) and reference log-probs (beta > 0);
   3. optimise (`optimize.py`): packed padding-free forward, FusedLinearG2RPOLoss, backward
